@@ -1,0 +1,91 @@
+"""cloacina: event-triggered and cron-scheduled workflows with Cloacina's ``cloaca`` API.
+
+``import cloacina as cloaca`` runs code written for cloaca::
+
+    import cloacina as cloaca
+
+    with cloaca.WorkflowBuilder("hello") as builder:
+        @cloaca.task(id="greet")
+        def greet(context):
+            context.set("greeting", f"hello {context.get('name')}")
+            return context
+
+    with cloaca.DefaultRunner(":memory:") as runner:
+        print(runner.execute("hello", cloaca.Context({"name": "world"})).final_context.get("greeting"))
+"""
+
+from cloacina.config import DefaultRunnerConfig
+from cloacina.context import Context, canonical_json, context_hash
+from cloacina.definitions.duration import parse_duration_ms
+from cloacina.definitions.registry import register_workflow_constructor
+from cloacina.definitions.retry import RetryPolicy
+from cloacina.definitions.rules import (
+    all_of,
+    always,
+    any_of,
+    context_value,
+    none_of,
+    task_failed,
+    task_skipped,
+    task_success,
+)
+from cloacina.definitions.task import task
+from cloacina.definitions.trigger import TriggerResult, trigger
+from cloacina.definitions.workflow import Workflow, WorkflowBuilder
+from cloacina.errors import (
+    CloacinaError,
+    DefinitionError,
+    PermanentError,
+    SchemaNotMigratedError,
+    StoreError,
+    TaskError,
+    TaskTimeoutError,
+    TransientError,
+    TriggerPollError,
+    WorkflowNotFoundError,
+)
+from cloacina.results import RunHandle, WorkflowResult
+from cloacina.runner import DefaultRunner
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # Data
+    "Context",
+    "canonical_json",
+    "context_hash",
+    # Definitions
+    "WorkflowBuilder",
+    "Workflow",
+    "task",
+    "register_workflow_constructor",
+    "RetryPolicy",
+    "trigger",
+    "TriggerResult",
+    "parse_duration_ms",
+    # Trigger rules
+    "all_of",
+    "any_of",
+    "none_of",
+    "always",
+    "context_value",
+    "task_success",
+    "task_failed",
+    "task_skipped",
+    # Running
+    "DefaultRunner",
+    "DefaultRunnerConfig",
+    "WorkflowResult",
+    "RunHandle",
+    # Errors
+    "CloacinaError",
+    "DefinitionError",
+    "TaskError",
+    "TransientError",
+    "PermanentError",
+    "TaskTimeoutError",
+    "TriggerPollError",
+    "StoreError",
+    "SchemaNotMigratedError",
+    "WorkflowNotFoundError",
+]

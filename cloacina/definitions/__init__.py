@@ -1,0 +1,1 @@
+"""Definition side of the API: tasks, workflows, triggers, retry policies, trigger rules, durations."""

@@ -1,0 +1,19 @@
+"""Rules for the names of workflows, tasks and triggers (they appear in keys, URLs and log lines)."""
+
+from __future__ import annotations
+
+import re
+
+from cloacina.errors import DefinitionError
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$")
+
+
+def check_name(name: object, what: str) -> str:
+    """Return ``name`` if it is a valid identifier for ``what``; raise ``DefinitionError`` otherwise."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise DefinitionError(
+            f"invalid {what} {name!r}: use 1-200 letters, digits, '_', '.' or '-', not starting with '.' or '-'",
+            subject=name if isinstance(name, str) else None,
+        )
+    return name

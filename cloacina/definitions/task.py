@@ -1,0 +1,178 @@
+"""``@task``: turn a function ``f(context) -> context`` into a task definition inside a workflow.
+
+Inside ``with WorkflowBuilder(...)`` the task joins that builder; outside one it joins the global task
+registry, from where ``builder.add_task("id")`` can pick it up. The function is returned unchanged (so it stays
+callable and testable) with the definition attached as ``fn.__cloacina_task__``.
+
+>>> from cloacina import WorkflowBuilder, task
+>>> with WorkflowBuilder("doc_example") as builder:
+...     @task(id="hello", retry_attempts=0)
+...     def hello(context):
+...         context.set("greeting", "hi")
+...         return context
+>>> builder.build().task_ids
+('hello',)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cloacina.definitions import registry
+from cloacina.definitions.naming import check_name
+from cloacina.definitions.retry import RetryPolicy
+from cloacina.definitions.rules import Rule
+from cloacina.errors import DefinitionError
+
+TaskFunction = Callable[..., Any]
+SuccessCallback = Callable[[str, Any], None]
+FailureCallback = Callable[[str, str, Any], None]
+
+_RETRY_OPTIONS = {
+    "retry_attempts": "max_retries",
+    "retry_backoff": "backoff",
+    "retry_delay_ms": "initial_delay_ms",
+    "retry_max_delay_ms": "max_delay_ms",
+    "retry_condition": "condition",
+    "retry_jitter": "jitter",
+}
+_OTHER_OPTIONS = {
+    "id",
+    "dependencies",
+    "retry",
+    "on_success",
+    "on_failure",
+    "trigger_rules",
+    "timeout_seconds",
+    "description",
+}
+
+
+@dataclass(frozen=True)
+class TaskDefinition:
+    """Everything the engine needs to know about one task."""
+
+    task_id: str
+    function: TaskFunction = field(compare=False)
+    dependencies: tuple[str, ...] = ()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    trigger_rule: Rule | None = None
+    on_success: SuccessCallback | None = field(default=None, compare=False)
+    on_failure: FailureCallback | None = field(default=None, compare=False)
+    timeout_s: float | None = None
+    description: str = ""
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.function)
+
+    def code_fingerprint(self) -> str:
+        """Text that changes when the function's code changes (used in the workflow's content hash)."""
+        fn = self.function
+        try:
+            return inspect.getsource(fn)
+        except (OSError, TypeError):
+            code = getattr(fn, "__code__", None)
+            return repr(code.co_code) if code is not None else getattr(fn, "__qualname__", repr(fn))
+
+
+def _dependency_id(dep: Any) -> str:
+    definition = getattr(dep, "__cloacina_task__", None)
+    if isinstance(definition, TaskDefinition):
+        return definition.task_id
+    if isinstance(dep, TaskDefinition):
+        return dep.task_id
+    if isinstance(dep, str) and dep:
+        return dep
+    raise DefinitionError(f"task dependency must be a task id or a @task function, got {dep!r}")
+
+
+def _build_retry(options: dict[str, Any], retry: RetryPolicy | None) -> RetryPolicy:
+    given = {k: v for k, v in options.items() if v is not None}
+    if retry is not None:
+        if given:
+            raise DefinitionError(f"pass either retry=RetryPolicy(...) or {', '.join(sorted(given))}, not both")
+        if not isinstance(retry, RetryPolicy):
+            raise DefinitionError(f"retry must be a cloacina.RetryPolicy, got {type(retry).__name__}")
+        return retry
+    return RetryPolicy(**{_RETRY_OPTIONS[k]: v for k, v in given.items()})
+
+
+def _build_rule(rules: Any) -> Rule | None:
+    if rules is None or isinstance(rules, Rule):
+        return rules
+    if isinstance(rules, dict):
+        try:
+            return Rule.from_dict(rules)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise DefinitionError(f"invalid trigger_rules {rules!r}: {exc}") from None
+    raise DefinitionError(f"trigger_rules must be a rule such as all_of(...), got {type(rules).__name__}")
+
+
+def make_task_definition(fn: TaskFunction, options: dict[str, Any]) -> TaskDefinition:
+    """Validate ``@task`` options for ``fn`` and build its definition."""
+    unknown = set(options) - set(_RETRY_OPTIONS) - _OTHER_OPTIONS
+    if unknown:
+        raise DefinitionError(
+            f"@task got unknown option(s) {', '.join(sorted(unknown))}; "
+            f"valid: {', '.join(sorted(set(_RETRY_OPTIONS) | _OTHER_OPTIONS))}"
+        )
+    if not callable(fn):
+        raise DefinitionError(f"@task decorates a function, got {type(fn).__name__}")
+    task_id = options.get("id") or getattr(fn, "__name__", None)
+    check_name(task_id, "task id")
+    deps_in = options.get("dependencies") or ()
+    if isinstance(deps_in, str) or not isinstance(deps_in, Sequence):
+        raise DefinitionError(f"task {task_id!r}: dependencies must be a list, got {deps_in!r}")
+    deps = tuple(_dependency_id(d) for d in deps_in)
+    if len(set(deps)) != len(deps):
+        raise DefinitionError(f"task {task_id!r} lists a dependency twice: {list(deps)}")
+    if task_id in deps:
+        raise DefinitionError(f"task {task_id!r} depends on itself")
+    try:
+        retry = _build_retry({k: options.get(k) for k in _RETRY_OPTIONS}, options.get("retry"))
+    except DefinitionError as exc:
+        raise DefinitionError(f"task {task_id!r}: {exc}", subject=task_id) from None
+    timeout = options.get("timeout_seconds")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0):
+        raise DefinitionError(f"task {task_id!r}: timeout_seconds must be a positive number, got {timeout!r}")
+    for name in ("on_success", "on_failure"):
+        cb = options.get(name)
+        if cb is not None and not callable(cb):
+            raise DefinitionError(f"task {task_id!r}: {name} must be callable, got {type(cb).__name__}")
+    return TaskDefinition(
+        task_id=task_id,
+        function=fn,
+        dependencies=deps,
+        retry=retry,
+        trigger_rule=_build_rule(options.get("trigger_rules")),
+        on_success=options.get("on_success"),
+        on_failure=options.get("on_failure"),
+        timeout_s=float(timeout) if timeout is not None else None,
+        description=options.get("description") or inspect.getdoc(fn) or "",
+    )
+
+
+def task(fn: TaskFunction | None = None, /, **options: Any) -> Any:
+    """Declare a task. Options: ``id``, ``dependencies``, ``retry_attempts``, ``retry_backoff``
+    (fixed | linear | exponential), ``retry_delay_ms``, ``retry_max_delay_ms``, ``retry_condition``
+    (never | transient | all), ``retry_jitter``, ``retry`` (a RetryPolicy), ``on_success(task_id, ctx)``,
+    ``on_failure(task_id, error, ctx)``, ``trigger_rules``, ``timeout_seconds``, ``description``.
+    """
+
+    def decorate(func: TaskFunction) -> TaskFunction:
+        definition = make_task_definition(func, options)
+        registry.add_task_to_current_scope(definition)
+        try:
+            func.__cloacina_task__ = definition  # type: ignore[attr-defined]
+            func.task_id = definition.task_id  # type: ignore[attr-defined]
+        except (AttributeError, TypeError):  # builtins or callables without a __dict__
+            pass
+        return func
+
+    if fn is not None:
+        return decorate(fn)
+    return decorate

@@ -1,0 +1,230 @@
+"""``WorkflowBuilder`` and ``Workflow``: a named DAG of tasks, validated once when the builder closes.
+
+Validation rejects, with a ``ValueError`` naming the culprit: an empty workflow, a duplicate task id, a
+dependency on an unknown task, a cycle (the message shows it), and a trigger rule that reads a task which is
+not upstream of the rule's task (its status could not be known when the rule is evaluated).
+
+>>> from cloacina import WorkflowBuilder, task
+>>> with WorkflowBuilder("doc_diamond") as b:
+...     @task(id="a")
+...     def a(ctx): return ctx
+...     @task(id="b", dependencies=["a"])
+...     def b_(ctx): return ctx
+...     @task(id="c", dependencies=["a"])
+...     def c(ctx): return ctx
+...     @task(id="d", dependencies=["b", "c"])
+...     def d(ctx): return ctx
+>>> wf = b.build()
+>>> wf.topological_order, wf.roots, wf.leaves
+(('a', 'b', 'c', 'd'), ('a',), ('d',))
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType, TracebackType
+from typing import Any
+
+from cloacina.context import canonical_json
+from cloacina.definitions import registry
+from cloacina.definitions.naming import check_name
+from cloacina.definitions.task import TaskDefinition
+from cloacina.errors import DefinitionError
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """An immutable, validated DAG of tasks. Build it with :class:`WorkflowBuilder`."""
+
+    name: str
+    tasks: Mapping[str, TaskDefinition]
+    description: str = ""
+    tags: Mapping[str, str] = field(default_factory=dict)
+    topological_order: tuple[str, ...] = ()
+    version: str = ""
+
+    @property
+    def task_ids(self) -> tuple[str, ...]:
+        return tuple(self.tasks)
+
+    @property
+    def roots(self) -> tuple[str, ...]:
+        return tuple(t for t in self.topological_order if not self.tasks[t].dependencies)
+
+    @property
+    def leaves(self) -> tuple[str, ...]:
+        has_dependents = {d for t in self.tasks.values() for d in t.dependencies}
+        return tuple(t for t in self.topological_order if t not in has_dependents)
+
+    def dependents(self, task_id: str) -> tuple[str, ...]:
+        return tuple(t for t in self.topological_order if task_id in self.tasks[t].dependencies)
+
+    def ancestors(self, task_id: str) -> set[str]:
+        seen: set[str] = set()
+        stack = list(self.tasks[task_id].dependencies)
+        while stack:
+            dep = stack.pop()
+            if dep not in seen:
+                seen.add(dep)
+                stack.extend(self.tasks[dep].dependencies)
+        return seen
+
+    def get_task(self, task_id: str) -> TaskDefinition:
+        try:
+            return self.tasks[task_id]
+        except KeyError:
+            raise DefinitionError(f"workflow {self.name!r} has no task {task_id!r}", subject=task_id) from None
+
+    def __repr__(self) -> str:
+        return f"Workflow(name={self.name!r}, tasks={list(self.tasks)}, version={self.version!r})"
+
+
+def _topological_order(tasks: Mapping[str, TaskDefinition], workflow: str) -> tuple[str, ...]:
+    """Kahn's algorithm, stable in declaration order; raises with the cycle spelled out."""
+    for t in tasks.values():
+        for dep in t.dependencies:
+            if dep not in tasks:
+                raise DefinitionError(
+                    f"workflow {workflow!r}: task {t.task_id!r} depends on unknown task {dep!r}",
+                    subject=t.task_id,
+                )
+    remaining = {tid: set(t.dependencies) for tid, t in tasks.items()}
+    order: list[str] = []
+    while remaining:
+        ready = [tid for tid, deps in remaining.items() if not deps]
+        if not ready:
+            raise DefinitionError(
+                f"workflow {workflow!r} has a dependency cycle: {' -> '.join(_find_cycle(remaining))}",
+                subject=workflow,
+            )
+        for tid in ready:
+            order.append(tid)
+            del remaining[tid]
+        for deps in remaining.values():
+            deps.difference_update(ready)
+    return tuple(order)
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str]:
+    start = next(iter(graph))
+    path: list[str] = []
+    seen: dict[str, int] = {}
+    node = start
+    while node not in seen:
+        seen[node] = len(path)
+        path.append(node)
+        node = sorted(graph[node])[0]
+    cycle = [*path[seen[node] :], node]
+    return list(reversed(cycle))  # read as "a -> b" meaning a is needed by b
+
+
+def _content_version(name: str, tasks: Mapping[str, TaskDefinition]) -> str:
+    parts = [
+        {
+            "id": t.task_id,
+            "deps": list(t.dependencies),
+            "rule": t.trigger_rule.to_dict() if t.trigger_rule else None,
+            "retry": t.retry.to_dict(),
+            "timeout_s": t.timeout_s,
+            "code": hashlib.sha256(t.code_fingerprint().encode()).hexdigest(),
+        }
+        for t in tasks.values()
+    ]
+    digest = hashlib.sha256(canonical_json({"name": name, "tasks": parts}).encode()).hexdigest()
+    return digest[:16]
+
+
+def build_workflow(
+    name: str,
+    tasks: Mapping[str, TaskDefinition],
+    description: str = "",
+    tags: Mapping[str, str] | None = None,
+) -> Workflow:
+    """Validate and freeze a workflow."""
+    if not tasks:
+        raise DefinitionError(f"workflow {name!r} has no tasks; add at least one @task", subject=name)
+    order = _topological_order(tasks, name)
+    wf = Workflow(
+        name=name,
+        tasks=MappingProxyType(dict(tasks)),
+        description=description,
+        tags=MappingProxyType(dict(tags or {})),
+        topological_order=order,
+    )
+    for t in tasks.values():
+        if t.trigger_rule is None:
+            continue
+        upstream = wf.ancestors(t.task_id)
+        for ref in sorted(t.trigger_rule.referenced_tasks()):
+            if ref not in tasks:
+                raise DefinitionError(
+                    f"workflow {name!r}: trigger rule of task {t.task_id!r} refers to unknown task {ref!r}",
+                    subject=t.task_id,
+                )
+            if ref not in upstream:
+                raise DefinitionError(
+                    f"workflow {name!r}: trigger rule of task {t.task_id!r} refers to {ref!r}, which is not "
+                    f"upstream of it; add {ref!r} to its dependencies",
+                    subject=t.task_id,
+                )
+    object.__setattr__(wf, "version", _content_version(name, wf.tasks))
+    return wf
+
+
+class WorkflowBuilder:
+    """Collects tasks into a workflow; as a context manager it validates and registers it on exit.
+
+    ``@task`` functions defined inside the ``with`` block join this builder automatically.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = check_name(name, "workflow name")
+        self._description = ""
+        self._tags: dict[str, str] = {}
+        self._tasks: dict[str, TaskDefinition] = {}
+
+    def description(self, text: str) -> WorkflowBuilder:
+        if not isinstance(text, str):
+            raise DefinitionError(f"workflow {self.name!r}: description must be a string")
+        self._description = text
+        return self
+
+    def tag(self, key: str, value: str) -> WorkflowBuilder:
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise DefinitionError(f"workflow {self.name!r}: tag key and value must be strings")
+        self._tags[key] = value
+        return self
+
+    def add_task(self, task: str | TaskDefinition | Callable[..., Any]) -> WorkflowBuilder:
+        """Add a task by definition, by decorated function, or by the id of a task registered globally."""
+        if isinstance(task, TaskDefinition):
+            definition = task
+        elif isinstance(task, str):
+            definition = registry.get_task(task)
+        else:
+            definition = getattr(task, "__cloacina_task__", None)
+            if not isinstance(definition, TaskDefinition):
+                raise DefinitionError(f"workflow {self.name!r}: add_task() takes a task id or a @task function")
+        if definition.task_id in self._tasks:
+            raise DefinitionError(
+                f"workflow {self.name!r}: duplicate task id {definition.task_id!r}",
+                subject=definition.task_id,
+            )
+        self._tasks[definition.task_id] = definition
+        return self
+
+    def build(self) -> Workflow:
+        return build_workflow(self.name, self._tasks, self._description, self._tags)
+
+    def __enter__(self) -> WorkflowBuilder:
+        registry.push_builder(self)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        registry.pop_builder(self)
+        if exc_type is None:
+            registry.register_workflow(self.build())

@@ -1,0 +1,1 @@
+"""Dispatchers: where task attempts execute (threads embedded, Celery distributed)."""

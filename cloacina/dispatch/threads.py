@@ -1,0 +1,111 @@
+"""Embedded dispatcher: a bounded thread pool for task attempts plus one timer thread for delayed work."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from cloacina.dispatch.base import TaskHandler
+
+log = logging.getLogger("cloacina.dispatch")
+
+
+class TimerThread:
+    """Calls functions at monotonic due times from a single thread (retries, deadlines)."""
+
+    def __init__(self, name: str = "cloacina-timer") -> None:
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def call_later(self, delay_s: float, fn: Callable[[], None]) -> None:
+        with self._cond:
+            if self._stopped:
+                return
+            heapq.heappush(self._heap, (time.monotonic() + max(0.0, delay_s), next(self._seq), fn))
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped and (not self._heap or self._heap[0][0] > time.monotonic()):
+                    timeout = self._heap[0][0] - time.monotonic() if self._heap else None
+                    self._cond.wait(timeout)
+                if self._stopped:
+                    return
+                _, _, fn = heapq.heappop(self._heap)
+            try:
+                fn()
+            except Exception:
+                log.exception("delayed callback failed")
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._heap.clear()
+            self._cond.notify_all()
+        self._thread.join(timeout=2)
+
+
+class ThreadDispatcher:
+    """Runs task attempts on at most ``max_workers`` threads of this process."""
+
+    def __init__(self, max_workers: int) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cloacina-worker")
+        self._timer = TimerThread()
+        self._handler: TaskHandler | None = None
+        self._closed = False
+        self._inflight = 0
+        self._idle = threading.Condition()
+
+    def bind(self, handler: TaskHandler) -> None:
+        self._handler = handler
+
+    def submit(self, run_id: str, task_id: str, delay_s: float = 0.0) -> None:
+        if delay_s > 0:
+            self._timer.call_later(delay_s, lambda: self.submit(run_id, task_id))
+            return
+        if self._closed:
+            log.warning("dispatcher closed; task %s of run %s not started", task_id, run_id)
+            return
+        with self._idle:
+            self._inflight += 1
+        try:
+            self._pool.submit(self._run, run_id, task_id)
+        except RuntimeError:  # pool shut down between the check and the submit
+            self._done()
+            log.warning("dispatcher closed; task %s of run %s not started", task_id, run_id)
+
+    def _run(self, run_id: str, task_id: str) -> None:
+        try:
+            assert self._handler is not None, "ThreadDispatcher.bind() was not called"
+            self._handler(run_id, task_id)
+        except Exception:
+            log.exception("task %s of run %s could not be executed", task_id, run_id)
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        with self._idle:
+            self._inflight -= 1
+            self._idle.notify_all()
+
+    def call_later(self, delay_s: float, fn: Callable[[], None]) -> None:
+        self._timer.call_later(delay_s, fn)
+
+    def shutdown(self, wait_s: float = 5.0) -> None:
+        self._closed = True
+        self._timer.stop()
+        deadline = time.monotonic() + wait_s
+        with self._idle:
+            while self._inflight > 0 and time.monotonic() < deadline:
+                self._idle.wait(deadline - time.monotonic())
+        self._pool.shutdown(wait=False, cancel_futures=True)

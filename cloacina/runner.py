@@ -1,0 +1,201 @@
+"""``DefaultRunner``: the one object users hold. Embedded by default: store + thread pool in this process.
+
+>>> import cloacina as cloaca
+>>> with cloaca.WorkflowBuilder("doc_runner") as b:
+...     @cloaca.task(id="double")
+...     def double(ctx):
+...         ctx.set("n", ctx.get("n") * 2)
+...         return ctx
+>>> with cloaca.DefaultRunner(":memory:") as runner:
+...     result = runner.execute("doc_runner", cloaca.Context({"n": 21}))
+>>> result.status, result.final_context.get("n")
+('Completed', 42)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from cloacina.config import DefaultRunnerConfig
+from cloacina.context import Context, coerce_context
+from cloacina.definitions import registry
+from cloacina.definitions.workflow import Workflow
+from cloacina.dispatch.threads import ThreadDispatcher
+from cloacina.engine.states import RunStatus
+from cloacina.errors import StoreError
+from cloacina.execution.coordinator import RunCoordinator
+from cloacina.results import RunHandle, WorkflowResult
+from cloacina.store.database import Database
+from cloacina.store.runs import RunStore
+
+log = logging.getLogger("cloacina.runner")
+
+
+class DefaultRunner:
+    """Executes workflows and (unless disabled) polls triggers and cron schedules.
+
+    ``db_url``: ``":memory:"``, ``"sqlite://file.db"``, ``"sqlite:///abs/file.db"`` or ``"postgresql://..."``.
+    """
+
+    def __init__(
+        self,
+        db_url: str = ":memory:",
+        config: DefaultRunnerConfig | None = None,
+        *,
+        schema: str | None = None,
+    ) -> None:
+        if config is not None and not isinstance(config, DefaultRunnerConfig):
+            raise TypeError(f"config must be a DefaultRunnerConfig, got {type(config).__name__}")
+        self.config = config or DefaultRunnerConfig()
+        self.db = Database(db_url, schema=schema, pool_size=self.config.db_pool_size)
+        try:
+            self.db.upgrade()
+        except Exception as exc:
+            self.db.dispose()
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(f"cannot prepare database {self.db.url.display}: {exc}") from exc
+        self.runs = RunStore(self.db)
+        self._workflows: dict[str, Workflow] = {}
+        self._waiters: dict[str, threading.Event] = {}
+        self._waiters_lock = threading.Lock()
+        self._closed = False
+        self.dispatcher = ThreadDispatcher(self.config.max_concurrent_tasks)
+        self.coordinator = RunCoordinator(
+            self.runs,
+            self.dispatcher,
+            self._resolve_workflow,
+            default_task_timeout_s=self.config.task_timeout_seconds,
+        )
+        self.coordinator.add_run_finished_listener(self._on_run_finished)
+        self._services: list[Any] = []
+        self._start_services()
+
+    # -- construction helpers (cloaca API) --------------------------------------------------------------
+    @classmethod
+    def with_config(cls, db_url: str, config: DefaultRunnerConfig) -> DefaultRunner:
+        return cls(db_url, config)
+
+    @classmethod
+    def with_schema(cls, db_url: str, schema: str, config: DefaultRunnerConfig | None = None) -> DefaultRunner:
+        """A runner whose tables live in PostgreSQL schema ``schema`` (created if missing): one per tenant."""
+        return cls(db_url, config, schema=schema)
+
+    def __enter__(self) -> DefaultRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def _start_services(self) -> None:
+        """Start background services (trigger and cron schedulers); extended by later modules."""
+
+    # -- workflows --------------------------------------------------------------------------------------
+    def _workflow(self, workflow: str | Workflow) -> Workflow:
+        if isinstance(workflow, Workflow):
+            self._workflows[workflow.name] = workflow
+            return workflow
+        if not isinstance(workflow, str):
+            raise TypeError(f"workflow must be a name or a Workflow, got {type(workflow).__name__}")
+        if workflow in self._workflows:
+            return self._workflows[workflow]
+        return registry.get_workflow(workflow)
+
+    def _resolve_workflow(self, name: str, version: str) -> Workflow:
+        workflow = self._workflows.get(name) or registry.get_workflow(name)
+        if workflow.version != version:
+            log.warning(
+                "workflow %r changed since the run started (run has %s, code has %s); using the code",
+                name,
+                version,
+                workflow.version,
+            )
+        return workflow
+
+    # -- execution --------------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this DefaultRunner has been shut down")
+
+    def start_run(self, workflow: str | Workflow, context: Context | Mapping[str, Any] | None = None) -> str:
+        """Create a run and start it; returns its id."""
+        self._check_open()
+        wf = self._workflow(workflow)
+        ctx = coerce_context(context)
+        run_id = self.coordinator.create_run(wf, ctx.to_dict(), deadline_s=self.config.workflow_timeout_seconds)
+        assert run_id is not None  # no dedup claim, so creation cannot be refused
+        return run_id
+
+    def execute(
+        self,
+        workflow: str | Workflow,
+        context: Context | Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> WorkflowResult:
+        """Run ``workflow`` with ``context`` and wait for it. A failing task gives ``status == "Failed"``."""
+        return self.wait_for_run(self.start_run(workflow, context), timeout)
+
+    def execute_async(self, workflow: str | Workflow, context: Context | Mapping[str, Any] | None = None) -> RunHandle:
+        """Start ``workflow`` and return at once with a handle (``run_id``, ``wait(timeout)``)."""
+        return RunHandle(self.start_run(workflow, context), self.wait_for_run, self._run_status)
+
+    def _run_status(self, run_id: str) -> str:
+        run = self.runs.get_run(run_id)
+        if run is None:
+            raise KeyError(f"unknown run {run_id!r}")
+        return str(run.status)
+
+    def wait_for_run(self, run_id: str, timeout: float | None = None) -> WorkflowResult:
+        """Block until run ``run_id`` is Completed or Failed and return its result."""
+        event = threading.Event()
+        with self._waiters_lock:
+            self._waiters[run_id] = event
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                run = self.runs.get_run(run_id)
+                if run is None:
+                    raise KeyError(f"unknown run {run_id!r}")
+                if run.status.is_terminal:
+                    return WorkflowResult.from_record(run)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"run {run_id} is still {run.status} after {timeout}s")
+                # The event is set by this process's coordinator; the bounded wait also notices runs finished
+                # by another process sharing the database.
+                event.wait(0.5 if remaining is None else min(remaining, 0.5))
+        finally:
+            with self._waiters_lock:
+                self._waiters.pop(run_id, None)
+
+    def _on_run_finished(self, run_id: str, _status: RunStatus) -> None:
+        with self._waiters_lock:
+            event = self._waiters.get(run_id)
+        if event is not None:
+            event.set()
+
+    def get_run(self, run_id: str) -> WorkflowResult | None:
+        run = self.runs.get_run(run_id)
+        return WorkflowResult.from_record(run) if run else None
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def shutdown(self, wait_s: float = 5.0) -> None:
+        """Stop schedulers, let running tasks finish (up to ``wait_s``), close the database. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for service in reversed(self._services):
+            try:
+                service.stop()
+            except Exception:
+                log.exception("error stopping %s", service)
+        self.dispatcher.shutdown(wait_s)
+        self.db.dispose()
+
+    def __repr__(self) -> str:
+        return f"DefaultRunner({self.db.url.display!r})"

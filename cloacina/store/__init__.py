@@ -1,0 +1,1 @@
+"""Durable store: SQLAlchemy models, repositories and migrations (SQLite and PostgreSQL)."""

@@ -1,0 +1,157 @@
+"""One database connection for the store: engine setup per backend, sessions, and schema migrations.
+
+SQLite is made safe for a multi-threaded runner by serialising store access in-process (a re-entrant lock)
+and using WAL with a busy timeout across processes; ``:memory:`` uses one shared connection. PostgreSQL uses
+a normal connection pool; ``schema=`` puts every table in its own PostgreSQL schema (one per tenant).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import StaticPool
+
+from cloacina.errors import SchemaNotMigratedError, StoreError
+from cloacina.store.urls import DatabaseURL, parse_database_url
+
+log = logging.getLogger("cloacina.store")
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class Database:
+    """Engine + session factory for one database URL."""
+
+    def __init__(self, url: str, *, schema: str | None = None, pool_size: int = 10) -> None:
+        self.url: DatabaseURL = parse_database_url(url)
+        self.schema = schema
+        if schema is not None:
+            if self.url.dialect != "postgresql":
+                raise StoreError("with_schema() needs a PostgreSQL URL; SQLite has no schemas")
+            if not _SCHEMA_NAME.match(schema):
+                raise StoreError(f"invalid schema name {schema!r}: use lowercase letters, digits and '_'")
+        self._lock: threading.RLock | None = threading.RLock() if self.url.dialect == "sqlite" else None
+        self.engine: Engine = self._create_engine(pool_size)
+
+    @property
+    def dialect(self) -> str:
+        return self.url.dialect
+
+    def _create_engine(self, pool_size: int) -> Engine:
+        if self.url.dialect == "sqlite":
+            kwargs: dict[str, Any] = {
+                "connect_args": {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+            }
+            if self.url.is_memory:
+                kwargs["poolclass"] = StaticPool
+            engine = create_engine(self.url.sqlalchemy_url, **kwargs)
+            is_memory = self.url.is_memory
+
+            @event.listens_for(engine, "connect")
+            def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+                if not is_memory:
+                    cur.execute("PRAGMA journal_mode=WAL")
+                    cur.execute("PRAGMA synchronous=NORMAL")
+                cur.close()
+
+            return engine
+        engine = create_engine(
+            self.url.sqlalchemy_url,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_pre_ping=True,
+            pool_recycle=1800,
+        )
+        if self.schema is not None:
+            schema = self.schema
+
+            @event.listens_for(engine, "connect")
+            def _search_path(dbapi_conn: Any, _record: Any) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+                cur.execute(f'SET search_path TO "{schema}"')
+                cur.close()
+                dbapi_conn.commit()
+
+        return engine
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """A unit of work: committed when the block ends normally, rolled back if it raises."""
+        lock = self._lock or contextlib.nullcontext()
+        with lock, Session(self.engine, expire_on_commit=False) as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    # -- migrations -------------------------------------------------------------------------------------
+    def _alembic_config(self, connection: Any) -> Any:
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        cfg.attributes["connection"] = connection
+        cfg.attributes["schema"] = self.schema
+        return cfg
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Apply migrations up to ``revision`` (``cloacina db upgrade``)."""
+        from alembic import command
+
+        lock = self._lock or contextlib.nullcontext()
+        with lock, self.engine.begin() as conn:
+            command.upgrade(self._alembic_config(conn), revision)
+        log.info("database %s migrated to %s", self.url.display, revision)
+
+    def current_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        lock = self._lock or contextlib.nullcontext()
+        try:
+            with lock, self.engine.connect() as conn:
+                return MigrationContext.configure(conn).get_current_revision()
+        except OperationalError as exc:
+            raise StoreError(f"cannot reach database {self.url.display}: {exc.orig}") from None
+
+    def head_revision(self) -> str | None:
+        from alembic.script import ScriptDirectory
+
+        return ScriptDirectory.from_config(self._alembic_config(None)).get_current_head()
+
+    def check_migrated(self) -> None:
+        """Raise ``SchemaNotMigratedError`` unless the schema is at the newest revision."""
+        current, head = self.current_revision(), self.head_revision()
+        if current != head:
+            raise SchemaNotMigratedError(
+                f"database {self.url.display} is at migration {current or 'none'}, this cloacina needs {head}; "
+                "run `cloacina db upgrade` (with CLOACINA_DATABASE_URL or --db) first"
+            )
+
+    def table_names(self) -> list[str]:
+        lock = self._lock or contextlib.nullcontext()
+        with lock, self.engine.connect() as conn:
+            return sorted(inspect(conn).get_table_names())
+
+    def ping(self) -> None:
+        with self.session() as s:
+            s.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.engine.dispose()

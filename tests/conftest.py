@@ -1,0 +1,113 @@
+"""Shared fixtures: isolated registries, and real databases (SQLite and the local PostgreSQL).
+
+PostgreSQL isolation: every test gets its own schema, dropped afterwards. If the server is not answering, the
+PostgreSQL cases are skipped on a developer machine but fail under CI (``CI=true``), as Dramatiq does.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from cloacina.definitions import registry
+
+PG_URL = os.environ.get("CLOACINA_TEST_PG_URL", "postgresql://postgres@localhost:5432/test")
+REDIS_URL = os.environ.get("CLOACINA_TEST_REDIS_URL", "redis://localhost:6379/0")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _pg_available() -> bool:
+    try:
+        engine = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
+PG_AVAILABLE = _pg_available()
+
+
+def require_postgres() -> None:
+    if not PG_AVAILABLE:
+        if IN_CI:
+            pytest.fail(f"PostgreSQL is not answering at {PG_URL} (required in CI)")
+        pytest.skip(f"PostgreSQL is not answering at {PG_URL}")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A database for one test: ``url`` plus an optional PostgreSQL ``schema``."""
+
+    name: str
+    url: str
+    schema: str | None = None
+
+
+@pytest.fixture(autouse=True)
+def isolated_registry() -> Iterator[None]:
+    """Workflows, tasks and triggers declared in a test disappear after it."""
+    saved = registry.snapshot()
+    yield
+    registry.restore(saved)
+
+
+def _pg_schema() -> Iterator[str]:
+    require_postgres()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    yield schema
+    engine = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A fresh, empty PostgreSQL schema name (dropped after the test)."""
+    yield from _pg_schema()
+
+
+@pytest.fixture(params=["sqlite-memory", "sqlite-file", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[Backend]:
+    """The same test on in-memory SQLite, file SQLite and PostgreSQL."""
+    if request.param == "sqlite-memory":
+        yield Backend("sqlite-memory", ":memory:")
+    elif request.param == "sqlite-file":
+        yield Backend("sqlite-file", f"sqlite:///{tmp_path}/cloacina.db")
+    else:
+        yield from (Backend("postgresql", PG_URL, schema) for schema in _pg_schema())
+
+
+@pytest.fixture(params=["sqlite-file", "postgresql"])
+def durable_backend(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[Backend]:
+    """Backends that several processes can share."""
+    if request.param == "sqlite-file":
+        yield Backend("sqlite-file", f"sqlite:///{tmp_path}/cloacina.db")
+    else:
+        yield from (Backend("postgresql", PG_URL, schema) for schema in _pg_schema())
+
+
+@pytest.fixture
+def make_runner(backend: Backend) -> Iterator[object]:
+    """Factory for DefaultRunners on the parametrised backend; all are shut down after the test."""
+    from cloacina import DefaultRunner, DefaultRunnerConfig
+
+    runners: list[DefaultRunner] = []
+
+    def factory(config: DefaultRunnerConfig | None = None, **overrides: object) -> DefaultRunner:
+        cfg = config or DefaultRunnerConfig(**overrides)
+        runner = DefaultRunner(backend.url, cfg, schema=backend.schema)
+        runners.append(runner)
+        return runner
+
+    yield factory
+    for runner in runners:
+        runner.shutdown()
