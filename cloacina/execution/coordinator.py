@@ -29,7 +29,7 @@ from cloacina.engine.planner import final_context, plan, run_outcome
 from cloacina.engine.states import RunStatus, TaskStatus
 from cloacina.execution.task_call import TaskCallError, call_task, describe_error
 from cloacina.store.models import utcnow
-from cloacina.store.runs import RunStore, TaskRecord, TriggerClaim
+from cloacina.store.runs import CronClaim, RunStore, TaskRecord, TriggerClaim
 
 log = logging.getLogger("cloacina.run")
 WorkflowResolver = Callable[[str, str], Workflow]
@@ -73,7 +73,7 @@ class RunCoordinator:
         input_context: Mapping[str, Any],
         *,
         trigger: TriggerClaim | None = None,
-        cron_schedule_id: int | None = None,
+        cron: CronClaim | None = None,
         deadline_s: float | None = None,
     ) -> str | None:
         """Record a new run and start its root tasks; ``None`` if deduplication refused it."""
@@ -81,7 +81,7 @@ class RunCoordinator:
             workflow,
             input_context,
             trigger=trigger,
-            cron_schedule_id=cron_schedule_id,
+            cron=cron,
             deadline_s=deadline_s,
             owner=self.worker_name,
         )

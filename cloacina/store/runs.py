@@ -23,7 +23,7 @@ from cloacina.definitions.workflow import Workflow
 from cloacina.engine.planner import Decision, TaskView
 from cloacina.engine.states import RunStatus, TaskStatus
 from cloacina.store.database import Database
-from cloacina.store.models import TaskAttempt, TaskRun, TriggerExecution, WorkflowRun, utcnow
+from cloacina.store.models import CronExecution, TaskAttempt, TaskRun, TriggerExecution, WorkflowRun, utcnow
 
 
 def _loads(text: str | None) -> dict[str, Any] | None:
@@ -37,6 +37,14 @@ class TriggerClaim:
     trigger_name: str
     context_hash: str
     dedup: bool
+
+
+@dataclass(frozen=True)
+class CronClaim:
+    """Claims one due time of a cron schedule for a new run; a second claim of the same time is refused."""
+
+    schedule_id: int
+    scheduled_time: datetime
 
 
 @dataclass(frozen=True)
@@ -132,15 +140,16 @@ class RunStore:
         input_context: Mapping[str, Any],
         *,
         trigger: TriggerClaim | None = None,
-        cron_schedule_id: int | None = None,
+        cron: CronClaim | None = None,
         deadline_s: float | None = None,
         owner: str | None = None,
         package_fingerprint: str | None = None,
     ) -> str | None:
         """Insert the run, its task rows and (for a trigger fire) its trigger-execution row atomically.
 
-        Returns the new run id, or ``None`` when ``trigger.dedup`` is set and a run for the same
-        (trigger, context hash) is still active: the partial unique index refused the insert.
+        Returns the new run id, or ``None`` when the claim was refused: ``trigger.dedup`` is set and a run for the
+        same (trigger, context hash) is still active (partial unique index), or ``cron`` names a due time that
+        was already claimed (unique (schedule, scheduled_time)). Nothing is written in that case.
         """
         now = utcnow()
         run_id = str(uuid.uuid4())
@@ -151,7 +160,7 @@ class RunStore:
             status=RunStatus.PENDING.value,
             input_context=canonical_json(dict(input_context)),
             trigger_name=trigger.trigger_name if trigger else None,
-            cron_schedule_id=cron_schedule_id,
+            cron_schedule_id=cron.schedule_id if cron else None,
             package_fingerprint=package_fingerprint,
             owner=owner,
             created_at=now,
@@ -185,8 +194,17 @@ class RunStore:
                             started_at=now,
                         )
                     )
+                if cron is not None:
+                    s.add(
+                        CronExecution(
+                            schedule_id=cron.schedule_id,
+                            scheduled_time=cron.scheduled_time,
+                            run_id=run_id,
+                            claimed_at=now,
+                        )
+                    )
         except IntegrityError:
-            if trigger is not None and trigger.dedup:
+            if (trigger is not None and trigger.dedup) or cron is not None:
                 return None
             raise
         return run_id
