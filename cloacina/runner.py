@@ -29,13 +29,16 @@ from cloacina.engine.states import RunStatus
 from cloacina.errors import StoreError
 from cloacina.execution.coordinator import RunCoordinator
 from cloacina.results import RunHandle, WorkflowResult
+from cloacina.scheduling.trigger_poller import TriggerScheduler
 from cloacina.store.database import Database
 from cloacina.store.runs import RunStore
+from cloacina.store.triggers import TriggerStore
+from cloacina.trigger_api import TriggerAPI
 
 log = logging.getLogger("cloacina.runner")
 
 
-class DefaultRunner:
+class DefaultRunner(TriggerAPI):
     """Executes workflows and (unless disabled) polls triggers and cron schedules.
 
     ``db_url``: ``":memory:"``, ``"sqlite://file.db"``, ``"sqlite:///abs/file.db"`` or ``"postgresql://..."``.
@@ -72,6 +75,8 @@ class DefaultRunner:
             default_task_timeout_s=self.config.task_timeout_seconds,
         )
         self.coordinator.add_run_finished_listener(self._on_run_finished)
+        self.triggers = TriggerStore(self.db)
+        self.trigger_scheduler: TriggerScheduler | None = None
         self._services: list[Any] = []
         self._start_services()
 
@@ -92,7 +97,24 @@ class DefaultRunner:
         self.shutdown()
 
     def _start_services(self) -> None:
-        """Start background services (trigger and cron schedulers); extended by later modules."""
+        """Register declared triggers and start the trigger and cron schedulers the config enables."""
+        known = self._register_known_triggers()
+        if self.config.enable_trigger_scheduling:
+            scheduler = TriggerScheduler(
+                self.triggers,
+                self.coordinator,
+                self._workflow,
+                poll_timeout_s=self.config.trigger_poll_timeout_seconds,
+                refresh_interval_s=self.config.trigger_base_poll_interval_ms / 1000,
+                poll_workers=self.config.trigger_poll_workers,
+                run_deadline_s=self.config.workflow_timeout_seconds,
+            )
+            for definition in known:
+                scheduler.add(definition)
+            registry.add_trigger_listener(scheduler.add)
+            scheduler.start()
+            self.trigger_scheduler = scheduler
+            self._services.append(_ListenerRemover(scheduler))
 
     # -- workflows --------------------------------------------------------------------------------------
     def _workflow(self, workflow: str | Workflow) -> Workflow:
@@ -199,3 +221,14 @@ class DefaultRunner:
 
     def __repr__(self) -> str:
         return f"DefaultRunner({self.db.url.display!r})"
+
+
+class _ListenerRemover:
+    """Stops a trigger scheduler and detaches it from the registry."""
+
+    def __init__(self, scheduler: TriggerScheduler) -> None:
+        self.scheduler = scheduler
+
+    def stop(self) -> None:
+        registry.remove_trigger_listener(self.scheduler.add)
+        self.scheduler.stop()

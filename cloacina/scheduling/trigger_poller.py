@@ -1,0 +1,396 @@
+"""TriggerScheduler: polls every registered trigger on its own interval and turns fires into runs.
+
+Guarantees (DESIGN §3):
+- Each trigger is polled every ``poll_interval``, measured from the start of its previous poll. Polls run on a
+  thread pool (async triggers on one event loop), never on the scheduling thread, so a slow or hung trigger
+  delays nobody else. A poll still running after ``poll_timeout_s`` is recorded as an error; that trigger is not
+  polled again until the hung call returns (a second call would most likely hang too).
+- A poll that raises, times out or returns the wrong type is logged with the trigger's name and reason,
+  counted on the schedule row, and polling goes on.
+- A fire with ``allow_concurrent=False`` creates its run through a SQL claim on (trigger, context hash); a
+  refused claim is a *dedup skip*, counted, never an error. The key frees in the transaction that ends the run.
+
+The loop follows the LoopService shape: :meth:`run_once` does one pass (used directly by tests), and
+:meth:`start` runs it on a daemon thread until :meth:`stop`.
+
+>>> # Typical use is through DefaultRunner; see tests/test_triggers.py for direct use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cloacina.context import context_hash
+from cloacina.definitions.trigger import TriggerDefinition, TriggerResult, to_trigger_result
+from cloacina.definitions.workflow import Workflow
+from cloacina.errors import TriggerPollError
+from cloacina.execution.coordinator import RunCoordinator
+from cloacina.execution.task_call import describe_error
+from cloacina.store.runs import TriggerClaim
+from cloacina.store.triggers import PollStats, TriggerStore
+
+log = logging.getLogger("cloacina.trigger")
+ERROR_LOG_INTERVAL_S = 60.0
+TriggerEventListener = Callable[[str, str, dict[str, Any]], None]
+
+
+@dataclass
+class _Entry:
+    definition: TriggerDefinition
+    enabled: bool
+    interval_s: float
+    next_due: float
+    in_flight_since: float | None = None
+    timed_out: bool = False
+
+
+class TriggerScheduler:
+    """Polls triggers and fires their workflows. One per runner or poller process."""
+
+    def __init__(
+        self,
+        store: TriggerStore,
+        coordinator: RunCoordinator,
+        resolve_workflow: Callable[[str], Workflow],
+        *,
+        poll_timeout_s: float = 30.0,
+        refresh_interval_s: float = 1.0,
+        poll_workers: int = 8,
+        run_deadline_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.coordinator = coordinator
+        self.resolve_workflow = resolve_workflow
+        self.poll_timeout_s = poll_timeout_s
+        self.refresh_interval_s = refresh_interval_s
+        self.run_deadline_s = run_deadline_s
+        self.clock = clock
+        self._entries: dict[str, _Entry] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._stats: dict[str, PollStats] = {}
+        self._stats_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=poll_workers, thread_name_prefix="cloacina-poll")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self._next_refresh = 0.0
+        self._listeners: list[TriggerEventListener] = []
+        self._last_logged: dict[str, tuple[str, float, int]] = {}
+
+    # -- registration -----------------------------------------------------------------------------------
+    def add(self, definition: TriggerDefinition) -> bool:
+        """Schedule ``definition`` (replacing a trigger of the same name); ``False`` if it names no workflow."""
+        if definition.workflow is None:
+            log.error(
+                "trigger %r names no workflow; add workflow=... or bind it in a package manifest", definition.name
+            )
+            return False
+        self.store.upsert_schedule(
+            definition.name, definition.workflow, definition.poll_interval_ms, definition.allow_concurrent
+        )
+        state = self.store.schedule_states().get(definition.name)
+        with self._cond:
+            old = self._entries.get(definition.name)
+            entry = _Entry(
+                definition=definition,
+                enabled=state.enabled if state else True,
+                interval_s=definition.poll_interval_ms / 1000,
+                next_due=self.clock(),
+            )
+            if old is not None:  # keep the in-flight bookkeeping of a poll that is running right now
+                entry.in_flight_since, entry.timed_out = old.in_flight_since, old.timed_out
+            self._entries[definition.name] = entry
+            self._push(entry)
+            self._cond.notify()
+        log.info("trigger scheduled", extra={"trigger": definition.name, "workflow": definition.workflow})
+        return True
+
+    def remove(self, name: str) -> None:
+        """Stop polling ``name`` (its schedule row and history stay)."""
+        with self._cond:
+            self._entries.pop(name, None)
+
+    def set_enabled(self, name: str, enabled: bool) -> None:
+        """Apply an enable/disable at once in this process (other processes see it at their next refresh)."""
+        with self._cond:
+            entry = self._entries.get(name)
+            if entry is not None and entry.enabled != enabled:
+                entry.enabled = enabled
+                if enabled:
+                    entry.next_due = self.clock()
+                    self._push(entry)
+                    self._cond.notify()
+
+    def add_listener(self, listener: TriggerEventListener) -> None:
+        """``listener(event, trigger_name, info)`` for events poll_error, fire, dedup_skip (CLI and metrics)."""
+        self._listeners.append(listener)
+
+    @property
+    def trigger_names(self) -> list[str]:
+        with self._cond:
+            return sorted(self._entries)
+
+    def _push(self, entry: _Entry) -> None:
+        heapq.heappush(self._heap, (entry.next_due, next(self._seq), entry.definition.name))
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def run_once(self) -> float:
+        """Start every due poll, record timeouts, refresh from the database when due.
+
+        Returns the seconds until something is next due (how long the loop may sleep).
+        """
+        now = self.clock()
+        if now >= self._next_refresh:
+            self._next_refresh = now + self.refresh_interval_s
+            self.refresh()
+        due: list[_Entry] = []
+        timed_out: list[str] = []
+        with self._cond:
+            for entry in self._entries.values():
+                if (
+                    entry.in_flight_since is not None
+                    and not entry.timed_out
+                    and now - entry.in_flight_since >= self.poll_timeout_s
+                ):
+                    entry.timed_out = True
+                    timed_out.append(entry.definition.name)
+            while self._heap and self._heap[0][0] <= now:
+                due_at, _, name = heapq.heappop(self._heap)
+                entry = self._entries.get(name)
+                if entry is None or entry.next_due != due_at:
+                    continue  # removed or rescheduled: a stale heap item
+                entry.next_due = now + entry.interval_s
+                self._push(entry)
+                if entry.enabled and entry.in_flight_since is None:
+                    entry.in_flight_since = now
+                    entry.timed_out = False
+                    due.append(entry)
+            sleep_s = (self._heap[0][0] - now) if self._heap else self.refresh_interval_s
+            deadlines = [e.in_flight_since + self.poll_timeout_s - now for e in self._entries.values()
+                         if e.in_flight_since is not None and not e.timed_out]  # fmt: skip
+        for name in timed_out:
+            self._record_error(name, f"poll timed out after {self.poll_timeout_s:g}s")
+        for entry in due:
+            self._start_poll(entry, now)
+        return max(0.0, min([sleep_s, self._next_refresh - now, *deadlines]))
+
+    def flush_stats(self) -> None:
+        """Write the poll statistics gathered since the last flush (they are batched for speed)."""
+        with self._stats_lock:
+            stats, self._stats = self._stats, {}
+        try:
+            self.store.flush_poll_stats(stats)
+        except Exception:
+            with self._stats_lock:  # keep them for the next attempt
+                for name, st in stats.items():
+                    newer = self._stats.get(name)
+                    self._stats[name] = st if newer is None else _combined(st, newer)
+            raise
+
+    def refresh(self) -> None:
+        """Flush poll statistics and re-read enabled flags written by other processes or the CLI."""
+        try:
+            self.flush_stats()
+            states = self.store.schedule_states()
+        except Exception as exc:  # the database may be briefly unavailable: keep polling, retry next time
+            log.warning("trigger refresh failed (will retry): %s", describe_error(exc))
+            return
+        with self._cond:
+            for name, entry in self._entries.items():
+                state = states.get(name)
+                if state is not None and state.enabled != entry.enabled:
+                    entry.enabled = state.enabled
+                    if state.enabled:
+                        entry.next_due = self.clock()
+                        self._push(entry)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run_forever, name="cloacina-triggers", daemon=True)
+        self._thread.start()
+
+    def _run_forever(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                sleep_s = self.run_once()
+            except Exception:
+                log.exception("trigger scheduler pass failed")
+                sleep_s = self.refresh_interval_s
+            with self._cond:
+                if not self._stopped.is_set():
+                    self._cond.wait(sleep_s)
+
+    def stop(self, wait_s: float = 5.0) -> None:
+        self._stopped.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(wait_s)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        try:
+            self.flush_stats()
+        except Exception as exc:
+            log.warning("could not flush trigger statistics at shutdown: %s", describe_error(exc))
+
+    # -- one poll ---------------------------------------------------------------------------------------
+    def _start_poll(self, entry: _Entry, started: float) -> None:
+        definition = entry.definition
+        if definition.is_async:
+            loop = self._event_loop()
+            coro = asyncio.wait_for(definition.function(), self.poll_timeout_s)
+            future = asyncio.run_coroutine_threadsafe(coro, loop)
+            future.add_done_callback(lambda f: self._submit_result(entry, started, f))
+            return
+        try:
+            self._pool.submit(self._poll_sync, entry, started)
+        except RuntimeError:  # shutting down
+            self._release(entry)
+
+    def _poll_sync(self, entry: _Entry, started: float) -> None:
+        try:
+            value = entry.definition.function()
+        except Exception as exc:
+            self._finish_poll(entry, started, error=exc)
+        else:
+            self._finish_poll(entry, started, value=value)
+
+    def _submit_result(self, entry: _Entry, started: float, future: Future[Any]) -> None:
+        exc = future.exception() if not future.cancelled() else TimeoutError("poll cancelled")
+        if isinstance(exc, TimeoutError):
+            exc = TimeoutError(f"poll timed out after {self.poll_timeout_s:g}s")
+        try:
+            if exc is not None:
+                self._pool.submit(self._finish_poll, entry, started, None, exc)
+            else:
+                self._pool.submit(self._finish_poll, entry, started, future.result(), None)
+        except RuntimeError:
+            self._release(entry)
+
+    def _finish_poll(
+        self, entry: _Entry, started: float, value: Any = None, error: BaseException | None = None
+    ) -> None:
+        name = entry.definition.name
+        try:
+            with self._cond:
+                if entry.timed_out:  # already recorded as a timeout; a late answer is discarded
+                    return
+            wall = datetime.now(UTC)
+            self._count(name, polls=1, last_poll_at=wall, next_poll_at=wall + timedelta(seconds=entry.interval_s))
+            if error is not None:
+                self._record_error(name, f"poll raised {describe_error(error)}")
+                return
+            try:
+                result = to_trigger_result(value, name)
+            except TriggerPollError as exc:
+                self._record_error(name, exc.reason)
+                return
+            if result.is_skip_result():
+                self._count(name, skips=1)
+                return
+            self._fire(entry.definition, result, wall)
+        except Exception:
+            log.exception("handling a poll of trigger %r failed", name)
+        finally:
+            self._release(entry)
+
+    def _release(self, entry: _Entry) -> None:
+        with self._cond:
+            entry.in_flight_since = None
+            entry.timed_out = False
+            self._cond.notify()
+
+    def _fire(self, definition: TriggerDefinition, result: TriggerResult, fired_at: datetime) -> None:
+        name = definition.name
+        user_ctx = result.context.to_dict() if result.context is not None else {}
+        digest = context_hash(user_ctx)
+        run_input = dict(user_ctx)
+        run_input.setdefault("trigger_name", name)
+        run_input.setdefault("triggered_at", fired_at.isoformat())
+        try:
+            workflow = self.resolve_workflow(definition.workflow or "")
+        except ValueError as exc:
+            self._record_error(name, f"cannot fire: {exc}")
+            return
+        claim = TriggerClaim(name, digest, dedup=not definition.allow_concurrent)
+        run_id = self.coordinator.create_run(workflow, run_input, trigger=claim, deadline_s=self.run_deadline_s)
+        if run_id is None:
+            self._count(name, dedup_skips=1)
+            log.debug("fire skipped: a run for this context is active", extra={"trigger": name, "hash": digest})
+            self._emit("dedup_skip", name, {"context_hash": digest})
+            return
+        self._count(name, fires=1, last_fire_at=fired_at)
+        log.info("trigger fired", extra={"trigger": name, "run_id": run_id, "workflow": workflow.name})
+        self._emit("fire", name, {"run_id": run_id, "context_hash": digest})
+
+    # -- bookkeeping ------------------------------------------------------------------------------------
+    def _count(self, name: str, **deltas: Any) -> None:
+        with self._stats_lock:
+            st = self._stats.setdefault(name, PollStats())
+            for key, value in deltas.items():
+                if isinstance(value, int):
+                    setattr(st, key, getattr(st, key) + value)
+                else:
+                    setattr(st, key, value)
+
+    def _record_error(self, name: str, reason: str) -> None:
+        # A trigger failing every 100 ms must not flood the log: the same reason is logged at most once a minute.
+        now = self.clock()
+        with self._stats_lock:
+            last = self._last_logged.get(name)
+            repeated = last is not None and last[0] == reason and now - last[1] < ERROR_LOG_INTERVAL_S
+            if not repeated:
+                suppressed = last[2] if last is not None and last[0] == reason else 0
+                self._last_logged[name] = (reason, now, 0)
+            else:
+                assert last is not None
+                self._last_logged[name] = (last[0], last[1], last[2] + 1)
+        if not repeated:
+            more = f" (and {suppressed} more times since the last report)" if suppressed else ""
+            log.warning("trigger %r poll failed: %s%s", name, reason, more, extra={"trigger": name})
+        self._count(name, errors=1, last_error=reason[:2000], last_error_at=datetime.now(UTC))
+        self._emit("poll_error", name, {"reason": reason})
+
+    def _emit(self, event: str, name: str, info: dict[str, Any]) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event, name, info)
+            except Exception:
+                log.exception("trigger event listener failed")
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        with self._cond:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                self._loop_thread = threading.Thread(target=loop.run_forever, name="cloacina-async-polls", daemon=True)
+                self._loop_thread.start()
+                self._loop = loop
+            return self._loop
+
+
+def _combined(older: PollStats, newer: PollStats) -> PollStats:
+    """Statistics of two periods as one: counters added, the newer timestamps and error kept."""
+    out = PollStats()
+    for key, value in older.__dict__.items():
+        other = getattr(newer, key)
+        if isinstance(value, int):
+            setattr(out, key, value + other)
+        else:
+            setattr(out, key, other if other is not None else value)
+    return out

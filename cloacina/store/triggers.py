@@ -1,0 +1,218 @@
+"""Repository for trigger schedules (one row per trigger name) and trigger executions (one row per fire).
+
+Poll statistics are written in batches (:meth:`TriggerStore.flush_poll_stats`): a runner with a thousand
+triggers polled every second would otherwise spend a transaction per poll. Fires are not batched: a fire is a
+run creation, and it goes through :meth:`cloacina.store.runs.RunStore.create_run` with its dedup claim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from cloacina.store.database import Database
+from cloacina.store.models import TriggerExecution, TriggerSchedule, WorkflowRun, utcnow
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO-8601 text of an aware timestamp (the form the management API returns)."""
+    return value.isoformat() if value is not None else None
+
+
+@dataclass
+class PollStats:
+    """Counters accumulated in memory between two flushes, for one trigger."""
+
+    polls: int = 0
+    fires: int = 0
+    skips: int = 0
+    dedup_skips: int = 0
+    errors: int = 0
+    last_poll_at: datetime | None = None
+    last_fire_at: datetime | None = None
+    next_poll_at: datetime | None = None
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+
+    def is_empty(self) -> bool:
+        return self.polls == 0 and self.last_poll_at is None and self.next_poll_at is None
+
+
+@dataclass(frozen=True)
+class ScheduleState:
+    """The parts of a schedule row the poller re-reads: may it poll, and how often."""
+
+    enabled: bool
+    poll_interval_ms: int
+    workflow_name: str
+    allow_concurrent: bool
+
+
+def _schedule_dict(row: TriggerSchedule) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "trigger_name": row.trigger_name,
+        "workflow_name": row.workflow_name,
+        "poll_interval_ms": row.poll_interval_ms,
+        "allow_concurrent": row.allow_concurrent,
+        "enabled": row.enabled,
+        "last_poll_at": iso(row.last_poll_at),
+        "next_poll_at": iso(row.next_poll_at),
+        "last_fire_at": iso(row.last_fire_at),
+        "poll_count": row.poll_count,
+        "fire_count": row.fire_count,
+        "skip_count": row.skip_count,
+        "dedup_skip_count": row.dedup_skip_count,
+        "error_count": row.error_count,
+        "last_error": row.last_error,
+        "last_error_at": iso(row.last_error_at),
+        "created_at": iso(row.created_at),
+        "updated_at": iso(row.updated_at),
+    }
+
+
+class TriggerStore:
+    """Reads and writes trigger schedules and executions; every method is one transaction."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def upsert_schedule(
+        self, trigger_name: str, workflow_name: str, poll_interval_ms: int, allow_concurrent: bool
+    ) -> None:
+        """Create the schedule row, or update what the code defines; a stored ``enabled`` flag is kept."""
+        now = utcnow()
+        for _ in range(3):  # two processes may insert the same new trigger at once; the loser updates
+            try:
+                with self.db.session() as s:
+                    row = s.scalars(
+                        select(TriggerSchedule).where(TriggerSchedule.trigger_name == trigger_name)
+                    ).one_or_none()
+                    if row is None:
+                        s.add(
+                            TriggerSchedule(
+                                trigger_name=trigger_name,
+                                workflow_name=workflow_name,
+                                poll_interval_ms=poll_interval_ms,
+                                allow_concurrent=allow_concurrent,
+                                enabled=True,
+                                poll_count=0,
+                                fire_count=0,
+                                skip_count=0,
+                                dedup_skip_count=0,
+                                error_count=0,
+                                created_at=now,
+                                updated_at=now,
+                            )
+                        )
+                    elif (row.workflow_name, row.poll_interval_ms, row.allow_concurrent) != (
+                        workflow_name,
+                        poll_interval_ms,
+                        allow_concurrent,
+                    ):
+                        row.workflow_name = workflow_name
+                        row.poll_interval_ms = poll_interval_ms
+                        row.allow_concurrent = allow_concurrent
+                        row.updated_at = now
+                return
+            except IntegrityError:
+                continue
+        raise RuntimeError(f"could not upsert trigger schedule {trigger_name!r}")
+
+    def get_schedule(self, trigger_name: str) -> dict[str, Any] | None:
+        with self.db.session() as s:
+            row = s.scalars(select(TriggerSchedule).where(TriggerSchedule.trigger_name == trigger_name)).one_or_none()
+            return _schedule_dict(row) if row else None
+
+    def list_schedules(self, enabled_only: bool = False, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        with self.db.session() as s:
+            q = select(TriggerSchedule).order_by(TriggerSchedule.trigger_name)
+            if enabled_only:
+                q = q.where(TriggerSchedule.enabled.is_(True))
+            return [_schedule_dict(r) for r in s.scalars(q.limit(limit).offset(offset)).all()]
+
+    def schedule_states(self) -> dict[str, ScheduleState]:
+        """Enabled flag and interval of every schedule (what the poller re-reads periodically)."""
+        with self.db.session() as s:
+            rows = s.execute(
+                select(
+                    TriggerSchedule.trigger_name,
+                    TriggerSchedule.enabled,
+                    TriggerSchedule.poll_interval_ms,
+                    TriggerSchedule.workflow_name,
+                    TriggerSchedule.allow_concurrent,
+                )
+            ).all()
+            return {r[0]: ScheduleState(bool(r[1]), int(r[2]), r[3], bool(r[4])) for r in rows}
+
+    def set_enabled(self, trigger_name: str, enabled: bool) -> bool:
+        """Enable or disable polling; ``False`` if no trigger has that name."""
+        with self.db.session() as s:
+            res = s.execute(
+                update(TriggerSchedule)
+                .where(TriggerSchedule.trigger_name == trigger_name)
+                .values(enabled=bool(enabled), updated_at=utcnow())
+            )
+            return res.rowcount == 1
+
+    def flush_poll_stats(self, stats: Mapping[str, PollStats]) -> None:
+        """Add accumulated counters to their schedule rows, all in one transaction."""
+        pending = {name: st for name, st in stats.items() if not st.is_empty()}
+        if not pending:
+            return
+        now = utcnow()
+        with self.db.session() as s:
+            for name, st in pending.items():
+                values: dict[str, Any] = {
+                    "poll_count": TriggerSchedule.poll_count + st.polls,
+                    "fire_count": TriggerSchedule.fire_count + st.fires,
+                    "skip_count": TriggerSchedule.skip_count + st.skips,
+                    "dedup_skip_count": TriggerSchedule.dedup_skip_count + st.dedup_skips,
+                    "error_count": TriggerSchedule.error_count + st.errors,
+                    "updated_at": now,
+                }
+                for attr in ("last_poll_at", "last_fire_at", "next_poll_at", "last_error", "last_error_at"):
+                    if getattr(st, attr) is not None:
+                        values[attr] = getattr(st, attr)
+                s.execute(update(TriggerSchedule).where(TriggerSchedule.trigger_name == name).values(**values))
+
+    def execution_history(self, trigger_name: str, limit: int = 100) -> list[dict[str, Any]]:
+        """Fires of ``trigger_name`` that started a run, newest first, with the run's status."""
+        with self.db.session() as s:
+            rows = s.execute(
+                select(TriggerExecution, WorkflowRun.status, WorkflowRun.workflow_name, WorkflowRun.error_message)
+                .join(WorkflowRun, WorkflowRun.id == TriggerExecution.run_id)
+                .where(TriggerExecution.trigger_name == trigger_name)
+                .order_by(TriggerExecution.started_at.desc(), TriggerExecution.id.desc())
+                .limit(limit)
+            ).all()
+            return [
+                {
+                    "id": ex.id,
+                    "trigger_name": ex.trigger_name,
+                    "workflow_name": workflow_name,
+                    "context_hash": ex.context_hash,
+                    "run_id": ex.run_id,
+                    "status": status,
+                    "is_active": ex.dedup_active,
+                    "started_at": iso(ex.started_at),
+                    "completed_at": iso(ex.completed_at),
+                    "error_message": error,
+                }
+                for ex, status, workflow_name, error in rows
+            ]
+
+    def active_hashes(self, trigger_name: str) -> set[str]:
+        """Context hashes of runs fired by ``trigger_name`` that are still active (deduplicated only)."""
+        with self.db.session() as s:
+            rows = s.scalars(
+                select(TriggerExecution.context_hash).where(
+                    TriggerExecution.trigger_name == trigger_name, TriggerExecution.dedup_active.is_(True)
+                )
+            ).all()
+            return set(rows)
