@@ -1,0 +1,1 @@
+"""Scheduling: trigger polling, cron, leases and dedup locks, sweeper."""
