@@ -8,6 +8,7 @@ True
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from cloacina.definitions import registry
@@ -16,6 +17,8 @@ from cloacina.definitions.trigger import TriggerDefinition
 if TYPE_CHECKING:
     from cloacina.scheduling.trigger_poller import TriggerScheduler
     from cloacina.store.triggers import TriggerStore
+
+log = logging.getLogger("cloacina.trigger")
 
 
 class TriggerAPI:
@@ -60,6 +63,8 @@ class TriggerAPI:
     def _register_known_triggers(self) -> list[TriggerDefinition]:
         """Write a schedule row for every trigger declared so far (without polling them)."""
         found = [d for d in registry.triggers() if d.workflow is not None]
+        for unbound in (d for d in registry.triggers() if d.workflow is None):
+            log.error("trigger %r names no workflow; add workflow=... or bind it in a package manifest", unbound.name)
         for definition in found:
             self.triggers.upsert_schedule(
                 definition.name, definition.workflow or "", definition.poll_interval_ms, definition.allow_concurrent

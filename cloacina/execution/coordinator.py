@@ -14,6 +14,7 @@ concurrent completions of a fan-in, duplicate deliveries and late results of tim
 from __future__ import annotations
 
 import logging
+import os
 import random
 import socket
 from collections.abc import Callable, Mapping
@@ -58,7 +59,7 @@ class RunCoordinator:
         self.dispatcher = dispatcher
         self.resolve_workflow = resolve_workflow
         self.default_task_timeout_s = default_task_timeout_s
-        self.worker_name = worker_name or socket.gethostname()
+        self.worker_name = worker_name or f"{socket.gethostname()}:{os.getpid()}"
         self._rng = rng or random.Random()
         self._listeners: list[RunFinishedListener] = []
         dispatcher.bind(self.run_task)

@@ -40,7 +40,7 @@ class PollStats:
     last_error_at: datetime | None = None
 
     def is_empty(self) -> bool:
-        return self.polls == 0 and self.last_poll_at is None and self.next_poll_at is None
+        return all(not value for value in self.__dict__.values())
 
 
 @dataclass(frozen=True)
