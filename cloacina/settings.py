@@ -1,0 +1,77 @@
+"""Service settings from the environment (``CLOACINA_*``), built once and passed down.
+
+>>> s = CloacinaSettings(database_url="postgresql://db/x", broker_url="redis://localhost:6379/0")
+>>> s.effective_redis_url
+'redis://localhost:6379/0'
+>>> s.display_database_url
+'postgresql+psycopg://db/x'
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+from cloacina.store.urls import parse_database_url
+
+
+class CloacinaSettings(BaseSettings):
+    """Configuration of the poller, worker and CLI. Every field reads ``CLOACINA_<FIELD>`` from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="CLOACINA_", extra="ignore", validate_default=True)
+
+    database_url: str = Field("sqlite://cloacina.db", description="Run store (PostgreSQL in production).")
+    broker_url: str | None = Field(None, description="Celery broker URL (Redis), e.g. redis://redis:6379/0.")
+    redis_url: str | None = Field(None, description="Redis for locks and leases; defaults to broker_url.")
+    queue: str = Field("cloacina", description="Celery queue the workflow tasks go to.")
+
+    # tasks and recovery
+    task_timeout_s: float = Field(300.0, gt=0, description="Default timeout of one task attempt.")
+    visibility_timeout_s: int = Field(3600, gt=0, description="Redis visibility timeout; above the longest task.")
+    task_heartbeat_interval_s: float = Field(5.0, gt=0, description="How often a running task's heartbeat is written.")
+    task_heartbeat_timeout_s: float = Field(30.0, gt=0, description="A running task silent this long is lost.")
+    stale_run_s: float = Field(30.0, gt=0, description="A run with no progress this long is republished.")
+    sweep_interval_s: float = Field(5.0, gt=0, description="How often the sweeper looks for lost work.")
+
+    # triggers, leases, locks
+    lock_ttl_s: float = Field(60.0, gt=0, description="TTL of a dedup lock; renewed while the run is active.")
+    lease_ttl_s: float = Field(10.0, gt=0, description="Poller membership lease; takeover happens within it.")
+    trigger_poll_timeout_s: float = Field(30.0, gt=0, description="A poll running longer is abandoned.")
+    trigger_poll_workers: int = Field(8, ge=1, description="Threads that run trigger polls in a poller.")
+
+    # observability
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Serve /metrics and /healthz on this port.")
+    log_format: Literal["text", "json"] = Field("text", description="Log line format.")
+    log_level: str = Field("INFO", description="Root log level of services.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_db(cls, value: str) -> str:
+        parse_database_url(value)  # raises a StoreError (a clear message) for unsupported forms
+        return value
+
+    @field_validator("broker_url", "redis_url")
+    @classmethod
+    def _check_redis(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"expected a redis:// URL, got {make_url_safe(value)}")
+        return value
+
+    @property
+    def effective_redis_url(self) -> str | None:
+        return self.redis_url or self.broker_url
+
+    @property
+    def display_database_url(self) -> str:
+        return parse_database_url(self.database_url).display
+
+
+def make_url_safe(url: str) -> str:
+    """``url`` with any password masked (for error messages and logs)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
