@@ -23,6 +23,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -172,6 +173,7 @@ class TriggerExecution(Base):
     context_hash: Mapped[str] = mapped_column(String(64))
     run_id: Mapped[str] = mapped_column(ForeignKey("workflow_runs.id", ondelete="CASCADE"), index=True)
     dedup_active: Mapped[bool] = mapped_column(Boolean, default=False)
+    lock_token: Mapped[str | None] = mapped_column(String(64))
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column()
 
@@ -200,3 +202,21 @@ class CronExecution(Base):
     scheduled_time: Mapped[datetime] = mapped_column()
     claimed_at: Mapped[datetime] = mapped_column(default=utcnow)
     run_id: Mapped[str | None] = mapped_column(ForeignKey("workflow_runs.id", ondelete="SET NULL"))
+
+
+class Package(Base):
+    """A validated ``.cloacina`` archive, content-addressed by its fingerprint (workers fetch code from here)."""
+
+    __tablename__ = "packages"
+    __table_args__ = (Index("ix_packages_name_version", "name", "version"),)
+
+    fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[str] = mapped_column(String(100))
+    manifest: Mapped[str] = mapped_column(Text)
+    archive: Mapped[bytes] = mapped_column(LargeBinary)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    source_path: Mapped[str | None] = mapped_column(Text)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
