@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
-_PATTERN = re.compile(r"^\s*(\d+)\s*(ms|s|m|h)\s*$")
+_PATTERN = re.compile(r"^\s*([0-9]+)\s*(ms|s|m|h)\s*$")  # ASCII digits: \d would accept "\u0665s"
 
 
 def parse_duration_ms(text: object, *, what: str = "duration") -> int:

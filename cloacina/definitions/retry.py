@@ -51,10 +51,10 @@ class RetryPolicy:
             raise DefinitionError(f"retry_backoff must be one of {BACKOFFS}, got {self.backoff!r}")
         if self.condition not in CONDITIONS:
             raise DefinitionError(f"retry_condition must be one of {CONDITIONS}, got {self.condition!r}")
-        for name in ("initial_delay_ms", "max_delay_ms"):
+        for name, option in (("initial_delay_ms", "retry_delay_ms"), ("max_delay_ms", "retry_max_delay_ms")):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise DefinitionError(f"{name.replace('initial_', 'retry_')} must be an integer >= 0, got {value!r}")
+                raise DefinitionError(f"{option} must be an integer >= 0, got {value!r}")
         if self.max_delay_ms < self.initial_delay_ms:
             raise DefinitionError(
                 f"retry_max_delay_ms ({self.max_delay_ms}) is below retry_delay_ms ({self.initial_delay_ms})"

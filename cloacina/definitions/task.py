@@ -122,7 +122,7 @@ def make_task_definition(fn: TaskFunction, options: dict[str, Any]) -> TaskDefin
         )
     if not callable(fn):
         raise DefinitionError(f"@task decorates a function, got {type(fn).__name__}")
-    task_id = options.get("id") or getattr(fn, "__name__", None)
+    task_id = options["id"] if options.get("id") is not None else getattr(fn, "__name__", None)
     check_name(task_id, "task id")
     deps_in = options.get("dependencies") or ()
     if isinstance(deps_in, str) or not isinstance(deps_in, Sequence):

@@ -14,10 +14,21 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 
+def json_equal(left: Any, right: Any) -> bool:
+    """Equality of JSON values: ``==`` except that a boolean never equals a number (``True != 1``)."""
+    if isinstance(left, bool) or isinstance(right, bool):
+        return type(left) is type(right) and left == right
+    if isinstance(left, Mapping) and isinstance(right, Mapping):
+        return left.keys() == right.keys() and all(json_equal(left[k], right[k]) for k in left)
+    if isinstance(left, list) and isinstance(right, list):
+        return len(left) == len(right) and all(json_equal(a, b) for a, b in zip(left, right, strict=True))
+    return bool(left == right)
+
+
 def _concat_unique(left: list[Any], right: list[Any]) -> list[Any]:
     out = list(left)
     for item in right:
-        if item not in out:
+        if not any(json_equal(item, seen) for seen in out):
             out.append(item)
     return out
 

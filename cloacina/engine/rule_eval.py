@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cloacina.definitions.rules import AllOf, Always, AnyOf, ContextValue, NoneOf, Rule, TaskStatusIs
+from cloacina.engine.merge import json_equal
 from cloacina.engine.states import TaskStatus
 
 _MISSING = object()
@@ -37,9 +38,9 @@ def _compare(actual: Any, op: str, expected: Any) -> bool:
         return op in ("not_equals", "not_contains")
     try:
         if op == "equals":
-            return bool(actual == expected)
+            return json_equal(actual, expected)
         if op == "not_equals":
-            return bool(actual != expected)
+            return not json_equal(actual, expected)
         if op == "greater_than":
             return bool(actual > expected)
         if op == "greater_or_equal":
@@ -48,10 +49,12 @@ def _compare(actual: Any, op: str, expected: Any) -> bool:
             return bool(actual < expected)
         if op == "less_or_equal":
             return bool(actual <= expected)
-        if op == "contains":
-            return expected in actual
-        if op == "not_contains":
-            return expected not in actual
+        if op in ("contains", "not_contains"):
+            if isinstance(actual, list):
+                found = any(json_equal(item, expected) for item in actual)
+            else:
+                found = expected in actual  # substring of a str, key of an object
+            return found if op == "contains" else not found
     except TypeError:
         return False
     raise ValueError(f"unknown operator {op!r}")
