@@ -1,0 +1,472 @@
+"""Cron schedules: the store contract (every backend), the scheduler with an injected clock, the runner API,
+several schedulers sharing one PostgreSQL schema, and a real-time run in two OS processes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, select
+
+import cloacina as cloaca
+from cloacina import DefaultRunner, DefaultRunnerConfig
+from cloacina.cron_api import CronAPI, start_cron_service
+from cloacina.definitions import registry
+from cloacina.dispatch.threads import ThreadDispatcher
+from cloacina.execution.coordinator import RunCoordinator
+from cloacina.scheduling.cron import CronScheduler
+from cloacina.scheduling.cron_math import next_due
+from cloacina.store.cron import CronScheduleRecord, CronStore
+from cloacina.store.database import Database
+from cloacina.store.models import CronExecution, WorkflowRun
+from cloacina.store.runs import RunStore
+from tests.conftest import PG_URL, Backend, require_postgres
+
+T0 = datetime(2024, 1, 1, 10, 0, tzinfo=UTC)
+SCHEDULE_KEYS = {
+    "id",
+    "workflow_name",
+    "cron_expression",
+    "timezone",
+    "enabled",
+    "catchup_policy",
+    "next_run_at",
+    "last_run_at",
+    "created_at",
+    "updated_at",
+}
+
+
+def at(hours: float = 0, seconds: float = 0) -> datetime:
+    return T0 + timedelta(hours=hours, seconds=seconds)
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.fixture(autouse=True)
+def cron_workflow() -> None:
+    with cloaca.WorkflowBuilder("cron_wf"):
+
+        @cloaca.task(id="tick", retry_attempts=0)
+        def tick(ctx: cloaca.Context) -> cloaca.Context:
+            return ctx
+
+
+@dataclasses.dataclass
+class Stack:
+    """Everything a scheduler needs, without a DefaultRunner: one per simulated process."""
+
+    db: Database
+    runs: RunStore
+    dispatcher: ThreadDispatcher
+    coordinator: RunCoordinator
+    store: CronStore
+
+    def scheduler(self, **kwargs: Any) -> CronScheduler:
+        return CronScheduler(self.store, self.coordinator, registry.get_workflow, **kwargs)
+
+    def cron_runs(self, schedule_id: int) -> list[dict[str, Any]]:
+        with self.db.session() as s:
+            rows = s.scalars(select(WorkflowRun).where(WorkflowRun.cron_schedule_id == schedule_id)).all()
+            return [json.loads(r.input_context) for r in rows]
+
+    def close(self) -> None:
+        self.dispatcher.shutdown(5)
+        self.db.dispose()
+
+
+def open_stack(url: str, schema: str | None) -> Stack:
+    db = Database(url, schema=schema)
+    db.upgrade()
+    runs = RunStore(db)
+    dispatcher = ThreadDispatcher(4)
+    coordinator = RunCoordinator(runs, dispatcher, lambda name, _version: registry.get_workflow(name))
+    return Stack(db, runs, dispatcher, coordinator, CronStore(db))
+
+
+@pytest.fixture
+def stack(backend: Backend) -> Iterator[Stack]:
+    opened = open_stack(backend.url, backend.schema)
+    yield opened
+    opened.close()
+
+
+def hourly(stack: Stack, policy: str = "skip", next_run_at: datetime = T0, workflow: str = "cron_wf") -> int:
+    return stack.store.create_schedule(workflow, "0 * * * *", "UTC", policy, next_run_at).id
+
+
+# -- store contract ------------------------------------------------------------------------------------------
+def test_schedule_crud_returns_frozen_records(stack: Stack) -> None:
+    store = stack.store
+    created = store.create_schedule("cron_wf", "0 * * * *", "Europe/Berlin", "skip", T0)
+    assert isinstance(created, CronScheduleRecord) and created.id > 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        created.enabled = False  # type: ignore[misc]
+    assert set(created.to_dict()) == SCHEDULE_KEYS
+    assert store.get_schedule(created.id) == created
+    assert store.get_schedule(created.id + 1000) is None
+    assert created.next_run_at == T0 and created.next_run_at.tzinfo is not None
+
+    second = store.create_schedule("cron_wf", "*/5 * * * *", "UTC", "run_all", at(1))
+    third = store.create_schedule("other", "0 0 * * *", "UTC", "skip", at(2))
+    assert [r.id for r in store.list_schedules()] == [created.id, second.id, third.id]
+    assert [r.id for r in store.list_schedules(limit=1, offset=1)] == [second.id]
+    assert store.set_enabled(second.id, False)
+    assert [r.id for r in store.list_schedules(enabled_only=True)] == [created.id, third.id]
+    assert not store.set_enabled(9999, False)
+
+    updated = store.update_schedule(created.id, cron_expression="30 * * * *", timezone="UTC", next_run_at=at(0.5))
+    assert updated is not None
+    assert (updated.cron_expression, updated.timezone, updated.next_run_at) == ("30 * * * *", "UTC", at(0.5))
+    assert updated.catchup_policy == "skip" and updated.updated_at >= created.updated_at
+    assert store.update_schedule(9999, catchup_policy="run_all") is None
+
+    assert store.delete_schedule(third.id)
+    assert not store.delete_schedule(third.id)
+    assert store.get_schedule(third.id) is None
+
+
+def test_get_or_create_returns_the_existing_schedule(stack: Stack) -> None:
+    first, created = stack.store.get_or_create_schedule("cron_wf", "0 * * * *", "UTC", "skip", T0)
+    again, created_again = stack.store.get_or_create_schedule("cron_wf", "0 * * * *", "UTC", "run_all", at(5))
+    other, created_other = stack.store.get_or_create_schedule("cron_wf", "0 * * * *", "Europe/Berlin", "skip", T0)
+    assert created and not created_again and created_other
+    assert again == first and other.id != first.id
+
+
+def test_advance_is_guarded_by_the_value_read(stack: Stack) -> None:
+    sid = hourly(stack)
+    assert stack.store.advance_schedule(sid, expected_next_run_at=T0, next_run_at=at(1), last_run_at=T0)
+    # A second scheduler that read the old value must not move the cursor back (or forward twice).
+    assert not stack.store.advance_schedule(sid, expected_next_run_at=T0, next_run_at=at(1), last_run_at=T0)
+    record = stack.store.get_schedule(sid)
+    assert record is not None and (record.next_run_at, record.last_run_at) == (at(1), T0)
+
+
+def test_history_and_stats_join_run_status(stack: Stack) -> None:
+    sid = hourly(stack, policy="run_all")
+    stack.scheduler().run_once(at(2))  # fires 10:00, 11:00, 12:00
+    assert wait_until(lambda: all(e.status == "Completed" for e in stack.store.execution_history(sid)))
+    history = stack.store.execution_history(sid)
+    assert [e.scheduled_time for e in history] == [at(2), at(1), T0]  # newest first
+    assert set(history[0].to_dict()) == {"id", "schedule_id", "scheduled_time", "claimed_at", "run_id", "status"}
+    assert [e.scheduled_time for e in stack.store.execution_history(sid, limit=1)] == [at(2)]
+
+    with stack.db.session() as s:  # a run deleted by retention: its execution is "lost"
+        s.execute(delete(WorkflowRun).where(WorkflowRun.id == history[0].run_id))
+    assert stack.store.execution_history(sid)[0].status is None
+
+    since = datetime.now(UTC) - timedelta(minutes=5)
+    stats = stack.store.execution_stats(since)
+    assert (stats.total_executions, stats.successful_executions, stats.lost_executions) == (3, 2, 1)
+    assert stats.by_status == {"Completed": 2, "Lost": 1} and stats.success_rate == 100.0
+    assert stack.store.execution_stats(datetime.now(UTC) + timedelta(minutes=5)).total_executions == 0
+
+    assert stack.store.delete_schedule(sid)
+    assert stack.store.execution_history(sid) == []
+
+
+# -- scheduler with an injected clock ------------------------------------------------------------------------
+def test_run_once_fires_each_due_time_exactly_once(stack: Stack) -> None:
+    sid = hourly(stack)
+    scheduler = stack.scheduler()
+    assert scheduler.run_once(at(seconds=-1)) == 0
+    assert scheduler.run_once(T0) == 1
+    assert scheduler.run_once(T0) == 0
+    assert scheduler.run_once(at(0.5)) == 0
+    record = stack.store.get_schedule(sid)
+    assert record is not None and (record.next_run_at, record.last_run_at) == (at(1), T0)
+    assert stack.cron_runs(sid) == [{"scheduled_time": "2024-01-01T10:00:00+00:00", "schedule_id": sid}]
+    assert scheduler.run_once(at(1, seconds=0.2)) == 1
+    assert [e.scheduled_time for e in stack.store.execution_history(sid)] == [at(1), T0]
+    assert scheduler.seconds_until_next_pass(at(1, seconds=0.2)) == pytest.approx(5.0)  # capped by the poll
+
+
+def test_the_loop_sleeps_until_the_earliest_due_time(stack: Stack) -> None:
+    stack.store.create_schedule("cron_wf", "* * * * * *", "UTC", "skip", at(seconds=1))
+    scheduler = stack.scheduler(poll_interval_s=30)
+    scheduler.run_once(at(seconds=0.25))
+    assert scheduler.seconds_until_next_pass(at(seconds=0.25)) == pytest.approx(0.75)
+
+
+def test_skip_fires_only_the_most_recent_missed_time(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    sid = hourly(stack, policy="skip")
+    with caplog.at_level(logging.WARNING, logger="cloacina.cron"):
+        assert stack.scheduler().run_once(at(5.5)) == 1  # 10:00 .. 15:00 were due
+    assert [e.scheduled_time for e in stack.store.execution_history(sid)] == [at(5)]
+    assert stack.store.get_schedule(sid).next_run_at == at(6)  # type: ignore[union-attr]
+    assert "5 missed due time(s)" in caplog.text and f"cron schedule {sid}" in caplog.text
+
+
+def test_run_all_fires_every_missed_time_oldest_first(stack: Stack) -> None:
+    sid = hourly(stack, policy="run_all")
+    assert stack.scheduler().run_once(at(5.5)) == 6
+    times = [e.scheduled_time for e in stack.store.execution_history(sid)]
+    assert times == [at(h) for h in (5, 4, 3, 2, 1, 0)]
+    assert stack.store.get_schedule(sid).last_run_at == at(5)  # type: ignore[union-attr]
+
+
+def test_run_all_is_capped_keeping_the_newest(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    sid = hourly(stack, policy="run_all")
+    with caplog.at_level(logging.WARNING, logger="cloacina.cron"):
+        assert stack.scheduler(max_catchup_executions=3).run_once(at(5.5)) == 3
+    assert [e.scheduled_time for e in stack.store.execution_history(sid)] == [at(5), at(4), at(3)]
+    assert "3 missed due time(s) before 2024-01-01T13:00:00+00:00 not run" in caplog.text
+
+
+def test_disabled_schedules_do_not_fire(stack: Stack) -> None:
+    sid = hourly(stack)
+    stack.store.set_enabled(sid, False)
+    scheduler = stack.scheduler()
+    assert scheduler.run_once(at(3)) == 0
+    assert stack.store.execution_history(sid) == []
+    assert scheduler.seconds_until_next_pass(at(3)) == pytest.approx(5.0)
+
+
+def test_a_stale_scheduler_does_not_undo_an_update(stack: Stack) -> None:
+    sid = hourly(stack)
+    stale = stack.store.get_schedule(sid)
+    assert stale is not None
+    stack.store.update_schedule(sid, cron_expression="30 * * * *", next_run_at=at(0.5))
+    outcome, following = stack.scheduler().fire_schedule(stale, T0)  # read before the update, fires after
+    assert outcome.created == 1 and following == at(1)
+    assert stack.store.get_schedule(sid).next_run_at == at(0.5)  # type: ignore[union-attr]
+
+
+def test_errors_are_logged_per_schedule_and_retried(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    broken = hourly(stack, workflow="no_such_workflow")
+    good = hourly(stack)
+    scheduler = stack.scheduler(poll_interval_s=10)
+    with caplog.at_level(logging.ERROR, logger="cloacina.cron"):
+        assert scheduler.run_once(T0) == 1
+    assert f"cron schedule {broken} (workflow 'no_such_workflow') failed" in caplog.text
+    assert "no_such_workflow" in caplog.text
+    assert [e.scheduled_time for e in stack.store.execution_history(good)] == [T0]
+    assert stack.store.get_schedule(broken).next_run_at == T0  # type: ignore[union-attr]  # not advanced
+    assert scheduler.seconds_until_next_pass(T0) == pytest.approx(10.0)  # backs off, no busy loop
+
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="cloacina.cron"):
+        assert scheduler.run_once(at(seconds=5)) == 0  # still backing off
+        assert caplog.text == ""
+        with cloaca.WorkflowBuilder("no_such_workflow"):  # the code arrives (a package is deployed)
+
+            @cloaca.task(id="late")
+            def late(ctx: cloaca.Context) -> cloaca.Context:
+                return ctx
+
+        assert scheduler.run_once(at(seconds=10)) == 1
+    assert [e.scheduled_time for e in stack.store.execution_history(broken)] == [T0]
+
+
+def test_an_unreachable_database_is_logged_not_raised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    db = Database(f"sqlite:///{tmp_path}/missing/dir/cron.db")
+    dispatcher = ThreadDispatcher(1)
+    coordinator = RunCoordinator(RunStore(db), dispatcher, lambda name, _v: registry.get_workflow(name))
+    scheduler = CronScheduler(CronStore(db), coordinator, registry.get_workflow, poll_interval_s=2)
+    with caplog.at_level(logging.ERROR, logger="cloacina.cron"):
+        assert scheduler.run_once(T0) == 0
+    assert "cannot read schedules" in caplog.text
+    assert scheduler.seconds_until_next_pass(T0) == pytest.approx(2.0)
+    dispatcher.shutdown(1)
+    db.dispose()
+
+
+# -- several schedulers, one PostgreSQL schema ---------------------------------------------------------------
+@pytest.fixture
+def two_stacks(pg_schema: str) -> Iterator[tuple[Stack, Stack]]:
+    first, second = open_stack(PG_URL, pg_schema), open_stack(PG_URL, pg_schema)
+    yield first, second
+    first.close()
+    second.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("policy", ["skip", "run_all"])
+def test_two_schedulers_fire_each_due_time_once(two_stacks: tuple[Stack, Stack], policy: str) -> None:
+    first, second = two_stacks
+    sid = hourly(first, policy=policy)
+    schedulers = [first.scheduler(), second.scheduler()]
+    created: list[int] = []
+    for now in (T0, at(1), at(2, seconds=1), at(6.5)):  # the last pass catches up 03:00 .. 06:00
+        barrier = threading.Barrier(2)
+
+        def fire(scheduler: CronScheduler, now: datetime = now, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            created.append(scheduler.run_once(now))
+
+        threads = [threading.Thread(target=fire, args=(s,)) for s in schedulers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    expected = [at(h) for h in (0, 1, 2, 6)] if policy == "skip" else [at(h) for h in range(7)]
+    runs = first.cron_runs(sid)
+    assert sum(created) == len(runs) == len(expected)
+    assert sorted(r["scheduled_time"] for r in runs) == [t.isoformat() for t in expected]
+    assert sum(s.claims_refused for s in schedulers) + sum(created) >= len(expected)
+    with first.db.session() as s:
+        assert len(s.scalars(select(CronExecution).where(CronExecution.schedule_id == sid)).all()) == len(expected)
+
+
+# -- the runner API ------------------------------------------------------------------------------------------
+class CronRunner(DefaultRunner, CronAPI):
+    """DefaultRunner with the cron mixin, wired the way the lead will wire DefaultRunner itself."""
+
+    def _start_services(self) -> None:
+        super()._start_services()
+        if self.config.enable_cron_scheduling and getattr(self, "_cron_scheduler", None) is None:
+            self._cron_scheduler = start_cron_service(self)
+            self._services.append(self._cron_scheduler)
+        elif not hasattr(self, "_cron_scheduler"):
+            self._cron_scheduler = None
+
+
+@pytest.fixture
+def make_cron_runner(backend: Backend) -> Iterator[Callable[..., CronRunner]]:
+    runners: list[CronRunner] = []
+
+    def factory(**overrides: Any) -> CronRunner:
+        overrides.setdefault("enable_trigger_scheduling", False)
+        runner = CronRunner(backend.url, DefaultRunnerConfig(**overrides), schema=backend.schema)
+        runners.append(runner)
+        return runner
+
+    yield factory
+    for runner in runners:
+        runner.shutdown()
+
+
+def test_api_register_list_get_update_delete(make_cron_runner: Callable[..., CronRunner]) -> None:
+    runner = make_cron_runner(enable_cron_scheduling=False)
+    before = datetime.now(UTC)
+    sid = runner.register_cron_workflow("cron_wf", "0 0 1 1 *", "Europe/Berlin")
+    assert runner.register_cron_workflow("cron_wf", "0  0 1 1 *", "Europe/Berlin") == sid  # idempotent
+    schedule = runner.get_cron_schedule(sid)
+    assert schedule is not None and set(schedule) == SCHEDULE_KEYS
+    assert schedule["catchup_policy"] == "skip" and schedule["enabled"] is True and schedule["last_run_at"] is None
+    assert schedule["next_run_at"] == next_due("0 0 1 1 *", "Europe/Berlin", before).isoformat()
+    assert runner.get_cron_schedule(sid + 100) is None
+
+    other = runner.register_cron_workflow(registry.get_workflow("cron_wf"), "*/5 * * * *", catchup_policy="run_all")
+    assert [s["id"] for s in runner.list_cron_schedules()] == [sid, other]
+    assert runner.list_cron_schedules(limit=1, offset=1)[0]["catchup_policy"] == "run_all"
+
+    updated = runner.update_cron_schedule(sid, cron_expression="0 12 * * *", timezone="UTC")
+    assert (updated["cron_expression"], updated["timezone"]) == ("0 12 * * *", "UTC")
+    assert updated["next_run_at"] == next_due("0 12 * * *", "UTC", before).isoformat()
+    runner.update_cron_schedule(sid, catchup_policy="run_all")
+    assert runner.get_cron_schedule(sid)["cron_expression"] == "0 12 * * *"  # type: ignore[index]
+
+    runner.set_cron_schedule_enabled(other, False)
+    assert [s["id"] for s in runner.list_cron_schedules(enabled_only=True)] == [sid]
+    runner.delete_cron_schedule(other)
+    assert runner.get_cron_schedule(other) is None
+    with pytest.raises(ValueError, match=f"unknown cron schedule {other}"):
+        runner.delete_cron_schedule(other)
+    with pytest.raises(ValueError, match="unknown cron schedule"):
+        runner.update_cron_schedule(other, cron_expression="* * * * *")
+    with pytest.raises(ValueError, match="unknown cron schedule"):
+        runner.set_cron_schedule_enabled(other, True)
+
+
+def test_api_rejects_bad_input_naming_it(make_cron_runner: Callable[..., CronRunner]) -> None:
+    runner = make_cron_runner(enable_cron_scheduling=False)
+    with pytest.raises(ValueError, match="nonexistent_wf"):
+        runner.register_cron_workflow("nonexistent_wf", "* * * * *")
+    with pytest.raises(ValueError, match="'61 \\* \\* \\* \\*'"):
+        runner.register_cron_workflow("cron_wf", "61 * * * *")
+    with pytest.raises(ValueError, match="'Mars/Base'"):
+        runner.register_cron_workflow("cron_wf", "* * * * *", "Mars/Base")
+    with pytest.raises(ValueError, match="'sometimes'"):
+        runner.register_cron_workflow("cron_wf", "* * * * *", catchup_policy="sometimes")
+    sid = runner.register_cron_workflow("cron_wf", "* * * * *")
+    with pytest.raises(ValueError, match="'Mars/Base'"):
+        runner.update_cron_schedule(sid, timezone="Mars/Base")
+    with pytest.raises(ValueError, match="aware"):
+        runner.get_cron_execution_stats(datetime(2024, 1, 1))
+    with pytest.raises(ValueError, match="limit"):
+        runner.list_cron_schedules(limit=0)
+    assert runner.list_cron_schedules() and not runner.get_cron_execution_history(sid)
+
+
+def test_reenabling_starts_from_now(make_cron_runner: Callable[..., CronRunner]) -> None:
+    runner = make_cron_runner(enable_cron_scheduling=False)
+    sid = runner.register_cron_workflow("cron_wf", "* * * * * *", catchup_policy="run_all")
+    runner.set_cron_schedule_enabled(sid, False)
+    CronStore(runner.db).update_schedule(sid, next_run_at=datetime.now(UTC) - timedelta(days=1))
+    before = datetime.now(UTC)
+    runner.set_cron_schedule_enabled(sid, True)
+    next_run = datetime.fromisoformat(runner.get_cron_schedule(sid)["next_run_at"])  # type: ignore[index]
+    assert next_run > before  # a day of missed seconds is not caught up
+
+
+@pytest.mark.slow
+def test_running_runner_fires_and_wakes_on_registration(make_cron_runner: Callable[..., CronRunner]) -> None:
+    runner = make_cron_runner(cron_poll_interval_seconds=60)
+    assert runner._cron_scheduler is not None and runner._cron_scheduler.is_running
+    sid = runner.register_cron_workflow("cron_wf", "* * * * * *")  # notify() wakes the 60 s sleep
+    assert wait_until(lambda: len(runner.get_cron_execution_history(sid)) >= 2, 15)
+    runner.set_cron_schedule_enabled(sid, False)
+    history = runner.get_cron_execution_history(sid)
+    assert len({h["scheduled_time"] for h in history}) == len(history)
+    assert wait_until(lambda: all(h["status"] == "Completed" for h in runner.get_cron_execution_history(sid)))
+    stats = runner.get_cron_execution_stats(datetime.now(UTC) - timedelta(minutes=1))
+    assert stats["total_executions"] == stats["successful_executions"] >= 2
+
+
+# -- two OS processes, real time -----------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.timeout(90)
+def test_two_processes_fire_a_per_second_schedule_once_per_second(pg_schema: str) -> None:
+    require_postgres()
+    db = Database(PG_URL, schema=pg_schema)
+    db.upgrade()
+    store = CronStore(db)
+    first_due = next_due("* * * * * *", "UTC", datetime.now(UTC))
+    sid = store.create_schedule("cron_rt", "* * * * * *", "UTC", "skip", first_due).id
+    script = Path(__file__).parent / "procs" / "cron_runner.py"
+    procs = [
+        subprocess.Popen([sys.executable, str(script), PG_URL, pg_schema, "4"], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    try:
+        outputs = [p.communicate(timeout=60)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert all(p.returncode == 0 for p in procs), outputs
+    created = sum(int(out.split("created ")[1].split()[0]) for out in outputs)
+
+    with db.session() as s:
+        runs = s.scalars(select(WorkflowRun).where(WorkflowRun.cron_schedule_id == sid)).all()
+        times = [json.loads(r.input_context)["scheduled_time"] for r in runs]
+        claims = s.scalars(select(CronExecution).where(CronExecution.schedule_id == sid)).all()
+    db.dispose()
+    per_time = Counter(times)
+    assert per_time and max(per_time.values()) == 1  # no due time ran twice
+    assert len(claims) == len(runs) == len(per_time) == created
+    print(f"{len(runs)} runs; per process: {outputs}")
+    assert 2 <= len(runs) <= 30  # ~4 s of a per-second schedule, with generous bounds
+    fired = sorted(datetime.fromisoformat(t) for t in per_time)
+    assert all(t.microsecond == 0 for t in fired)
