@@ -22,6 +22,7 @@ from typing import Any
 
 from cloacina.config import DefaultRunnerConfig
 from cloacina.context import Context, coerce_context
+from cloacina.cron_api import CronAPI, start_cron_service
 from cloacina.definitions import registry
 from cloacina.definitions.workflow import Workflow
 from cloacina.dispatch.threads import ThreadDispatcher
@@ -29,6 +30,7 @@ from cloacina.engine.states import RunStatus
 from cloacina.errors import StoreError
 from cloacina.execution.coordinator import RunCoordinator
 from cloacina.results import RunHandle, WorkflowResult
+from cloacina.scheduling.cron import CronScheduler
 from cloacina.scheduling.trigger_poller import TriggerScheduler
 from cloacina.store.database import Database
 from cloacina.store.runs import RunStore
@@ -38,7 +40,7 @@ from cloacina.trigger_api import TriggerAPI
 log = logging.getLogger("cloacina.runner")
 
 
-class DefaultRunner(TriggerAPI):
+class DefaultRunner(TriggerAPI, CronAPI):
     """Executes workflows and (unless disabled) polls triggers and cron schedules.
 
     ``db_url``: ``":memory:"``, ``"sqlite://file.db"``, ``"sqlite:///abs/file.db"`` or ``"postgresql://..."``.
@@ -77,6 +79,7 @@ class DefaultRunner(TriggerAPI):
         self.coordinator.add_run_finished_listener(self._on_run_finished)
         self.triggers = TriggerStore(self.db)
         self.trigger_scheduler: TriggerScheduler | None = None
+        self._cron_scheduler: CronScheduler | None = None
         self._services: list[Any] = []
         self._start_services()
 
@@ -115,6 +118,9 @@ class DefaultRunner(TriggerAPI):
             scheduler.start()
             self.trigger_scheduler = scheduler
             self._services.append(_ListenerRemover(scheduler))
+        if self.config.enable_cron_scheduling:
+            self._cron_scheduler = start_cron_service(self)
+            self._services.append(self._cron_scheduler)
 
     # -- workflows --------------------------------------------------------------------------------------
     def _workflow(self, workflow: str | Workflow) -> Workflow:

@@ -21,7 +21,6 @@ from sqlalchemy import delete, select
 
 import cloacina as cloaca
 from cloacina import DefaultRunner, DefaultRunnerConfig
-from cloacina.cron_api import CronAPI, start_cron_service
 from cloacina.definitions import registry
 from cloacina.dispatch.threads import ThreadDispatcher
 from cloacina.execution.coordinator import RunCoordinator
@@ -328,16 +327,7 @@ def test_two_schedulers_fire_each_due_time_once(two_stacks: tuple[Stack, Stack],
 
 
 # -- the runner API ------------------------------------------------------------------------------------------
-class CronRunner(DefaultRunner, CronAPI):
-    """DefaultRunner with the cron mixin, wired the way the lead will wire DefaultRunner itself."""
-
-    def _start_services(self) -> None:
-        super()._start_services()
-        if self.config.enable_cron_scheduling and getattr(self, "_cron_scheduler", None) is None:
-            self._cron_scheduler = start_cron_service(self)
-            self._services.append(self._cron_scheduler)
-        elif not hasattr(self, "_cron_scheduler"):
-            self._cron_scheduler = None
+CronRunner = DefaultRunner
 
 
 @pytest.fixture
