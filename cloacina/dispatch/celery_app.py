@@ -1,0 +1,98 @@
+"""The Celery application: configuration, the one task every canvas node runs, and canvas publishing.
+
+Settings that make recovery work (DESIGN §4): JSON only; ``acks_late`` + ``reject_on_worker_lost`` so a message
+is only acknowledged after its task finished; prefetch 1 so a worker never sits on messages another worker
+could run; a visibility timeout above the longest task. We do not rely on that timeout for recovery: task
+heartbeats in SQL and the sweeper re-run a killed worker's task within ``task_heartbeat_timeout_s``.
+
+Users who start Celery themselves::
+
+    CLOACINA_APP=myapp CLOACINA_BROKER_URL=redis://... celery -A cloacina.dispatch.celery_app:app worker
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from celery import Celery, Task
+
+from cloacina.dispatch.canvas import TASK_NAME
+from cloacina.settings import CloacinaSettings
+
+log = logging.getLogger("cloacina.celery")
+WAIT_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+def celery_config(settings: CloacinaSettings) -> dict[str, Any]:
+    """The Celery configuration cloacina needs, as a dict (tests and docs read it too)."""
+    transport = {"visibility_timeout": settings.visibility_timeout_s}
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.effective_redis_url,  # chords count their header results here
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        "result_expires": 3600,
+        "task_default_queue": settings.queue,
+        "task_send_sent_event": True,
+        "worker_send_task_events": True,
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+        "task_time_limit": None,
+        "enable_utc": True,
+    }
+
+
+def create_app(settings: CloacinaSettings | None = None) -> Celery:
+    """A Celery app configured from ``settings`` (default: the environment) with the node task registered."""
+    settings = settings or CloacinaSettings()
+    if not settings.broker_url:
+        raise ValueError("CLOACINA_BROKER_URL is not set: distributed mode needs a Redis broker URL")
+    app = Celery("cloacina", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    app.cloacina_settings = settings  # type: ignore[attr-defined]
+
+    @app.task(name=TASK_NAME, bind=True, max_retries=None, acks_late=True, ignore_result=False)
+    def cloacina_task(self: Task, run_id: str, workflow_name: str, task_id: str) -> None:
+        """Run one task of a workflow run (a canvas node). The SQL state machine decides what happens."""
+        from cloacina.dispatch.worker_context import worker_context
+
+        outcome = worker_context(app).run_node(run_id, task_id)
+        if outcome.kind == "retry":
+            raise self.retry(countdown=outcome.delay_s)
+        if outcome.kind == "waiting":  # a dependency is still running (duplicate delivery, recovery)
+            step = WAIT_BACKOFF_S[min(self.request.retries, len(WAIT_BACKOFF_S) - 1)]
+            raise self.retry(countdown=max(step, outcome.delay_s))
+        return None
+
+    return app
+
+
+def _default_app() -> Celery | None:
+    """The module-level ``app`` for ``celery -A cloacina.dispatch.celery_app:app``; imports $CLOACINA_APP."""
+    settings = CloacinaSettings()
+    if not settings.broker_url:
+        return None
+    user_app = os.environ.get("CLOACINA_APP")
+    if user_app:
+        from cloacina.app_loader import load_app
+
+        load_app(user_app)
+    return create_app(settings)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        value = _default_app()
+        globals()["app"] = value
+        return value
+    raise AttributeError(name)
