@@ -1,14 +1,42 @@
-"""The ``cloacina`` command line (subcommands are added by the modules that own them)."""
+"""The ``cloacina`` command line: assembles the subcommands, each defined in its own ``cli_*`` module.
+
+::
+
+    cloacina [-v|-vv] db upgrade|current           schema migrations            (cloacina.cli_db)
+    cloacina [-v|-vv] run APP [--for 30s]          run an app, watch it live    (cloacina.cli_run)
+    cloacina [-v|-vv] triggers list|enable|disable|history                      (cloacina.cli_triggers)
+    cloacina [-v|-vv] runs list|show                                            (cloacina.cli_runs)
+    cloacina [-v|-vv] cron list                                                 (cloacina.cli_cron)
+
+Every command takes ``--db URL`` (else ``$CLOACINA_DATABASE_URL``, else ``sqlite://cloacina.db``). Another
+module adds its commands with ``main.add_command(...)`` here. ``python -m cloacina`` works too.
+"""
 
 from __future__ import annotations
 
 import click
 
+from cloacina.cli_common import configure_logging
+from cloacina.cli_cron import cron_group
+from cloacina.cli_db import db_group
+from cloacina.cli_run import run_command
+from cloacina.cli_runs import runs_group
+from cloacina.cli_triggers import triggers_group
 
-@click.group()
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="cloacina")
-def main() -> None:
+@click.option("-v", "--verbose", count=True, help="Log more on stderr: -v for INFO, -vv for DEBUG.")
+def main(verbose: int) -> None:
     """cloacina: event-triggered and cron-scheduled workflows."""
+    configure_logging(verbose)
+
+
+main.add_command(db_group)
+main.add_command(run_command)
+main.add_command(triggers_group)
+main.add_command(runs_group)
+main.add_command(cron_group)
 
 
 if __name__ == "__main__":
