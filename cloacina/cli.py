@@ -7,6 +7,7 @@
     cloacina [-v|-vv] triggers list|enable|disable|history                      (cloacina.cli_triggers)
     cloacina [-v|-vv] runs list|show                                            (cloacina.cli_runs)
     cloacina [-v|-vv] cron list                                                 (cloacina.cli_cron)
+    cloacina [-v|-vv] package build|validate|inspect|schema                     (cloacina.cli_package)
 
 Every command takes ``--db URL`` (else ``$CLOACINA_DATABASE_URL``, else ``sqlite://cloacina.db``). Another
 module adds its commands with ``main.add_command(...)`` here. ``python -m cloacina`` works too.
@@ -19,6 +20,7 @@ import click
 from cloacina.cli_common import configure_logging
 from cloacina.cli_cron import cron_group
 from cloacina.cli_db import db_group
+from cloacina.cli_package import package as package_group
 from cloacina.cli_run import run_command
 from cloacina.cli_runs import runs_group
 from cloacina.cli_triggers import triggers_group
@@ -37,6 +39,7 @@ main.add_command(run_command)
 main.add_command(triggers_group)
 main.add_command(runs_group)
 main.add_command(cron_group)
+main.add_command(package_group)
 
 
 if __name__ == "__main__":

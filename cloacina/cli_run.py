@@ -44,7 +44,7 @@ def _parse_duration(_ctx: click.Context, _param: click.Parameter, value: str | N
         raise click.BadParameter(str(exc)) from None
 
 
-@click.command("run", short_help="Run an app: poll its triggers and cron schedules, show events live.")
+@click.command("run", short_help="Run an app; show its fires, poll errors and runs live.")
 @click.argument("app")
 @db_option
 @click.option(

@@ -532,5 +532,5 @@ def test_python_dash_m_entry_points() -> None:
             [sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
         )
         assert proc.returncode == 0, proc.stderr
-        for command in ("db", "run", "triggers", "runs", "cron"):
+        for command in ("db", "run", "triggers", "runs", "cron", "package"):
             assert re.search(rf"^\s+{command}\s", proc.stdout, re.MULTILINE), command
