@@ -236,11 +236,18 @@ class TriggerScheduler:
                     self._cond.wait(sleep_s)
 
     def stop(self, wait_s: float = 5.0) -> None:
+        """Stop polling; wait up to ``wait_s`` for polls in progress (a hung poll is abandoned, not waited for)."""
         self._stopped.set()
+        deadline = time.monotonic() + wait_s
         with self._cond:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(wait_s)
+        with self._cond:
+            while time.monotonic() < deadline and any(
+                e.in_flight_since is not None and not e.timed_out for e in self._entries.values()
+            ):
+                self._cond.wait(max(0.0, deadline - time.monotonic()))
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)

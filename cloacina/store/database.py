@@ -67,6 +67,14 @@ class Database:
                     cur.execute("PRAGMA journal_mode=WAL")
                     cur.execute("PRAGMA synchronous=NORMAL")
                 cur.close()
+                # Transactions are begun explicitly below (pysqlite's own implicit BEGIN is switched off).
+                dbapi_conn.isolation_level = None
+
+            @event.listens_for(engine, "begin")
+            def _sqlite_begin(conn: Any) -> None:
+                # BEGIN IMMEDIATE takes the write lock up front. Several processes may share one SQLite file;
+                # with a deferred BEGIN, two of them reading and then writing would deadlock on the upgrade.
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
             return engine
         engine = create_engine(
@@ -154,4 +162,7 @@ class Database:
             s.execute(text("SELECT 1"))
 
     def dispose(self) -> None:
-        self.engine.dispose()
+        # Under the lock: closing the shared SQLite connection while another thread uses it can crash sqlite3.
+        lock = self._lock or contextlib.nullcontext()
+        with lock:
+            self.engine.dispose()
