@@ -30,6 +30,7 @@ from cloacina.definitions import registry
 from cloacina.definitions.duration import parse_duration_ms
 from cloacina.engine.states import RunStatus
 from cloacina.runner import DefaultRunner
+from cloacina.store.runs import RunEnd
 
 log = logging.getLogger("cloacina.cli")
 RawEvent = tuple[Any, ...]
@@ -109,8 +110,8 @@ def _start_runner(db_url: str, events: queue.SimpleQueue[RawEvent]) -> DefaultRu
     def on_trigger_event(kind: str, trigger: str, info: dict[str, Any]) -> None:
         events.put(("trigger", datetime.now(UTC), kind, trigger, dict(info)))
 
-    def on_run_finished(run_id: str, status: RunStatus) -> None:
-        events.put(("run", datetime.now(UTC), run_id, str(status)))
+    def on_run_finished(ended: RunEnd) -> None:
+        events.put(("run", datetime.now(UTC), ended.run_id, str(ended.status)))
 
     held = registry.triggers()
     for definition in held:

@@ -1,4 +1,9 @@
-"""``DefaultRunner``: the one object users hold. Embedded by default: store + thread pool in this process.
+"""``DefaultRunner``: the one object users hold.
+
+Embedded (default): the store plus a thread pool, trigger poller, cron scheduler and recovery sweeper, all in
+this process. With ``DefaultRunnerConfig(broker_url=...)`` (or ``CLOACINA_BROKER_URL``) it is a client of a
+distributed deployment instead: runs are published to Celery workers and polled for in SQL; triggers and cron
+are left to the ``cloacina poller`` replicas.
 
 >>> import cloacina as cloaca
 >>> with cloaca.WorkflowBuilder("doc_runner") as b:
@@ -15,6 +20,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -26,18 +32,22 @@ from cloacina.cron_api import CronAPI, start_cron_service
 from cloacina.definitions import registry
 from cloacina.definitions.workflow import Workflow
 from cloacina.dispatch.threads import ThreadDispatcher
-from cloacina.engine.states import RunStatus
 from cloacina.errors import StoreError
 from cloacina.execution.coordinator import RunCoordinator
+from cloacina.execution.heartbeat import AttemptHeartbeats
 from cloacina.results import RunHandle, WorkflowResult
 from cloacina.scheduling.cron import CronScheduler
+from cloacina.scheduling.sweeper import Sweeper
 from cloacina.scheduling.trigger_poller import TriggerScheduler
 from cloacina.store.database import Database
-from cloacina.store.runs import RunStore
+from cloacina.store.recovery import RecoveryStore
+from cloacina.store.runs import RunEnd, RunStore
 from cloacina.store.triggers import TriggerStore
 from cloacina.trigger_api import TriggerAPI
 
 log = logging.getLogger("cloacina.runner")
+HEARTBEAT_INTERVAL_S = 5.0
+SWEEP_INTERVAL_S = 5.0
 
 
 class DefaultRunner(TriggerAPI, CronAPI):
@@ -47,15 +57,12 @@ class DefaultRunner(TriggerAPI, CronAPI):
     """
 
     def __init__(
-        self,
-        db_url: str = ":memory:",
-        config: DefaultRunnerConfig | None = None,
-        *,
-        schema: str | None = None,
+        self, db_url: str = ":memory:", config: DefaultRunnerConfig | None = None, *, schema: str | None = None
     ) -> None:
         if config is not None and not isinstance(config, DefaultRunnerConfig):
             raise TypeError(f"config must be a DefaultRunnerConfig, got {type(config).__name__}")
         self.config = config or DefaultRunnerConfig()
+        self.broker_url = self.config.broker_url or os.environ.get("CLOACINA_BROKER_URL") or None
         self.db = Database(db_url, schema=schema, pool_size=self.config.db_pool_size)
         try:
             self.db.upgrade()
@@ -65,23 +72,47 @@ class DefaultRunner(TriggerAPI, CronAPI):
                 raise
             raise StoreError(f"cannot prepare database {self.db.url.display}: {exc}") from exc
         self.runs = RunStore(self.db)
+        self.triggers = TriggerStore(self.db)
         self._workflows: dict[str, Workflow] = {}
         self._waiters: dict[str, threading.Event] = {}
         self._waiters_lock = threading.Lock()
         self._closed = False
-        self.dispatcher = ThreadDispatcher(self.config.max_concurrent_tasks)
-        self.coordinator = RunCoordinator(
-            self.runs,
-            self.dispatcher,
-            self._resolve_workflow,
-            default_task_timeout_s=self.config.task_timeout_seconds,
-        )
-        self.coordinator.add_run_finished_listener(self._on_run_finished)
-        self.triggers = TriggerStore(self.db)
         self.trigger_scheduler: TriggerScheduler | None = None
         self._cron_scheduler: CronScheduler | None = None
         self._services: list[Any] = []
+        self.dispatcher = ThreadDispatcher(self.config.max_concurrent_tasks)
+        self.heartbeats = AttemptHeartbeats(self.runs, HEARTBEAT_INTERVAL_S)
+        self._publisher: Any = None
+        if self.broker_url:
+            self.coordinator = self._distributed_coordinator(self.broker_url)
+        else:
+            self.coordinator = RunCoordinator(
+                self.runs,
+                self._resolve_workflow,
+                default_task_timeout_s=self.config.task_timeout_seconds,
+                track_attempt=self.heartbeats.track,
+            )
+            self.dispatcher.serve(self.coordinator)
+        self.coordinator.add_run_finished_listener(self._on_run_finished)
         self._start_services()
+
+    def _distributed_coordinator(self, broker_url: str) -> RunCoordinator:
+        from cloacina.dispatch.celery_app import create_app
+        from cloacina.dispatch.publisher import CanvasPublisher
+        from cloacina.settings import CloacinaSettings
+
+        settings = CloacinaSettings(
+            database_url=self.db.url.sqlalchemy_url.replace("+psycopg", ""),
+            broker_url=broker_url,
+            redis_url=self.config.redis_url,
+        )
+        self._publisher = CanvasPublisher(create_app(settings), self.runs, self._resolve_workflow, settings.queue)
+        return RunCoordinator(
+            self.runs,
+            self._resolve_workflow,
+            default_task_timeout_s=self.config.task_timeout_seconds,
+            publish_run=self._publisher.publish_run,
+        )
 
     # -- construction helpers (cloaca API) --------------------------------------------------------------
     @classmethod
@@ -100,8 +131,11 @@ class DefaultRunner(TriggerAPI, CronAPI):
         self.shutdown()
 
     def _start_services(self) -> None:
-        """Register declared triggers and start the trigger and cron schedulers the config enables."""
+        """Register declared triggers; start the trigger poller, cron scheduler and sweeper the config enables."""
         known = self._register_known_triggers()
+        if self.broker_url:
+            log.info("runner is a client of the distributed deployment; triggers and cron run in the pollers")
+            return
         if self.config.enable_trigger_scheduling:
             scheduler = TriggerScheduler(
                 self.triggers,
@@ -121,6 +155,24 @@ class DefaultRunner(TriggerAPI, CronAPI):
         if self.config.enable_cron_scheduling:
             self._cron_scheduler = start_cron_service(self)
             self._services.append(self._cron_scheduler)
+        if self.config.enable_recovery and not self.db.url.is_memory:
+            stale_s = self.config.recovery_stale_after_seconds
+            sweeper = Sweeper(
+                RecoveryStore(self.db),
+                self.coordinator,
+                self._resume_run,
+                heartbeat_timeout_s=stale_s,
+                stale_run_s=stale_s,
+                interval_s=SWEEP_INTERVAL_S,
+            )
+            try:
+                report = sweeper.run_once()  # adopt what a previous, dead runner left unfinished
+                if report:
+                    log.warning("recovered unfinished work at start: %s", report)
+            except Exception:
+                log.exception("initial recovery sweep failed; the periodic sweep will retry")
+            sweeper.start()
+            self._services.append(sweeper)
 
     # -- workflows --------------------------------------------------------------------------------------
     def _workflow(self, workflow: str | Workflow) -> Workflow:
@@ -144,7 +196,18 @@ class DefaultRunner(TriggerAPI, CronAPI):
             )
         return workflow
 
-    # -- execution --------------------------------------------------------------------------------------
+    # -- embedded execution -----------------------------------------------------------------------------
+    def _resume_run(self, run_id: str) -> None:
+        """Recovery: plan the run, then hand every Ready task (not only new ones) to the thread pool."""
+        self.coordinator.advance(run_id)
+        for task_id, record in self.runs.get_tasks(run_id).items():
+            if str(record.status) == "Ready":
+                delay = 0.0
+                if record.next_attempt_at is not None:
+                    delay = max(0.0, record.next_attempt_at.timestamp() - time.time())
+                self.dispatcher.submit(run_id, task_id, delay)
+
+    # -- execution API ----------------------------------------------------------------------------------
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this DefaultRunner has been shut down")
@@ -154,8 +217,11 @@ class DefaultRunner(TriggerAPI, CronAPI):
         self._check_open()
         wf = self._workflow(workflow)
         ctx = coerce_context(context)
-        run_id = self.coordinator.create_run(wf, ctx.to_dict(), deadline_s=self.config.workflow_timeout_seconds)
+        deadline_s = self.config.workflow_timeout_seconds
+        run_id = self.coordinator.create_run(wf, ctx.to_dict(), deadline_s=deadline_s)
         assert run_id is not None  # no dedup claim, so creation cannot be refused
+        if deadline_s and not self.broker_url:  # distributed runs are expired by the pollers' sweeper
+            self.dispatcher.call_later(deadline_s, lambda: self.coordinator.expire_run(run_id, deadline_s))
         return run_id
 
     def execute(
@@ -184,6 +250,9 @@ class DefaultRunner(TriggerAPI, CronAPI):
         with self._waiters_lock:
             self._waiters[run_id] = event
         deadline = None if timeout is None else time.monotonic() + timeout
+        # Runs finished in this process set the event at once; runs finished elsewhere (Celery workers, another
+        # runner on the same database) are noticed by polling, quickly at first, then every 0.25 s.
+        poll_s = 0.002
         try:
             while True:
                 run = self.runs.get_run(run_id)
@@ -194,16 +263,15 @@ class DefaultRunner(TriggerAPI, CronAPI):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"run {run_id} is still {run.status} after {timeout}s")
-                # The event is set by this process's coordinator; the bounded wait also notices runs finished
-                # by another process sharing the database.
-                event.wait(0.5 if remaining is None else min(remaining, 0.5))
+                event.wait(poll_s if remaining is None else min(remaining, poll_s))
+                poll_s = min(0.25, poll_s * 2)
         finally:
             with self._waiters_lock:
                 self._waiters.pop(run_id, None)
 
-    def _on_run_finished(self, run_id: str, _status: RunStatus) -> None:
+    def _on_run_finished(self, ended: RunEnd) -> None:
         with self._waiters_lock:
-            event = self._waiters.get(run_id)
+            event = self._waiters.get(ended.run_id)
         if event is not None:
             event.set()
 
@@ -213,7 +281,11 @@ class DefaultRunner(TriggerAPI, CronAPI):
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def shutdown(self, wait_s: float = 5.0) -> None:
-        """Stop schedulers, let running tasks finish (up to ``wait_s``), close the database. Idempotent."""
+        """Stop schedulers (no new runs), let running work finish for up to ``wait_s``, close the database.
+
+        Runs still unfinished after that stay in the store; a runner started later on the same database (or
+        another one sharing it) resumes them. Idempotent.
+        """
         if self._closed:
             return
         self._closed = True
@@ -223,6 +295,7 @@ class DefaultRunner(TriggerAPI, CronAPI):
             except Exception:
                 log.exception("error stopping %s", service)
         self.dispatcher.shutdown(wait_s)
+        self.heartbeats.stop()
         self.db.dispose()
 
     def __repr__(self) -> str:

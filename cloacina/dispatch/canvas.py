@@ -53,8 +53,9 @@ def node_signature(app: Celery, run_id: str, workflow_name: str, task_id: str, q
     return app.signature(TASK_NAME, args=(run_id, workflow_name, task_id), immutable=True, queue=queue)
 
 
-def compile_canvas(app: Celery, workflow: Workflow, run_id: str, *, queue: str = "cloacina",
-                   finished: Collection[str] = ()) -> Any:  # fmt: skip
+def compile_canvas(
+    app: Celery, workflow: Workflow, run_id: str, *, queue: str = "cloacina", finished: Collection[str] = ()
+) -> Any:
     """The canvas that runs every unfinished task of ``run_id`` (``None`` when nothing is left)."""
     stages = []
     for tasks in canvas_levels(workflow, finished):

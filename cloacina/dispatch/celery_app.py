@@ -16,7 +16,9 @@ import logging
 import os
 from typing import Any
 
+import redis
 from celery import Celery, Task
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from cloacina.dispatch.canvas import TASK_NAME
 from cloacina.settings import CloacinaSettings
@@ -66,7 +68,21 @@ def create_app(settings: CloacinaSettings | None = None) -> Celery:
         """Run one task of a workflow run (a canvas node). The SQL state machine decides what happens."""
         from cloacina.dispatch.worker_context import worker_context
 
-        outcome = worker_context(app).run_node(run_id, task_id)
+        try:
+            outcome = worker_context(app).run_node(run_id, task_id)
+        except (OperationalError, InterfaceError, redis.ConnectionError) as exc:
+            # The database (or Redis) is briefly unavailable: keep the message and try again with backoff.
+            # If the attempt itself had started, its heartbeat stops and the sweeper gives it back.
+            delay = min(30.0, 0.5 * 2 ** min(self.request.retries, 6))
+            log.warning(
+                "store unavailable running %s of run %s, retrying in %.1fs: %s",
+                task_id,
+                run_id,
+                delay,
+                str(exc).splitlines()[0],
+                extra={"run_id": run_id, "task": task_id},
+            )
+            raise self.retry(countdown=delay) from None
         if outcome.kind == "retry":
             raise self.retry(countdown=outcome.delay_s)
         if outcome.kind == "waiting":  # a dependency is still running (duplicate delivery, recovery)

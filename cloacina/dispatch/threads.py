@@ -9,8 +9,12 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from cloacina.dispatch.base import TaskHandler
+
+if TYPE_CHECKING:
+    from cloacina.execution.coordinator import RunCoordinator
 
 log = logging.getLogger("cloacina.dispatch")
 
@@ -64,14 +68,32 @@ class ThreadDispatcher:
         self._handler: TaskHandler | None = None
         self._closed = False
         self._inflight = 0
+        self._delayed = 0
         self._idle = threading.Condition()
 
     def bind(self, handler: TaskHandler) -> None:
         self._handler = handler
 
+    def serve(self, coordinator: RunCoordinator) -> None:
+        """Execute ``coordinator``'s Ready tasks on this pool, re-submitting retries after their delay."""
+
+        def handle(run_id: str, task_id: str) -> None:
+            outcome = coordinator.run_task(run_id, task_id)
+            if outcome.kind == "retry":
+                self.submit(run_id, task_id, outcome.delay_s)
+
+        def dispatch_ready(run_id: str, task_ids: tuple[str, ...]) -> None:
+            for task_id in task_ids:
+                self.submit(run_id, task_id)
+
+        self.bind(handle)
+        coordinator.dispatch_ready = dispatch_ready
+
     def submit(self, run_id: str, task_id: str, delay_s: float = 0.0) -> None:
         if delay_s > 0:
-            self._timer.call_later(delay_s, lambda: self.submit(run_id, task_id))
+            with self._idle:
+                self._delayed += 1
+            self._timer.call_later(delay_s, lambda: self._submit_delayed(run_id, task_id))
             return
         if self._closed:
             log.warning("dispatcher closed; task %s of run %s not started", task_id, run_id)
@@ -83,6 +105,14 @@ class ThreadDispatcher:
         except RuntimeError:  # pool shut down between the check and the submit
             self._done()
             log.warning("dispatcher closed; task %s of run %s not started", task_id, run_id)
+
+    def _submit_delayed(self, run_id: str, task_id: str) -> None:
+        try:
+            self.submit(run_id, task_id)
+        finally:
+            with self._idle:
+                self._delayed -= 1
+                self._idle.notify_all()
 
     def _run(self, run_id: str, task_id: str) -> None:
         try:
@@ -102,10 +132,12 @@ class ThreadDispatcher:
         self._timer.call_later(delay_s, fn)
 
     def shutdown(self, wait_s: float = 5.0) -> None:
-        self._closed = True
-        self._timer.stop()
+        """Drain: keep running (and accepting) the follow-up tasks of runs in flight for up to ``wait_s``, then
+        stop. Whatever is left stays Ready in the store for recovery."""
         deadline = time.monotonic() + wait_s
         with self._idle:
-            while self._inflight > 0 and time.monotonic() < deadline:
-                self._idle.wait(deadline - time.monotonic())
+            while (self._inflight > 0 or self._delayed > 0) and time.monotonic() < deadline:
+                self._idle.wait(max(0.0, deadline - time.monotonic()))
+        self._closed = True
+        self._timer.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)

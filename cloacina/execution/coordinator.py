@@ -1,14 +1,15 @@
-"""RunCoordinator: creates runs, executes task attempts and advances runs, whatever the dispatcher.
+"""RunCoordinator: creates runs, executes task attempts and plans what comes next, whatever runs the tasks.
 
 Flow of one run::
 
-    create_run ──> advance ──plan──> Ready tasks ──dispatcher──> run_task ──> complete / fail / retry
-                      ^                                                         │
-                      └──────────────────────────── advance <────────────────────┘
+    create_run ──> advance ──> Ready tasks ──executor──> run_task ──> complete / fail (+ plan, same txn)
+                                   ^                                             │
+                                   └──────────────── newly Ready tasks <─────────┘
 
-Each step is its own transaction and each transition is guarded in SQL (see :mod:`cloacina.store.runs`), so
-concurrent completions of a fan-in, duplicate deliveries and late results of timed-out attempts are harmless:
-``advance`` runs after the caller's own transaction committed, so the last finisher always sees every result.
+The coordinator does no dispatching of its own. Embedded mode passes ``dispatch_ready`` (submit Ready tasks to
+the thread pool) and re-submits retries after their delay. Distributed mode passes ``publish_run`` (compile the
+run's canvas and send it to Celery) and lets each canvas node call :meth:`run_node`, which turns a retry into a
+Celery retry. Rules, skips, retries, callbacks and ``final_context`` are the same code in both modes.
 """
 
 from __future__ import annotations
@@ -18,54 +19,71 @@ import os
 import random
 import socket
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from cloacina.context import Context
 from cloacina.definitions.retry import classify_error
 from cloacina.definitions.task import TaskDefinition
 from cloacina.definitions.workflow import Workflow
-from cloacina.dispatch.base import Dispatcher
-from cloacina.engine.planner import final_context, plan, run_outcome
+from cloacina.engine.planner import final_context
 from cloacina.engine.states import RunStatus, TaskStatus
 from cloacina.execution.task_call import TaskCallError, call_task, describe_error
 from cloacina.store.models import utcnow
-from cloacina.store.runs import CronClaim, RunStore, TaskRecord, TriggerClaim
+from cloacina.store.runs import CronClaim, RunEnd, RunStore, StartedAttempt, Transition, TriggerClaim
 
 log = logging.getLogger("cloacina.run")
 WorkflowResolver = Callable[[str, str], Workflow]
-RunFinishedListener = Callable[[str, RunStatus], None]
+RunFinishedListener = Callable[[RunEnd], None]
+AttemptTracker = Callable[[str, str, int], AbstractContextManager[Any]]
 
 
-def _failed_tasks_message(tasks: Mapping[str, TaskRecord]) -> str | None:
-    failed = [f"{tid}: {rec.error_message}" for tid, rec in tasks.items() if rec.status == TaskStatus.FAILED]
-    return ("task failed: " + "; ".join(failed)) if failed else None
+@dataclass(frozen=True)
+class NodeOutcome:
+    """What happened to one delivery of a task.
+
+    ``completed``/``failed``: this delivery ran the final attempt. ``retry``: run it again after ``delay_s``.
+    ``done``: nothing to do (already finished, skipped, taken by another delivery). ``waiting``: a dependency
+    or another delivery of this task is still running; try again later.
+    """
+
+    kind: Literal["completed", "failed", "retry", "done", "waiting"]
+    delay_s: float = 0.0
 
 
 class RunCoordinator:
-    """Drives runs through the store and a dispatcher. One per runner or worker process."""
+    """Drives runs through the store. One per runner, poller or worker process."""
 
     def __init__(
         self,
         store: RunStore,
-        dispatcher: Dispatcher,
         resolve_workflow: WorkflowResolver,
         *,
         default_task_timeout_s: float | None = 300.0,
         worker_name: str | None = None,
         rng: random.Random | None = None,
+        dispatch_ready: Callable[[str, tuple[str, ...]], None] | None = None,
+        publish_run: Callable[[str, Workflow], None] | None = None,
+        track_attempt: AttemptTracker | None = None,
     ) -> None:
         self.store = store
-        self.dispatcher = dispatcher
         self.resolve_workflow = resolve_workflow
         self.default_task_timeout_s = default_task_timeout_s
         self.worker_name = worker_name or f"{socket.gethostname()}:{os.getpid()}"
+        self.dispatch_ready = dispatch_ready
+        self.publish_run = publish_run
+        self.track_attempt = track_attempt
         self._rng = rng or random.Random()
         self._listeners: list[RunFinishedListener] = []
-        dispatcher.bind(self.run_task)
+        self._started_listeners: list[Callable[[str, str, StartedAttempt], None]] = []
 
     def add_run_finished_listener(self, listener: RunFinishedListener) -> None:
         self._listeners.append(listener)
+
+    def add_attempt_started_listener(self, listener: Callable[[str, str, StartedAttempt], None]) -> None:
+        self._started_listeners.append(listener)
 
     # -- runs -------------------------------------------------------------------------------------------
     def create_run(
@@ -76,8 +94,9 @@ class RunCoordinator:
         trigger: TriggerClaim | None = None,
         cron: CronClaim | None = None,
         deadline_s: float | None = None,
+        package_fingerprint: str | None = None,
     ) -> str | None:
-        """Record a new run and start its root tasks; ``None`` if deduplication refused it."""
+        """Record a new run and start it; ``None`` if its trigger or cron claim was refused."""
         run_id = self.store.create_run(
             workflow,
             input_context,
@@ -85,120 +104,136 @@ class RunCoordinator:
             cron=cron,
             deadline_s=deadline_s,
             owner=self.worker_name,
+            package_fingerprint=package_fingerprint,
         )
         if run_id is None:
             return None
         log.info(
             "run created",
-            extra={
-                "run_id": run_id,
-                "workflow": workflow.name,
-                "trigger": trigger.trigger_name if trigger else None,
-            },
+            extra={"run_id": run_id, "workflow": workflow.name, "trigger": trigger.trigger_name if trigger else None},
         )
-        if deadline_s:
-            self.dispatcher.call_later(deadline_s, lambda: self.expire_run(run_id, deadline_s))
-        self.advance(run_id)
+        if self.publish_run is not None:
+            self.publish_run(run_id, workflow)
+        else:
+            self.advance(run_id, workflow)
         return run_id
 
-    def advance(self, run_id: str) -> None:
-        """Plan what can happen next in the run and make it happen (dispatch, skip, or finish the run)."""
-        loaded = self.store.load(run_id)
-        if loaded is None:
-            log.error("advance: run %s does not exist", run_id)
-            return
-        run, tasks = loaded
-        if run.status.is_terminal:
-            return
-        workflow = self.resolve_workflow(run.workflow_name, run.workflow_version)
-        views = {tid: rec.view() for tid, rec in tasks.items()}
-        decisions = plan(workflow, run.input_context, views)
-        if decisions:
-            for task_id in self.store.apply_decisions(run_id, decisions):
-                self.dispatcher.submit(run_id, task_id)
-            if all(d.action == "skip" for d in decisions):
-                loaded = self.store.load(run_id)
-                if loaded is None:
-                    return
-                run, tasks = loaded
-                views = {tid: rec.view() for tid, rec in tasks.items()}
-            else:
-                return
-        outcome = run_outcome(views)
-        if outcome is not None:
-            self._finish(run_id, workflow, outcome, tasks)
+    def advance(self, run_id: str, workflow: Workflow | None = None) -> Transition:
+        """Plan the run and hand newly Ready tasks to ``dispatch_ready``."""
+        if workflow is None:
+            run = self.store.get_run(run_id)
+            if run is None or run.status.is_terminal:
+                return Transition(False)
+            workflow = self.resolve_workflow(run.workflow_name, run.workflow_version)
+        return self._after(run_id, self.store.advance(run_id, workflow))
 
-    def _finish(self, run_id: str, workflow: Workflow, outcome: RunStatus, tasks: Mapping[str, TaskRecord]) -> None:
-        views = {tid: rec.view() for tid, rec in tasks.items()}
-        error = _failed_tasks_message(tasks) if outcome == RunStatus.FAILED else None
-        if self.store.finish_run(run_id, outcome, final_context(workflow, views), error):
-            log.info("run finished", extra={"run_id": run_id, "workflow": workflow.name, "status": str(outcome)})
-            self._notify(run_id, outcome)
+    def _after(self, run_id: str, transition: Transition) -> Transition:
+        if transition.ready and self.dispatch_ready is not None:
+            self.dispatch_ready(run_id, transition.ready)
+        if transition.ended is not None:
+            log.info("run finished", extra={"run_id": run_id, "status": str(transition.ended.status)})
+            self._notify(transition.ended)
+        return transition
 
     def expire_run(self, run_id: str, deadline_s: float) -> None:
-        """End a run that outlived ``workflow_timeout_seconds``."""
+        """End a run that outlived its ``workflow_timeout_seconds``."""
         loaded = self.store.load(run_id)
         if loaded is None or loaded[0].status.is_terminal:
             return
         run, tasks = loaded
         workflow = self.resolve_workflow(run.workflow_name, run.workflow_version)
         views = {tid: rec.view() for tid, rec in tasks.items()}
-        message = f"workflow timed out after {deadline_s:g}s"
-        if self.store.finish_run(run_id, RunStatus.FAILED, final_context(workflow, views), message):
+        ended = self.store.finish_run(
+            run_id, RunStatus.FAILED, final_context(workflow, views), f"workflow timed out after {deadline_s:g}s"
+        )
+        if ended is not None:
             log.warning("run timed out", extra={"run_id": run_id, "workflow": run.workflow_name})
-            self._notify(run_id, RunStatus.FAILED)
+            self._notify(ended)
 
-    def _notify(self, run_id: str, status: RunStatus) -> None:
+    def _notify(self, ended: RunEnd) -> None:
         for listener in list(self._listeners):
             try:
-                listener(run_id, status)
+                listener(ended)
             except Exception:
-                log.exception("run-finished listener failed for run %s", run_id)
+                log.exception("run-finished listener failed for run %s", ended.run_id)
 
     # -- tasks ------------------------------------------------------------------------------------------
-    def run_task(self, run_id: str, task_id: str) -> None:
-        """Execute one attempt of a Ready task and record its outcome (the dispatcher's handler)."""
+    def run_node(self, run_id: str, task_id: str) -> NodeOutcome:
+        """One delivery of a canvas node: make the task Ready if its turn has come, then run it."""
+        found = self.store.get_task(run_id, task_id)
+        if found is None:
+            log.error("delivery for unknown task %s of run %s ignored", task_id, run_id)
+            return NodeOutcome("done")
+        run, task = found
+        if run.status.is_terminal or task.status.is_terminal:
+            return NodeOutcome("done")
+        if task.status == TaskStatus.NOT_STARTED:
+            self.advance(run_id)
+            found = self.store.get_task(run_id, task_id)
+            if found is None or found[0].status.is_terminal or found[1].status.is_terminal:
+                return NodeOutcome("done")
+            task = found[1]
+        if task.status == TaskStatus.RUNNING or task.status == TaskStatus.NOT_STARTED:
+            return NodeOutcome("waiting")
+        if task.next_attempt_at is not None:
+            remaining = (task.next_attempt_at - utcnow()).total_seconds()
+            if remaining > 0.01:
+                return NodeOutcome("retry", remaining)
+        return self.run_task(run_id, task_id)
+
+    def run_task(self, run_id: str, task_id: str) -> NodeOutcome:
+        """Execute one attempt of a Ready task and record its outcome (plus the planning it causes)."""
         started = self.store.start_attempt(run_id, task_id, worker=self.worker_name)
         if started is None:
-            return  # already taken, finished, or the run ended: a duplicate delivery is a no-op
-        attempt, inputs = started
-        run = self.store.get_run(run_id)
-        assert run is not None
-        definition = self.resolve_workflow(run.workflow_name, run.workflow_version).get_task(task_id)
-        fields = {"run_id": run_id, "workflow": run.workflow_name, "task": task_id, "attempt": attempt}
+            found = self.store.get_task(run_id, task_id)
+            running = found is not None and found[1].status == TaskStatus.RUNNING and not found[0].status.is_terminal
+            return NodeOutcome("waiting" if running else "done")
+        workflow = self.resolve_workflow(started.workflow_name, started.workflow_version)
+        definition = workflow.get_task(task_id)
+        fields = {"run_id": run_id, "workflow": workflow.name, "task": task_id, "attempt": started.attempt}
+        for listener in self._started_listeners:
+            listener(run_id, task_id, started)
         timeout_s = definition.timeout_s or self.default_task_timeout_s
+        tracking = self.track_attempt(run_id, task_id, started.attempt) if self.track_attempt else nullcontext()
         try:
-            output = call_task(definition, inputs, timeout_s)
+            with tracking:
+                output = call_task(definition, started.input_context, timeout_s)
         except TaskCallError as failure:
-            self._record_failure(run_id, definition, attempt, inputs, failure.cause, fields)
-            return
-        if self.store.complete_attempt(run_id, task_id, attempt, output):
-            log.info("task completed", extra=fields)
-            self._callback(definition, "on_success", definition.task_id, Context(output))
-            self.advance(run_id)
+            return self._record_failure(run_id, workflow, definition, started, failure.cause, fields)
+        transition = self.store.complete_attempt(run_id, task_id, started.attempt, output, workflow)
+        if not transition.applied:
+            return NodeOutcome("done")
+        log.info("task completed", extra=fields)
+        self._callback(definition, "on_success", task_id, Context(output))
+        self._after(run_id, transition)
+        return NodeOutcome("completed")
 
     def _record_failure(
         self,
         run_id: str,
+        workflow: Workflow,
         definition: TaskDefinition,
-        attempt: int,
-        inputs: dict[str, Any],
+        started: StartedAttempt,
         cause: BaseException,
         fields: dict[str, Any],
-    ) -> None:
+    ) -> NodeOutcome:
         message = describe_error(cause)
+        attempt = started.attempt
         retry = definition.retry.should_retry(cause, attempt)
         delay_s = definition.retry.delay_ms(attempt, self._rng) / 1000 if retry else 0.0
         retry_at = utcnow() + timedelta(seconds=delay_s) if retry else None
-        if not self.store.fail_attempt(run_id, definition.task_id, attempt, message, classify_error(cause), retry_at):
-            return
+        transition = self.store.fail_attempt(
+            run_id, definition.task_id, attempt, message, classify_error(cause), retry_at, workflow
+        )
+        if not transition.applied:
+            return NodeOutcome("done")
         if retry:
             log.warning("task attempt failed, retrying in %.3fs: %s", delay_s, message, extra=fields)
-            self.dispatcher.submit(run_id, definition.task_id, delay_s)
-            return
+            return NodeOutcome("retry", delay_s)
         log.error("task failed: %s", message, extra=fields)
-        self._callback(definition, "on_failure", definition.task_id, message, Context(inputs))
-        self.advance(run_id)
+        self._callback(definition, "on_failure", definition.task_id, message, Context(started.input_context))
+        self._after(run_id, transition)
+        return NodeOutcome("failed")
 
     @staticmethod
     def _callback(definition: TaskDefinition, name: str, *args: Any) -> None:
@@ -209,9 +244,5 @@ class RunCoordinator:
             callback(*args)
         except Exception as exc:  # callbacks never change a task's outcome
             log.warning(
-                "%s callback of task %r raised %s",
-                name,
-                definition.task_id,
-                describe_error(exc),
-                exc_info=True,
+                "%s callback of task %r raised %s", name, definition.task_id, describe_error(exc), exc_info=True
             )

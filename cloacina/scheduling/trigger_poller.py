@@ -28,7 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from cloacina.context import context_hash
 from cloacina.definitions.trigger import TriggerDefinition, TriggerResult, to_trigger_result
@@ -42,6 +42,24 @@ from cloacina.store.triggers import PollStats, TriggerStore
 log = logging.getLogger("cloacina.trigger")
 ERROR_LOG_INTERVAL_S = 60.0
 TriggerEventListener = Callable[[str, str, dict[str, Any]], None]
+
+
+class PollGate(Protocol):
+    """Coordination with other poller replicas (distributed mode); the embedded runner has none."""
+
+    def may_poll(self, definition: TriggerDefinition) -> bool:
+        """Whether this replica polls ``definition`` now (it owns it and won this interval's claim)."""
+        ...
+
+    def before_fire(self, definition: TriggerDefinition, context_hash: str) -> tuple[bool, str | None]:
+        """Fast dedup path: ``(False, None)`` if a run for this key is known active, else ``(True, lock_token)``."""
+        ...
+
+    def after_fire(
+        self, definition: TriggerDefinition, context_hash: str, token: str | None, run_id: str | None
+    ) -> None:
+        """Called after the SQL claim: keep (and renew) the lock of a created run, or give it back."""
+        ...
 
 
 @dataclass
@@ -68,6 +86,7 @@ class TriggerScheduler:
         poll_workers: int = 8,
         run_deadline_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        gate: PollGate | None = None,
     ) -> None:
         self.store = store
         self.coordinator = coordinator
@@ -76,6 +95,7 @@ class TriggerScheduler:
         self.refresh_interval_s = refresh_interval_s
         self.run_deadline_s = run_deadline_s
         self.clock = clock
+        self.gate = gate
         self._entries: dict[str, _Entry] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._seq = itertools.count()
@@ -109,7 +129,8 @@ class TriggerScheduler:
                 definition=definition,
                 enabled=state.enabled if state else True,
                 interval_s=definition.poll_interval_ms / 1000,
-                next_due=self.clock(),
+                # The first poll comes one interval after registration, as every later one does.
+                next_due=self.clock() + definition.poll_interval_ms / 1000,
             )
             if old is not None:  # keep the in-flight bookkeeping of a poll that is running right now
                 entry.in_flight_since, entry.timed_out = old.in_flight_since, old.timed_out
@@ -259,18 +280,43 @@ class TriggerScheduler:
     # -- one poll ---------------------------------------------------------------------------------------
     def _start_poll(self, entry: _Entry, started: float) -> None:
         definition = entry.definition
+        if definition.is_async and self.gate is not None:
+            try:  # ask the gate off the scheduling thread, then hand the coroutine to the loop
+                self._pool.submit(lambda: self._gate_allows(entry) and self._start_async(entry, started))
+            except RuntimeError:
+                self._release(entry)
+            return
         if definition.is_async:
-            loop = self._event_loop()
-            coro = asyncio.wait_for(definition.function(), self.poll_timeout_s)
-            future = asyncio.run_coroutine_threadsafe(coro, loop)
-            future.add_done_callback(lambda f: self._submit_result(entry, started, f))
+            self._start_async(entry, started)
             return
         try:
             self._pool.submit(self._poll_sync, entry, started)
         except RuntimeError:  # shutting down
             self._release(entry)
 
+    def _gate_allows(self, entry: _Entry) -> bool:
+        if self.gate is None:
+            return True
+        try:
+            allowed = self.gate.may_poll(entry.definition)
+        except Exception as exc:  # Redis unavailable: do not poll blind (another replica may be polling)
+            log.warning("poll gate unavailable for trigger %r: %s", entry.definition.name, describe_error(exc))
+            allowed = False
+        if not allowed:
+            self._release(entry)
+        return allowed
+
+    def _start_async(self, entry: _Entry, started: float) -> bool:
+        definition = entry.definition
+        loop = self._event_loop()
+        coro = asyncio.wait_for(definition.function(), self.poll_timeout_s)
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        future.add_done_callback(lambda f: self._submit_result(entry, started, f))
+        return True
+
     def _poll_sync(self, entry: _Entry, started: float) -> None:
+        if not self._gate_allows(entry):
+            return
         try:
             value = entry.definition.function()
         except Exception as exc:
@@ -335,8 +381,21 @@ class TriggerScheduler:
         except ValueError as exc:
             self._record_error(name, f"cannot fire: {exc}")
             return
-        claim = TriggerClaim(name, digest, dedup=not definition.allow_concurrent)
-        run_id = self.coordinator.create_run(workflow, run_input, trigger=claim, deadline_s=self.run_deadline_s)
+        token: str | None = None
+        dedup = not definition.allow_concurrent
+        if dedup and self.gate is not None:
+            proceed, token = self.gate.before_fire(definition, digest)
+            if not proceed:
+                self._count(name, dedup_skips=1)
+                self._emit("dedup_skip", name, {"context_hash": digest})
+                return
+        claim = TriggerClaim(name, digest, dedup=dedup, lock_token=token)
+        run_id: str | None = None
+        try:
+            run_id = self.coordinator.create_run(workflow, run_input, trigger=claim, deadline_s=self.run_deadline_s)
+        finally:
+            if dedup and self.gate is not None:
+                self.gate.after_fire(definition, digest, token, run_id)
         if run_id is None:
             self._count(name, dedup_skips=1)
             log.debug("fire skipped: a run for this context is active", extra={"trigger": name, "hash": digest})

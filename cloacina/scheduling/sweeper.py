@@ -1,0 +1,123 @@
+"""Sweeper: finds work that was lost and puts it back, so no run stays unfinished forever.
+
+- An attempt whose worker died (no heartbeat for ``heartbeat_timeout_s``) goes back to Ready and its run is
+  republished: the task runs again elsewhere (tasks are at-least-once). After ``max_lost_attempts`` losses the
+  task fails instead, so a task that kills its worker cannot loop forever.
+- A run with no progress for ``stale_run_s`` that is not waiting for a live task or a retry delay lost its
+  messages (the broker restarted empty, or publishing failed): it is republished from its SQL state. Finished
+  tasks are never re-run: republishing only covers unfinished tasks, and every delivery checks SQL first.
+- A run past its deadline (``workflow_timeout_seconds``) is failed.
+
+Like the other services, all logic is in :meth:`Sweeper.run_once`; :meth:`start` loops it on a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from cloacina.execution.coordinator import RunCoordinator
+from cloacina.store.models import utcnow
+from cloacina.store.recovery import RecoveryStore
+
+log = logging.getLogger("cloacina.sweeper")
+
+
+@dataclass
+class SweepReport:
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    republished: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.requeued or self.failed or self.republished or self.expired)
+
+
+class Sweeper:
+    """Recovers lost attempts and lost runs; safe to run in several processes at once."""
+
+    def __init__(
+        self,
+        recovery: RecoveryStore,
+        coordinator: RunCoordinator,
+        republish: Callable[[str], None],
+        *,
+        heartbeat_timeout_s: float = 30.0,
+        stale_run_s: float = 30.0,
+        interval_s: float = 5.0,
+        max_lost_attempts: int = 3,
+        clock: Callable[[], datetime] = utcnow,
+        may_sweep: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.recovery = recovery
+        self.coordinator = coordinator
+        self.republish = republish
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.stale_run_s = stale_run_s
+        self.interval_s = interval_s
+        self.max_lost_attempts = max_lost_attempts
+        self.clock = clock
+        self.may_sweep = may_sweep
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> SweepReport:
+        report = SweepReport()
+        if not self.may_sweep():
+            return report
+        now = self.clock()
+        for lost in self.recovery.lost_attempts(now - timedelta(seconds=self.heartbeat_timeout_s)):
+            outcome = self.recovery.requeue_lost(lost, now, self.max_lost_attempts)
+            if outcome is None:
+                continue
+            fields = {"run_id": lost.run_id, "task": lost.task_id, "attempt": lost.attempt}
+            if outcome == "requeued":
+                log.warning("attempt lost with its worker; running the task again", extra=fields)
+                report.requeued.append(lost.run_id)
+            else:
+                log.error("attempt lost with its worker too many times; task failed", extra=fields)
+                report.failed.append(lost.run_id)
+            self._republish(lost.run_id, report)
+        for run_id, timeout_s in self.recovery.expired_runs(now):
+            self.coordinator.expire_run(run_id, timeout_s)
+            report.expired.append(run_id)
+        for stale in self.recovery.stale_runs(now - timedelta(seconds=self.stale_run_s), now):
+            if stale.run_id in report.republished or not self.recovery.claim_stale_run(stale, now):
+                continue
+            log.warning(
+                "run made no progress for %.0fs; republishing it",
+                self.stale_run_s,
+                extra={"run_id": stale.run_id, "workflow": stale.workflow_name},
+            )
+            self._republish(stale.run_id, report)
+        return report
+
+    def _republish(self, run_id: str, report: SweepReport) -> None:
+        if run_id in report.republished:
+            return
+        try:
+            self.republish(run_id)
+            report.republished.append(run_id)
+        except Exception:
+            log.exception("republishing run %s failed; will retry on the next sweep", run_id)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="cloacina-sweeper", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.run_once()
+            except Exception as exc:  # e.g. the database is briefly unavailable: log, try again next interval
+                log.warning("sweep failed (will retry): %s", exc)
+
+    def stop(self, wait_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(wait_s)

@@ -1,0 +1,73 @@
+"""Read-only queries over runs, tasks and attempts (listing, history, snapshots for the planner)."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from cloacina.store.database import Database
+from cloacina.store.models import TaskAttempt, TaskRun, WorkflowRun
+from cloacina.store.run_records import AttemptRecord, RunRecord, TaskRecord, run_record, task_record
+
+
+class RunQueries:
+    """Queries mixed into :class:`cloacina.store.runs.RunStore`; every method is one transaction."""
+
+    db: Database
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        with self.db.session() as s:
+            row = s.get(WorkflowRun, run_id)
+            return run_record(row) if row else None
+
+    def get_tasks(self, run_id: str) -> dict[str, TaskRecord]:
+        with self.db.session() as s:
+            rows = s.scalars(select(TaskRun).where(TaskRun.run_id == run_id).order_by(TaskRun.id)).all()
+            return {r.task_id: task_record(r) for r in rows}
+
+    def get_task(self, run_id: str, task_id: str) -> tuple[RunRecord, TaskRecord] | None:
+        with self.db.session() as s:
+            run = s.get(WorkflowRun, run_id)
+            row = s.scalars(select(TaskRun).where(TaskRun.run_id == run_id, TaskRun.task_id == task_id)).one_or_none()
+            return (run_record(run), task_record(row)) if run and row else None
+
+    def load(self, run_id: str) -> tuple[RunRecord, dict[str, TaskRecord]] | None:
+        """The run and its tasks, read in one transaction (a consistent snapshot for the planner)."""
+        with self.db.session() as s:
+            row = s.get(WorkflowRun, run_id)
+            if row is None:
+                return None
+            rows = s.scalars(select(TaskRun).where(TaskRun.run_id == run_id).order_by(TaskRun.id)).all()
+            return run_record(row), {r.task_id: task_record(r) for r in rows}
+
+    def get_attempts(self, run_id: str, task_id: str) -> list[AttemptRecord]:
+        with self.db.session() as s:
+            rows = s.scalars(
+                select(TaskAttempt)
+                .join(TaskRun, TaskAttempt.task_run_id == TaskRun.id)
+                .where(TaskRun.run_id == run_id, TaskRun.task_id == task_id)
+                .order_by(TaskAttempt.attempt)
+            ).all()
+            return [
+                AttemptRecord(
+                    a.attempt, a.status, a.error_message, a.error_kind, a.started_at, a.completed_at, a.duration_ms
+                )
+                for a in rows
+            ]
+
+    def list_runs(
+        self, *, workflow_name: str | None = None, status: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[RunRecord]:
+        with self.db.session() as s:
+            q = select(WorkflowRun).order_by(WorkflowRun.created_at.desc(), WorkflowRun.id)
+            if workflow_name:
+                q = q.where(WorkflowRun.workflow_name == workflow_name)
+            if status:
+                q = q.where(WorkflowRun.status == status)
+            return [run_record(r) for r in s.scalars(q.limit(limit).offset(offset)).all()]
+
+    def count_runs(self, status: str | None = None) -> int:
+        with self.db.session() as s:
+            q = select(func.count()).select_from(WorkflowRun)
+            if status:
+                q = q.where(WorkflowRun.status == status)
+            return int(s.scalar(q) or 0)

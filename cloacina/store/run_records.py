@@ -1,0 +1,152 @@
+"""Plain records the run repository returns (never ORM objects), and the claims a new run can carry."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from cloacina.engine.planner import TaskView
+from cloacina.engine.states import RunStatus, TaskStatus
+from cloacina.store.models import TaskRun, WorkflowRun
+
+
+def loads(text: str | None) -> dict[str, Any] | None:
+    return None if text is None else json.loads(text)
+
+
+@dataclass(frozen=True)
+class TriggerClaim:
+    """Links a new run to the trigger fire that started it; ``dedup`` makes it count for deduplication."""
+
+    trigger_name: str
+    context_hash: str
+    dedup: bool
+    lock_token: str | None = None
+
+
+@dataclass(frozen=True)
+class CronClaim:
+    """Claims one due time of a cron schedule for a new run; a second claim of the same time is refused."""
+
+    schedule_id: int
+    scheduled_time: datetime
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    workflow_name: str
+    workflow_version: str
+    status: RunStatus
+    input_context: dict[str, Any]
+    final_context: dict[str, Any] | None
+    error_message: str | None
+    trigger_name: str | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    deadline_at: datetime | None
+    package_fingerprint: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    task_id: str
+    status: TaskStatus
+    attempt: int
+    max_attempts: int
+    input_context: dict[str, Any] | None
+    output_context: dict[str, Any] | None
+    error_message: str | None
+    error_kind: str | None
+    skip_reason: str | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    next_attempt_at: datetime | None
+
+    def view(self) -> TaskView:
+        return TaskView(self.status, self.output_context, self.skip_reason)
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    attempt: int
+    status: str
+    error_message: str | None
+    error_kind: str | None
+    started_at: datetime
+    completed_at: datetime | None
+    duration_ms: int | None
+
+
+@dataclass(frozen=True)
+class StartedAttempt:
+    """What the executor needs once it owns an attempt."""
+
+    attempt: int
+    input_context: dict[str, Any]
+    workflow_name: str
+    workflow_version: str
+    package_fingerprint: str | None
+    triggered_at: str | None
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """A run that just ended, and the dedup lock (if any) its end released in SQL."""
+
+    run_id: str
+    status: RunStatus
+    trigger_name: str | None = None
+    context_hash: str | None = None
+    lock_token: str | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """Result of one guarded step on a run: whether it applied, tasks now Ready (the caller dispatches them),
+    and the run's end if this step ended it."""
+
+    applied: bool
+    ready: tuple[str, ...] = ()
+    ended: RunEnd | None = None
+
+    def __bool__(self) -> bool:
+        return self.applied
+
+
+def run_record(row: WorkflowRun) -> RunRecord:
+    return RunRecord(
+        run_id=row.id,
+        workflow_name=row.workflow_name,
+        workflow_version=row.workflow_version,
+        status=RunStatus(row.status),
+        input_context=json.loads(row.input_context),
+        final_context=loads(row.final_context),
+        error_message=row.error_message,
+        trigger_name=row.trigger_name,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        completed_at=row.completed_at,
+        deadline_at=row.deadline_at,
+        package_fingerprint=row.package_fingerprint,
+    )
+
+
+def task_record(row: TaskRun) -> TaskRecord:
+    return TaskRecord(
+        task_id=row.task_id,
+        status=TaskStatus(row.status),
+        attempt=row.attempt,
+        max_attempts=row.max_attempts,
+        input_context=loads(row.input_context),
+        output_context=loads(row.output_context),
+        error_message=row.error_message,
+        error_kind=row.error_kind,
+        skip_reason=row.skip_reason,
+        started_at=row.started_at,
+        completed_at=row.completed_at,
+        next_attempt_at=row.next_attempt_at,
+    )
