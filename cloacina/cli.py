@@ -8,6 +8,7 @@
     cloacina [-v|-vv] runs list|show                                            (cloacina.cli_runs)
     cloacina [-v|-vv] cron list                                                 (cloacina.cli_cron)
     cloacina [-v|-vv] package build|validate|inspect|schema                     (cloacina.cli_package)
+    cloacina worker|poller --app APP | flower [opts] | health                   (cloacina.cli_services, cli_health)
 
 Every command takes ``--db URL`` (else ``$CLOACINA_DATABASE_URL``, else ``sqlite://cloacina.db``). Another
 module adds its commands with ``main.add_command(...)`` here. ``python -m cloacina`` works too.
@@ -20,9 +21,11 @@ import click
 from cloacina.cli_common import configure_logging
 from cloacina.cli_cron import cron_group
 from cloacina.cli_db import db_group
+from cloacina.cli_health import health as health_command
 from cloacina.cli_package import package as package_group
 from cloacina.cli_run import run_command
 from cloacina.cli_runs import runs_group
+from cloacina.cli_services import flower_command, poller_command, worker_command
 from cloacina.cli_triggers import triggers_group
 
 
@@ -40,6 +43,10 @@ main.add_command(triggers_group)
 main.add_command(runs_group)
 main.add_command(cron_group)
 main.add_command(package_group)
+main.add_command(worker_command)
+main.add_command(poller_command)
+main.add_command(flower_command)
+main.add_command(health_command)
 
 
 if __name__ == "__main__":

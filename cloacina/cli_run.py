@@ -108,7 +108,8 @@ def _start_runner(db_url: str, events: queue.SimpleQueue[RawEvent]) -> DefaultRu
     """
 
     def on_trigger_event(kind: str, trigger: str, info: dict[str, Any]) -> None:
-        events.put(("trigger", datetime.now(UTC), kind, trigger, dict(info)))
+        if kind != "poll":  # every poll would drown the interesting events
+            events.put(("trigger", datetime.now(UTC), kind, trigger, dict(info)))
 
     def on_run_finished(ended: RunEnd) -> None:
         events.put(("run", datetime.now(UTC), ended.run_id, str(ended.status)))

@@ -8,7 +8,7 @@ compiles to ``chain(a, b, c)``, a diamond to ``chain(a, group(b, c), d)``. Any D
 DAG that is not series-parallel waits at level barriers a little more than strictly needed (documented
 trade-off: one fixed-shape canvas instead of a scheduler round-trip per task).
 
-Every node is the same Celery task, ``cloacina.task``, with immutable arguments (run id, workflow, task id):
+Every node is the same Celery task, ``cloacina.task``, with immutable keyword arguments (workflow, task, run_id):
 the node consults the SQL state machine, so rules, skips, retries and callbacks behave exactly as embedded, and
 a node delivered twice, or for a task already finished, does nothing.
 
@@ -50,7 +50,9 @@ def canvas_levels(workflow: Workflow, finished: Collection[str] = ()) -> list[li
 
 def node_signature(app: Celery, run_id: str, workflow_name: str, task_id: str, queue: str) -> Signature:
     """The canvas node for one task: immutable, so it ignores its parents' return values."""
-    return app.signature(TASK_NAME, args=(run_id, workflow_name, task_id), immutable=True, queue=queue)
+    # Keyword arguments read well in Flower: {'workflow': 'etl', 'task': 'load', 'run_id': '...'}.
+    kwargs = {"workflow": workflow_name, "task": task_id, "run_id": run_id}
+    return app.signature(TASK_NAME, kwargs=kwargs, immutable=True, queue=queue)
 
 
 def compile_canvas(

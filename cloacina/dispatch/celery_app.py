@@ -64,10 +64,11 @@ def create_app(settings: CloacinaSettings | None = None) -> Celery:
     app.cloacina_settings = settings  # type: ignore[attr-defined]
 
     @app.task(name=TASK_NAME, bind=True, max_retries=None, acks_late=True, ignore_result=False)
-    def cloacina_task(self: Task, run_id: str, workflow_name: str, task_id: str) -> None:
+    def cloacina_task(self: Task, workflow: str, task: str, run_id: str) -> None:
         """Run one task of a workflow run (a canvas node). The SQL state machine decides what happens."""
         from cloacina.dispatch.worker_context import worker_context
 
+        task_id = task
         try:
             outcome = worker_context(app).run_node(run_id, task_id)
         except (OperationalError, InterfaceError, redis.ConnectionError) as exc:

@@ -127,9 +127,11 @@ class RunCoordinator:
             workflow = self.resolve_workflow(run.workflow_name, run.workflow_version)
         return self._after(run_id, self.store.advance(run_id, workflow))
 
-    def _after(self, run_id: str, transition: Transition) -> Transition:
+    def _after(self, run_id: str, transition: Transition, workflow: Workflow | None = None) -> Transition:
         if transition.ready and self.dispatch_ready is not None:
             self.dispatch_ready(run_id, transition.ready)
+        if transition.all_done and transition.ended is None and workflow is not None:
+            transition = self.store.advance(run_id, workflow)  # every task is done: end the run now
         if transition.ended is not None:
             log.info("run finished", extra={"run_id": run_id, "status": str(transition.ended.status)})
             self._notify(transition.ended)
@@ -160,6 +162,10 @@ class RunCoordinator:
     # -- tasks ------------------------------------------------------------------------------------------
     def run_node(self, run_id: str, task_id: str) -> NodeOutcome:
         """One delivery of a canvas node: make the task Ready if its turn has come, then run it."""
+        # Fast path: the task was made Ready by the step that finished its last dependency.
+        outcome = self.run_task(run_id, task_id)
+        if outcome.kind != "done":
+            return outcome
         found = self.store.get_task(run_id, task_id)
         if found is None:
             log.error("delivery for unknown task %s of run %s ignored", task_id, run_id)
@@ -184,10 +190,8 @@ class RunCoordinator:
     def run_task(self, run_id: str, task_id: str) -> NodeOutcome:
         """Execute one attempt of a Ready task and record its outcome (plus the planning it causes)."""
         started = self.store.start_attempt(run_id, task_id, worker=self.worker_name)
-        if started is None:
-            found = self.store.get_task(run_id, task_id)
-            running = found is not None and found[1].status == TaskStatus.RUNNING and not found[0].status.is_terminal
-            return NodeOutcome("waiting" if running else "done")
+        if started is None:  # not Ready: taken, finished, not yet due, or the run ended (run_node looks closer)
+            return NodeOutcome("done")
         workflow = self.resolve_workflow(started.workflow_name, started.workflow_version)
         definition = workflow.get_task(task_id)
         fields = {"run_id": run_id, "workflow": workflow.name, "task": task_id, "attempt": started.attempt}
@@ -205,7 +209,7 @@ class RunCoordinator:
             return NodeOutcome("done")
         log.info("task completed", extra=fields)
         self._callback(definition, "on_success", task_id, Context(output))
-        self._after(run_id, transition)
+        self._after(run_id, transition, workflow)
         return NodeOutcome("completed")
 
     def _record_failure(
@@ -232,7 +236,7 @@ class RunCoordinator:
             return NodeOutcome("retry", delay_s)
         log.error("task failed: %s", message, extra=fields)
         self._callback(definition, "on_failure", definition.task_id, message, Context(started.input_context))
-        self._after(run_id, transition)
+        self._after(run_id, transition, workflow)
         return NodeOutcome("failed")
 
     @staticmethod

@@ -84,5 +84,7 @@ def call_task(definition: TaskDefinition, input_context: Mapping[str, Any], time
     try:
         returned = _invoke(definition, ctx, timeout_s)
         return _output_of(definition, ctx, returned)
-    except Exception as exc:  # the user's code: every failure is a recorded task failure
+    # The user's code: every failure is a recorded task failure. That includes sys.exit() and a coroutine raising
+    # CancelledError (both BaseException): letting them escape would leave the attempt Running forever.
+    except (Exception, SystemExit, asyncio.CancelledError) as exc:
         raise TaskCallError(exc) from exc

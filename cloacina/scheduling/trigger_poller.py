@@ -157,7 +157,7 @@ class TriggerScheduler:
                     self._cond.notify()
 
     def add_listener(self, listener: TriggerEventListener) -> None:
-        """``listener(event, trigger_name, info)`` for events poll_error, fire, dedup_skip (CLI and metrics)."""
+        """``listener(event, trigger_name, info)`` for events poll, poll_error, fire, dedup_skip (CLI, metrics)."""
         self._listeners.append(listener)
 
     @property
@@ -346,6 +346,7 @@ class TriggerScheduler:
                     return
             wall = datetime.now(UTC)
             self._count(name, polls=1, last_poll_at=wall, next_poll_at=wall + timedelta(seconds=entry.interval_s))
+            self._emit("poll", name, {})
             if error is not None:
                 self._record_error(name, f"poll raised {describe_error(error)}")
                 return

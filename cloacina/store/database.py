@@ -81,7 +81,7 @@ class Database:
             self.url.sqlalchemy_url,
             pool_size=pool_size,
             max_overflow=pool_size,
-            pool_pre_ping=True,
+            pool_pre_ping=False,  # a dead connection invalidates the pool on first use; callers retry
             pool_recycle=1800,
         )
         if self.schema is not None:

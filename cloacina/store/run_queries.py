@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import func, select
 
 from cloacina.store.database import Database
@@ -49,7 +51,13 @@ class RunQueries:
             ).all()
             return [
                 AttemptRecord(
-                    a.attempt, a.status, a.error_message, a.error_kind, a.started_at, a.completed_at, a.duration_ms
+                    a.attempt,
+                    a.status,
+                    a.error_message,
+                    a.error_kind,
+                    a.started_at,
+                    a.completed_at,
+                    _ms(a.started_at, a.completed_at),
                 )
                 for a in rows
             ]
@@ -71,3 +79,8 @@ class RunQueries:
             if status:
                 q = q.where(WorkflowRun.status == status)
             return int(s.scalar(q) or 0)
+
+
+def _ms(started: datetime, completed: datetime | None) -> int | None:
+    """An attempt's duration, derived from its timestamps."""
+    return None if completed is None else int((completed - started).total_seconds() * 1000)

@@ -112,6 +112,7 @@ class Transition:
     applied: bool
     ready: tuple[str, ...] = ()
     ended: RunEnd | None = None
+    all_done: bool = False
 
     def __bool__(self) -> bool:
         return self.applied

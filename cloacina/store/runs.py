@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -149,91 +149,133 @@ class RunStore(RunQueries):
 
     # -- the planning step (run row locked) -----------------------------------------------------------------
     @staticmethod
-    def _lock_run(s: Session, run_id: str) -> WorkflowRun | None:
-        q = select(WorkflowRun).where(WorkflowRun.id == run_id)
-        if s.bind is not None and s.bind.dialect.name == "postgresql":
-            q = q.with_for_update()
-        return s.scalars(q).one_or_none()
+    def _lock_run(s: Session, run_id: str, now: datetime) -> Any:
+        """Touch the run's heartbeat and return (status, input_context), or ``None`` if it is not active.
 
-    def _plan_locked(self, s: Session, run: WorkflowRun, workflow: Workflow, now: datetime) -> Transition:
-        """Plan and apply what can happen next; finish the run if everything is terminal. Caller holds the lock."""
-        rows = s.scalars(select(TaskRun).where(TaskRun.run_id == run.id)).all()
+        The UPDATE takes the row lock on PostgreSQL (held to commit), so concurrent steps of one run serialise;
+        SQLite serialises writers anyway (BEGIN IMMEDIATE).
+        """
+        return s.execute(
+            update(WorkflowRun)
+            .where(WorkflowRun.id == run_id, WorkflowRun.status.in_(_ACTIVE_RUN))
+            .values(heartbeat_at=now)
+            .returning(WorkflowRun.status, WorkflowRun.input_context)
+        ).one_or_none()
+
+    def _plan_locked(
+        self, s: Session, run_id: str, run_input: str, workflow: Workflow, now: datetime, end_run: bool = True
+    ) -> Transition:
+        """Plan and apply what can happen next; end the run if everything is terminal and ``end_run``.
+        Caller holds the lock."""
+        rows = s.execute(
+            select(
+                TaskRun.task_id, TaskRun.status, TaskRun.output_context, TaskRun.skip_reason, TaskRun.error_message
+            ).where(TaskRun.run_id == run_id)
+        ).all()
         views = {r.task_id: TaskView(TaskStatus(r.status), loads(r.output_context), r.skip_reason) for r in rows}
-        by_id = {r.task_id: r for r in rows}
         ready: list[str] = []
-        for d in plan(workflow, loads(run.input_context) or {}, views):
-            row = by_id.get(d.task_id)
-            if row is None or row.status != TaskStatus.NOT_STARTED.value:
+        for d in plan(workflow, loads(run_input) or {}, views):
+            if d.task_id not in views:
                 continue
-            row.input_context = canonical_json(d.input_context)
-            row.updated_at = now
+            values: dict[str, Any] = {"input_context": canonical_json(d.input_context), "updated_at": now}
             if d.action == "run":
-                row.status = TaskStatus.READY.value
+                values["status"] = TaskStatus.READY.value
+            else:
+                values.update(
+                    status=TaskStatus.SKIPPED.value,
+                    skip_reason=d.skip_reason,
+                    completed_at=now,
+                    output_context=values["input_context"],
+                )
+            res = s.execute(
+                update(TaskRun)
+                .where(
+                    TaskRun.run_id == run_id,
+                    TaskRun.task_id == d.task_id,
+                    TaskRun.status == TaskStatus.NOT_STARTED.value,
+                )
+                .values(**values)
+            )
+            if res.rowcount != 1:
+                continue
+            if d.action == "run":
                 ready.append(d.task_id)
                 views[d.task_id] = TaskView(TaskStatus.READY)
             else:
-                row.status, row.skip_reason, row.completed_at = TaskStatus.SKIPPED.value, d.skip_reason, now
-                row.output_context = row.input_context
                 views[d.task_id] = TaskView(TaskStatus.SKIPPED, d.input_context, d.skip_reason)
         outcome = run_outcome(views)
         if outcome is None:
             return Transition(True, tuple(ready))
+        if not end_run:
+            return Transition(True, tuple(ready), all_done=True)
         errors = {r.task_id: (TaskStatus(r.status), r.error_message) for r in rows}
         message = failed_tasks_message(errors) if outcome == RunStatus.FAILED else None
-        ended = self._end_run_locked(s, run, outcome, final_context(workflow, views), message, now)
+        ended = self._end_run_locked(s, run_id, outcome, final_context(workflow, views), message, now)
         return Transition(True, tuple(ready), ended)
 
     def _end_run_locked(
         self,
         s: Session,
-        run: WorkflowRun,
+        run_id: str,
         status: RunStatus,
         final: Mapping[str, Any] | None,
         message: str | None,
         now: datetime,
+        *,
+        fail_running: bool = False,
     ) -> RunEnd:
-        run.status, run.completed_at, run.updated_at, run.error_message = status.value, now, now, message
-        run.final_context = canonical_json(dict(final)) if final is not None else None
-        execution = s.scalars(select(TriggerExecution).where(TriggerExecution.run_id == run.id)).first()
-        # Freeing the dedup key in the same transaction that ends the run: the key is free the moment the run is.
         s.execute(
-            update(TriggerExecution)
-            .where(TriggerExecution.run_id == run.id)
-            .values(dedup_active=False, completed_at=now)
-        )
-        s.execute(
-            update(TaskRun)
-            .where(TaskRun.run_id == run.id, TaskRun.status.in_([TaskStatus.NOT_STARTED.value, TaskStatus.READY.value]))
-            .values(status=TaskStatus.SKIPPED.value, skip_reason="run_ended", completed_at=now, updated_at=now)
-        )
-        # Only a run ended from outside (timeout) has tasks still running; a late result of theirs is refused.
-        s.execute(
-            update(TaskRun)
-            .where(TaskRun.run_id == run.id, TaskRun.status == TaskStatus.RUNNING.value)
+            update(WorkflowRun)
+            .where(WorkflowRun.id == run_id)
             .values(
-                status=TaskStatus.FAILED.value,
+                status=status.value,
                 completed_at=now,
                 updated_at=now,
-                error_kind="error",
-                error_message=f"run ended ({message}) while the task was running",
+                error_message=message,
+                final_context=canonical_json(dict(final)) if final is not None else None,
             )
         )
+        # Freeing the dedup key in the same transaction that ends the run: the key is free the moment the run is.
+        execution = s.execute(
+            update(TriggerExecution)
+            .where(TriggerExecution.run_id == run_id)
+            .values(dedup_active=False, completed_at=now)
+            .returning(TriggerExecution.trigger_name, TriggerExecution.context_hash, TriggerExecution.lock_token)
+        ).first()
+        s.execute(
+            update(TaskRun)
+            .where(TaskRun.run_id == run_id, TaskRun.status.in_([TaskStatus.NOT_STARTED.value, TaskStatus.READY.value]))
+            .values(status=TaskStatus.SKIPPED.value, skip_reason="run_ended", completed_at=now, updated_at=now)
+        )
+        if fail_running:
+            # Only a run ended from outside (timeout) has tasks still running; a late result of theirs is refused.
+            s.execute(
+                update(TaskRun)
+                .where(TaskRun.run_id == run_id, TaskRun.status == TaskStatus.RUNNING.value)
+                .values(
+                    status=TaskStatus.FAILED.value,
+                    completed_at=now,
+                    updated_at=now,
+                    error_kind="error",
+                    error_message=f"run ended ({message}) while the task was running",
+                )
+            )
         if execution is None:
-            return RunEnd(run.id, status)
-        return RunEnd(run.id, status, execution.trigger_name, execution.context_hash, execution.lock_token)
+            return RunEnd(run_id, status)
+        return RunEnd(run_id, status, execution.trigger_name, execution.context_hash, execution.lock_token)
 
-    def _step(self, run_id: str, workflow: Workflow | None, mutate: Callable[[Session, datetime], bool]) -> Transition:
+    def _step(
+        self, run_id: str, workflow: Workflow | None, mutate: Callable[[Session, datetime], bool], end_run: bool = True
+    ) -> Transition:
         now = utcnow()
         with self.db.session() as s:
-            run = self._lock_run(s, run_id)
-            if run is None or run.status not in _ACTIVE_RUN:
+            locked = self._lock_run(s, run_id, now)
+            if locked is None or not mutate(s, now):
+                s.rollback()
                 return Transition(False)
-            if not mutate(s, now):
-                return Transition(False)
-            run.heartbeat_at = now
             if workflow is None:
                 return Transition(True)
-            return self._plan_locked(s, run, workflow, now)
+            return self._plan_locked(s, run_id, locked.input_context, workflow, now, end_run)
 
     def advance(self, run_id: str, workflow: Workflow) -> Transition:
         """Plan the run (used after creation and by recovery): newly Ready tasks, skips, and the run's end."""
@@ -241,7 +283,8 @@ class RunStore(RunQueries):
 
     # -- attempts ---------------------------------------------------------------------------------------
     def start_attempt(self, run_id: str, task_id: str, *, worker: str | None = None) -> StartedAttempt | None:
-        """Ready -> Running with a new attempt number; ``None`` if the task is not Ready or the run has ended."""
+        """Ready -> Running with a new attempt number; ``None`` if the task is not Ready (or its retry delay has not
+        passed) or the run has ended."""
         now = utcnow()
         with self.db.session() as s:
             run = s.execute(
@@ -257,20 +300,24 @@ class RunStore(RunQueries):
                 return None
             row = s.execute(
                 update(TaskRun)
-                .where(TaskRun.run_id == run_id, TaskRun.task_id == task_id, TaskRun.status == TaskStatus.READY.value)
+                .where(
+                    TaskRun.run_id == run_id,
+                    TaskRun.task_id == task_id,
+                    TaskRun.status == TaskStatus.READY.value,
+                    (TaskRun.next_attempt_at.is_(None)) | (TaskRun.next_attempt_at <= now),
+                )
                 .values(
                     status=TaskStatus.RUNNING.value,
                     attempt=TaskRun.attempt + 1,
                     heartbeat_at=now,
                     next_attempt_at=None,
                     updated_at=now,
+                    started_at=func.coalesce(TaskRun.started_at, now),
                 )
-                .returning(TaskRun.id, TaskRun.attempt, TaskRun.input_context, TaskRun.started_at)
+                .returning(TaskRun.id, TaskRun.attempt, TaskRun.input_context)
             ).one_or_none()
             if row is None:
                 return None
-            if row.started_at is None:
-                s.execute(update(TaskRun).where(TaskRun.id == row.id).values(started_at=now))
             s.execute(
                 insert(TaskAttempt).values(
                     task_run_id=row.id,
@@ -280,10 +327,12 @@ class RunStore(RunQueries):
                     started_at=now,
                 )
             )
-            values: dict[str, Any] = {"heartbeat_at": now, "updated_at": now}
             if run.status == RunStatus.PENDING.value:
-                values.update(status=RunStatus.RUNNING.value, started_at=now)
-            s.execute(update(WorkflowRun).where(WorkflowRun.id == run_id).values(**values))
+                s.execute(
+                    update(WorkflowRun)
+                    .where(WorkflowRun.id == run_id, WorkflowRun.status == RunStatus.PENDING.value)
+                    .values(status=RunStatus.RUNNING.value, started_at=now, heartbeat_at=now, updated_at=now)
+                )
             triggered_at = (loads(run.input_context) or {}).get("triggered_at") if row.attempt == 1 else None
             return StartedAttempt(
                 attempt=row.attempt,
@@ -319,19 +368,22 @@ class RunStore(RunQueries):
         ).one_or_none()
         if row is None:
             return False
-        a = s.scalars(
-            select(TaskAttempt).where(TaskAttempt.task_run_id == row.id, TaskAttempt.attempt == attempt)
-        ).one_or_none()
-        if a is not None:
-            a.status, a.error_message, a.error_kind, a.completed_at = attempt_status, error, kind, now
-            a.duration_ms = int((now - a.started_at).total_seconds() * 1000)
+        s.execute(
+            update(TaskAttempt)
+            .where(TaskAttempt.task_run_id == row.id, TaskAttempt.attempt == attempt)
+            .values(status=attempt_status, error_message=error, error_kind=kind, completed_at=now)
+        )
         return True
 
     def complete_attempt(
         self, run_id: str, task_id: str, attempt: int, output: Mapping[str, Any], workflow: Workflow | None = None
     ) -> Transition:
         """Running -> Completed for exactly this attempt, then (given ``workflow``) plan the run in the same
-        transaction. ``applied`` is False if the attempt was already resolved (e.g. timed out)."""
+        transaction. ``applied`` is False if the attempt was already resolved (e.g. timed out).
+
+        The run itself is not ended here even when this was its last task (``all_done``): the caller runs the
+        task's callback first and then :meth:`advance`, so a run is never seen finished before its callbacks ran.
+        """
         values = {
             "status": TaskStatus.COMPLETED.value,
             "output_context": canonical_json(dict(output)),
@@ -345,7 +397,7 @@ class RunStore(RunQueries):
                 s, run_id, task_id, attempt, values, TaskStatus.COMPLETED.value, None, None, now
             )
 
-        return self._step(run_id, workflow, mutate)
+        return self._step(run_id, workflow, mutate, end_run=False)
 
     def fail_attempt(
         self,
@@ -368,7 +420,7 @@ class RunStore(RunQueries):
                 values.update(status=TaskStatus.FAILED.value, completed_at=now)
             return self._resolve_attempt(s, run_id, task_id, attempt, values, TaskStatus.FAILED.value, error, kind, now)
 
-        return self._step(run_id, None if retry_at is not None else workflow, mutate)
+        return self._step(run_id, None if retry_at is not None else workflow, mutate, end_run=False)
 
     def heartbeat(self, attempts: Iterable[tuple[str, str, int]]) -> int:
         """Mark running attempts (run_id, task_id, attempt) as alive; returns how many rows were touched."""
@@ -430,7 +482,6 @@ class RunStore(RunQueries):
         """
         now = utcnow()
         with self.db.session() as s:
-            run = self._lock_run(s, run_id)
-            if run is None or run.status not in _ACTIVE_RUN:
+            if self._lock_run(s, run_id, now) is None:
                 return None
-            return self._end_run_locked(s, run, status, final_context, error_message, now)
+            return self._end_run_locked(s, run_id, status, final_context, error_message, now, fail_running=True)

@@ -1,0 +1,174 @@
+"""Service commands: ``cloacina worker``, ``cloacina poller`` and ``cloacina flower``.
+
+Configuration comes from ``CLOACINA_*`` environment variables (:class:`cloacina.settings.CloacinaSettings`);
+the options here override the few that differ per process. Both services refuse to start on an unmigrated
+database (run ``cloacina db upgrade``) and wait, with backoff, while the database or Redis is unreachable.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+from typing import Any
+
+import click
+
+from cloacina.app_loader import load_app
+from cloacina.errors import SchemaNotMigratedError
+from cloacina.settings import CloacinaSettings
+
+APP_ENV_VAR = "CLOACINA_APP"
+
+
+def _settings(db_url: str | None, **overrides: Any) -> CloacinaSettings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if db_url:
+        values["database_url"] = db_url
+    try:
+        return CloacinaSettings(**values)
+    except Exception as exc:
+        raise click.ClickException(f"invalid configuration: {exc}") from None
+
+
+def _load(app_spec: str | None) -> None:
+    if not app_spec:
+        return
+    try:
+        load_app(app_spec)
+    except Exception as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _require_broker(settings: CloacinaSettings) -> None:
+    if not settings.broker_url:
+        raise click.ClickException("CLOACINA_BROKER_URL is not set (e.g. redis://localhost:6379/0)")
+
+
+def _wait_for_database(settings: CloacinaSettings) -> None:
+    from cloacina.scheduling.poller_service import wait_until_ready
+    from cloacina.store.database import Database
+
+    db = Database(settings.database_url, pool_size=1)
+    try:
+        wait_until_ready("database", db.check_migrated, threading.Event())
+    except SchemaNotMigratedError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        db.dispose()
+
+
+app_option = click.option(
+    "--app",
+    "app_spec",
+    envvar=APP_ENV_VAR,
+    show_envvar=True,
+    help="Module name or path to a .py file declaring the workflows and triggers.",
+)
+db_override = click.option("--db", "db_url", default=None, help="Overrides CLOACINA_DATABASE_URL.")
+
+
+@click.command("worker", context_settings={"ignore_unknown_options": True})
+@app_option
+@db_override
+@click.option("--concurrency", "-c", type=int, default=None, help="Worker processes (default: CPU count).")
+@click.option("--queues", "-Q", default=None, help="Queues to consume (default: CLOACINA_QUEUE).")
+@click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork", show_default=True)
+@click.option("--hostname", "-n", default=None, help="Worker node name (default: cloacina@<host>-<pid>).")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker_command(
+    app_spec: str | None,
+    db_url: str | None,
+    concurrency: int | None,
+    queues: str | None,
+    pool: str,
+    hostname: str | None,
+    celery_args: tuple[str, ...],
+) -> None:
+    """Run a Celery worker that executes workflow tasks (extra arguments go to ``celery worker``)."""
+    from cloacina.observability.logs import configure_logging
+
+    settings = _settings(db_url)
+    _require_broker(settings)
+    configure_logging(settings.log_format, settings.log_level)
+    metrics = None
+    if settings.metrics_port is not None:
+        from cloacina.observability.metrics import enable_multiprocess
+
+        enable_multiprocess()  # before any metric exists and before Celery forks its children
+    _load(app_spec)
+    _wait_for_database(settings)
+    from cloacina.dispatch.celery_app import create_app
+
+    app = create_app(settings)
+    if settings.metrics_port is not None:
+        from celery.signals import worker_process_shutdown
+
+        from cloacina.observability.http import start_http_server
+        from cloacina.observability.metrics import Metrics, mark_process_dead, multiprocess_registry
+
+        metrics = Metrics()
+        start_http_server(settings.metrics_port, multiprocess_registry(), lambda: (True, {"component": "worker"}))
+        worker_process_shutdown.connect(lambda **_: mark_process_dead(os.getpid()), weak=False)
+    app.cloacina_metrics = metrics  # type: ignore[attr-defined]
+    argv = [
+        "worker",
+        f"--pool={pool}",
+        f"--queues={queues or settings.queue}",
+        f"--hostname={hostname or f'cloacina@{socket.gethostname()}-{os.getpid()}'}",
+        f"--loglevel={settings.log_level}",
+    ]
+    if concurrency:
+        argv.append(f"--concurrency={concurrency}")
+    app.worker_main([*argv, *celery_args])
+
+
+@click.command("poller")
+@app_option
+@db_override
+def poller_command(app_spec: str | None, db_url: str | None) -> None:
+    """Poll triggers and cron schedules and publish their runs to the workers (run 2+ replicas)."""
+    from cloacina.observability.logs import configure_logging
+    from cloacina.observability.metrics import Metrics
+    from cloacina.scheduling.poller_service import PollerService
+
+    settings = _settings(db_url)
+    _require_broker(settings)
+    configure_logging(settings.log_format, settings.log_level)
+    _load(app_spec)
+    metrics = Metrics()
+    service = PollerService(settings, metrics=metrics)
+
+    def stop(signum: int, _frame: Any) -> None:
+        service.stop_event.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    server = None
+    try:
+        service.start()
+        if settings.metrics_port is not None:
+            from cloacina.observability.http import start_http_server
+
+            server = start_http_server(settings.metrics_port, metrics.registry, service.health)
+        click.echo(f"poller {service.membership.poller_id} running", err=True)
+        while not service.stop_event.wait(1.0):
+            pass
+    except SchemaNotMigratedError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        service.stop()
+        if server is not None:
+            server.stop()
+
+
+@click.command("flower", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+def flower_command(flower_args: tuple[str, ...]) -> None:
+    """Run Flower against the configured broker, e.g. ``cloacina flower --basic-auth=user:pass --port=5555``."""
+    settings = _settings(None)
+    _require_broker(settings)
+    from cloacina.dispatch.celery_app import create_app
+
+    create_app(settings).start(argv=["flower", *flower_args])
