@@ -30,6 +30,7 @@ from cloacina.config import DefaultRunnerConfig
 from cloacina.context import Context, coerce_context
 from cloacina.cron_api import CronAPI, start_cron_service
 from cloacina.definitions import registry
+from cloacina.definitions.packages import package_workflow
 from cloacina.definitions.workflow import Workflow
 from cloacina.dispatch.threads import ThreadDispatcher
 from cloacina.errors import StoreError
@@ -185,7 +186,9 @@ class DefaultRunner(TriggerAPI, CronAPI):
             return self._workflows[workflow]
         return registry.get_workflow(workflow)
 
-    def _resolve_workflow(self, name: str, version: str) -> Workflow:
+    def _resolve_workflow(self, name: str, version: str, package_fingerprint: str | None = None) -> Workflow:
+        if package_fingerprint is not None:
+            return package_workflow(package_fingerprint, name)
         workflow = self._workflows.get(name) or registry.get_workflow(name)
         if workflow.version != version:
             log.warning(

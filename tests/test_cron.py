@@ -97,7 +97,7 @@ def open_stack(url: str, schema: str | None) -> Stack:
     db.upgrade()
     runs = RunStore(db)
     dispatcher = ThreadDispatcher(4)
-    coordinator = RunCoordinator(runs, lambda name, _version: registry.get_workflow(name))
+    coordinator = RunCoordinator(runs, lambda name, *_: registry.get_workflow(name))
     dispatcher.serve(coordinator)
     return Stack(db, runs, dispatcher, coordinator, CronStore(db))
 
@@ -280,7 +280,7 @@ def test_errors_are_logged_per_schedule_and_retried(stack: Stack, caplog: pytest
 def test_an_unreachable_database_is_logged_not_raised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     db = Database(f"sqlite:///{tmp_path}/missing/dir/cron.db")
     dispatcher = ThreadDispatcher(1)
-    coordinator = RunCoordinator(RunStore(db), lambda name, _v: registry.get_workflow(name))
+    coordinator = RunCoordinator(RunStore(db), lambda name, *_: registry.get_workflow(name))
     dispatcher.serve(coordinator)
     scheduler = CronScheduler(CronStore(db), coordinator, registry.get_workflow, poll_interval_s=2)
     with caplog.at_level(logging.ERROR, logger="cloacina.cron"):

@@ -92,6 +92,7 @@ class TriggerDefinition:
     poll_interval_ms: int
     allow_concurrent: bool = False
     poll_interval: str = "5s"
+    package_fingerprint: str | None = None  # set for triggers loaded from a .cloacina package
 
     @property
     def is_async(self) -> bool:

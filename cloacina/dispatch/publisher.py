@@ -39,7 +39,7 @@ class CanvasPublisher:
         if loaded is None or loaded[0].status.is_terminal:
             return
         run, tasks = loaded
-        workflow = self.resolve_workflow(run.workflow_name, run.workflow_version)
+        workflow = self.resolve_workflow(run.workflow_name, run.workflow_version, run.package_fingerprint)
         finished = {tid for tid, rec in tasks.items() if rec.status.is_terminal}
         canvas = compile_canvas(self.app, workflow, run_id, queue=self.queue, finished=finished)
         if canvas is not None:

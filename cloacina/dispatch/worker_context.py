@@ -15,6 +15,7 @@ from typing import Any
 from celery import Celery
 
 from cloacina.definitions import registry
+from cloacina.definitions.packages import package_workflow
 from cloacina.definitions.workflow import Workflow
 from cloacina.execution.coordinator import NodeOutcome, RunCoordinator
 from cloacina.execution.heartbeat import AttemptHeartbeats
@@ -28,8 +29,10 @@ _contexts: dict[int, WorkerContext] = {}
 _lock = threading.Lock()
 
 
-def resolve_registered_workflow(name: str, version: str) -> Workflow:
-    """Workflows known to this process (imported with ``--app``); packages are resolved by their loader."""
+def resolve_registered_workflow(name: str, version: str, package_fingerprint: str | None = None) -> Workflow:
+    """Workflows known to this process (imported with ``--app``), or from the package a run was started from."""
+    if package_fingerprint is not None:
+        return package_workflow(package_fingerprint, name)
     workflow = registry.get_workflow(name)
     if workflow.version != version:
         log.warning("workflow %r is version %s here but the run was created with %s", name, workflow.version, version)

@@ -35,7 +35,7 @@ from cloacina.store.models import utcnow
 from cloacina.store.runs import CronClaim, RunEnd, RunStore, StartedAttempt, Transition, TriggerClaim
 
 log = logging.getLogger("cloacina.run")
-WorkflowResolver = Callable[[str, str], Workflow]
+WorkflowResolver = Callable[[str, str, str | None], Workflow]  # (name, version, package fingerprint)
 RunFinishedListener = Callable[[RunEnd], None]
 AttemptTracker = Callable[[str, str, int], AbstractContextManager[Any]]
 
@@ -124,7 +124,7 @@ class RunCoordinator:
             run = self.store.get_run(run_id)
             if run is None or run.status.is_terminal:
                 return Transition(False)
-            workflow = self.resolve_workflow(run.workflow_name, run.workflow_version)
+            workflow = self.resolve_workflow(run.workflow_name, run.workflow_version, run.package_fingerprint)
         return self._after(run_id, self.store.advance(run_id, workflow))
 
     def _after(self, run_id: str, transition: Transition, workflow: Workflow | None = None) -> Transition:
@@ -143,7 +143,7 @@ class RunCoordinator:
         if loaded is None or loaded[0].status.is_terminal:
             return
         run, tasks = loaded
-        workflow = self.resolve_workflow(run.workflow_name, run.workflow_version)
+        workflow = self.resolve_workflow(run.workflow_name, run.workflow_version, run.package_fingerprint)
         views = {tid: rec.view() for tid, rec in tasks.items()}
         ended = self.store.finish_run(
             run_id, RunStatus.FAILED, final_context(workflow, views), f"workflow timed out after {deadline_s:g}s"
@@ -192,7 +192,7 @@ class RunCoordinator:
         started = self.store.start_attempt(run_id, task_id, worker=self.worker_name)
         if started is None:  # not Ready: taken, finished, not yet due, or the run ended (run_node looks closer)
             return NodeOutcome("done")
-        workflow = self.resolve_workflow(started.workflow_name, started.workflow_version)
+        workflow = self.resolve_workflow(started.workflow_name, started.workflow_version, started.package_fingerprint)
         definition = workflow.get_task(task_id)
         fields = {"run_id": run_id, "workflow": workflow.name, "task": task_id, "attempt": started.attempt}
         for listener in self._started_listeners:

@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from cloacina.context import context_hash
+from cloacina.definitions.packages import package_workflow
 from cloacina.definitions.trigger import TriggerDefinition, TriggerResult, to_trigger_result
 from cloacina.definitions.workflow import Workflow
 from cloacina.errors import TriggerPollError
@@ -378,7 +379,10 @@ class TriggerScheduler:
         run_input.setdefault("trigger_name", name)
         run_input.setdefault("triggered_at", fired_at.isoformat())
         try:
-            workflow = self.resolve_workflow(definition.workflow or "")
+            if definition.package_fingerprint is not None:
+                workflow = package_workflow(definition.package_fingerprint, definition.workflow or "")
+            else:
+                workflow = self.resolve_workflow(definition.workflow or "")
         except ValueError as exc:
             self._record_error(name, f"cannot fire: {exc}")
             return
@@ -393,7 +397,13 @@ class TriggerScheduler:
         claim = TriggerClaim(name, digest, dedup=dedup, lock_token=token)
         run_id: str | None = None
         try:
-            run_id = self.coordinator.create_run(workflow, run_input, trigger=claim, deadline_s=self.run_deadline_s)
+            run_id = self.coordinator.create_run(
+                workflow,
+                run_input,
+                trigger=claim,
+                deadline_s=self.run_deadline_s,
+                package_fingerprint=definition.package_fingerprint,
+            )
         finally:
             if dedup and self.gate is not None:
                 self.gate.after_fire(definition, digest, token, run_id)

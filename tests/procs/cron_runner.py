@@ -32,7 +32,7 @@ def main() -> None:
     db = Database(url, schema=schema)
     db.check_migrated()
     dispatcher = ThreadDispatcher(4)
-    coordinator = RunCoordinator(RunStore(db), lambda name, _version: registry.get_workflow(name))
+    coordinator = RunCoordinator(RunStore(db), lambda name, *_: registry.get_workflow(name))
     dispatcher.serve(coordinator)
     scheduler = CronScheduler(CronStore(db), coordinator, registry.get_workflow, poll_interval_s=0.5)
     scheduler.start()
