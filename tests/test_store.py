@@ -190,6 +190,7 @@ def test_complete_only_for_the_current_running_attempt(store: RunStore) -> None:
         (2, "Completed", None),
     ]
     assert all(a.completed_at is not None and a.completed_at >= a.started_at for a in attempts)
+    assert all(a.duration_ms is not None and a.duration_ms >= 0 for a in attempts)
 
 
 def test_fail_without_retry_is_final(store: RunStore) -> None:
