@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class DefaultRunnerConfig(BaseModel):
     """Settings of a :class:`cloacina.DefaultRunner`. Durations carry their unit in the name."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
     max_concurrent_tasks: int = Field(4, ge=1, le=1024, description="Task attempts running at once in-process.")
     task_timeout_seconds: float = Field(300.0, gt=0, description="Default timeout of one task attempt.")

@@ -393,3 +393,9 @@ def test_context_manager_shuts_down(backend) -> None:
         assert runner.execute("chain").status == "Completed"
     with pytest.raises(RuntimeError):
         runner.execute("chain")
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_config_rejects_non_finite_durations(value: float) -> None:
+    with pytest.raises(ValueError):
+        cloaca.DefaultRunnerConfig(task_timeout_seconds=value)

@@ -7,6 +7,8 @@ refused with a message telling the user to run ``cloacina db upgrade``; upgradin
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -198,3 +200,9 @@ def test_runner_migrates_a_new_database(durable_backend) -> None:
     # A second runner on the same database finds it migrated and upgrades nothing.
     with cloaca.DefaultRunner(durable_backend.url, schema=durable_backend.schema) as runner:
         assert runner.db.current_revision() == runner.db.head_revision()
+
+
+def test_read_only_sqlite_is_refused_with_a_reason(tmp_path: Path) -> None:
+    (tmp_path / "ro.db").touch()
+    with pytest.raises(StoreError, match="mode=ro is not supported"):
+        parse_database_url(f"sqlite://{tmp_path}/ro.db?mode=ro")

@@ -48,11 +48,14 @@ def canvas_levels(workflow: Workflow, finished: Collection[str] = ()) -> list[li
     return levels
 
 
-def node_signature(app: Celery, run_id: str, workflow_name: str, task_id: str, queue: str) -> Signature:
-    """The canvas node for one task: immutable, so it ignores its parents' return values."""
+def node_signature(
+    app: Celery, run_id: str, workflow_name: str, task_id: str, queue: str, chord_header: bool = False
+) -> Signature:
+    """The canvas node for one task: immutable, so it ignores its parents' return values. Only chord headers
+    store a (null) result: the chord counts them; every other node skips the result backend."""
     # Keyword arguments read well in Flower: {'workflow': 'etl', 'task': 'load', 'run_id': '...'}.
     kwargs = {"workflow": workflow_name, "task": task_id, "run_id": run_id}
-    return app.signature(TASK_NAME, kwargs=kwargs, immutable=True, queue=queue)
+    return app.signature(TASK_NAME, kwargs=kwargs, immutable=True, queue=queue, ignore_result=not chord_header)
 
 
 def compile_canvas(
@@ -60,8 +63,10 @@ def compile_canvas(
 ) -> Any:
     """The canvas that runs every unfinished task of ``run_id`` (``None`` when nothing is left)."""
     stages = []
-    for tasks in canvas_levels(workflow, finished):
-        sigs = [node_signature(app, run_id, workflow.name, t, queue) for t in tasks]
+    levels = canvas_levels(workflow, finished)
+    for index, tasks in enumerate(levels):
+        header = len(tasks) > 1 and index < len(levels) - 1  # a group followed by more work becomes a chord
+        sigs = [node_signature(app, run_id, workflow.name, t, queue, chord_header=header) for t in tasks]
         stages.append(sigs[0] if len(sigs) == 1 else group(sigs))
     if not stages:
         return None

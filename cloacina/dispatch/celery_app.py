@@ -21,6 +21,7 @@ from celery import Celery, Task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from cloacina.dispatch.canvas import TASK_NAME
+from cloacina.dispatch.result_backend import backend_url
 from cloacina.settings import CloacinaSettings
 
 log = logging.getLogger("cloacina.celery")
@@ -32,7 +33,8 @@ def celery_config(settings: CloacinaSettings) -> dict[str, Any]:
     transport = {"visibility_timeout": settings.visibility_timeout_s}
     return {
         "broker_url": settings.broker_url,
-        "result_backend": settings.effective_redis_url,  # chords count their header results here
+        # Chords count their header results in Redis; nodes outside chord headers store no result at all.
+        "result_backend": backend_url(settings.effective_redis_url or settings.broker_url or ""),
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -54,16 +56,27 @@ def celery_config(settings: CloacinaSettings) -> dict[str, Any]:
     }
 
 
+_apps: dict[str, Celery] = {}
+
+
 def create_app(settings: CloacinaSettings | None = None) -> Celery:
-    """A Celery app configured from ``settings`` (default: the environment) with the node task registered."""
+    """The Celery app for ``settings`` (default: the environment) with the node task registered; one per
+    distinct configuration per process."""
     settings = settings or CloacinaSettings()
+    key = settings.model_dump_json()
+    if key not in _apps:
+        _apps[key] = _build_app(settings)
+    return _apps[key]
+
+
+def _build_app(settings: CloacinaSettings) -> Celery:
     if not settings.broker_url:
         raise ValueError("CLOACINA_BROKER_URL is not set: distributed mode needs a Redis broker URL")
     app = Celery("cloacina", set_as_current=False)
     app.conf.update(celery_config(settings))
     app.cloacina_settings = settings  # type: ignore[attr-defined]
 
-    @app.task(name=TASK_NAME, bind=True, max_retries=None, acks_late=True, ignore_result=False)
+    @app.task(name=TASK_NAME, bind=True, max_retries=None, acks_late=True, ignore_result=True)
     def cloacina_task(self: Task, workflow: str, task: str, run_id: str) -> None:
         """Run one task of a workflow run (a canvas node). The SQL state machine decides what happens."""
         from cloacina.dispatch.worker_context import worker_context

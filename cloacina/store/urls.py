@@ -75,6 +75,8 @@ def _parse_sqlite(url: str) -> DatabaseURL:
         return DatabaseURL("sqlite", "sqlite://", is_memory=True)
     # "sqlite://rel.db" -> relative; "sqlite:///abs.db" and "sqlite:////abs.db" -> absolute.
     path = "/" + path.lstrip("/") if path.startswith("/") else os.path.abspath(path)
-    if mode in ("rw", "ro") and not os.path.exists(path):
+    if mode == "ro":
+        raise StoreError(f"sqlite mode=ro is not supported in {url!r}: a runner writes its run history")
+    if mode == "rw" and not os.path.exists(path):
         raise StoreError(f"sqlite database {path!r} does not exist and mode={mode} does not create it")
     return DatabaseURL("sqlite", f"sqlite:///{path}", read_only=(mode == "ro"))
