@@ -18,16 +18,17 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from cloacina.context import canonical_json
 from cloacina.definitions.workflow import Workflow
 from cloacina.engine.planner import Decision, TaskView, final_context, plan, run_outcome
 from cloacina.engine.states import RunStatus, SkipReason, TaskStatus
+from cloacina.store import run_statements as sql
 from cloacina.store.database import Database
-from cloacina.store.models import CronExecution, TaskAttempt, TaskRun, TriggerExecution, WorkflowRun, utcnow
+from cloacina.store.models import CronExecution, TaskRun, TriggerExecution, WorkflowRun, utcnow
 from cloacina.store.run_queries import RunQueries
 from cloacina.store.run_records import (
     AttemptRecord,
@@ -52,8 +53,6 @@ __all__ = [
     "Transition",
     "TriggerClaim",
 ]
-
-_ACTIVE_RUN = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
 
 
 def failed_tasks_message(views: Mapping[str, Any]) -> str | None:
@@ -89,7 +88,7 @@ class RunStore(RunQueries):
         now = utcnow()
         run_id = str(uuid.uuid4())
         try:
-            with self.db.session() as s:
+            with self.db.connection() as s:
                 s.execute(
                     insert(WorkflowRun).values(
                         id=run_id,
@@ -148,55 +147,23 @@ class RunStore(RunQueries):
         return run_id
 
     # -- the planning step (run row locked) -----------------------------------------------------------------
-    @staticmethod
-    def _lock_run(s: Session, run_id: str, now: datetime) -> Any:
-        """Touch the run's heartbeat and return (status, input_context), or ``None`` if it is not active.
-
-        The UPDATE takes the row lock on PostgreSQL (held to commit), so concurrent steps of one run serialise;
-        SQLite serialises writers anyway (BEGIN IMMEDIATE).
-        """
-        return s.execute(
-            update(WorkflowRun)
-            .where(WorkflowRun.id == run_id, WorkflowRun.status.in_(_ACTIVE_RUN))
-            .values(heartbeat_at=now)
-            .returning(WorkflowRun.status, WorkflowRun.input_context)
-        ).one_or_none()
-
     def _plan_locked(
-        self, s: Session, run_id: str, run_input: str, workflow: Workflow, now: datetime, end_run: bool = True
+        self, c: Connection, run_id: str, run_input: str, workflow: Workflow, now: datetime, end_run: bool = True
     ) -> Transition:
         """Plan and apply what can happen next; end the run if everything is terminal and ``end_run``.
-        Caller holds the lock."""
-        rows = s.execute(
-            select(
-                TaskRun.task_id, TaskRun.status, TaskRun.output_context, TaskRun.skip_reason, TaskRun.error_message
-            ).where(TaskRun.run_id == run_id)
-        ).all()
+        The caller holds the run's lock (see ``LOCK_RUN``)."""
+        rows = c.execute(sql.TASKS_FOR_PLAN, {"b_run": run_id}).all()
         views = {r.task_id: TaskView(TaskStatus(r.status), loads(r.output_context), r.skip_reason) for r in rows}
         ready: list[str] = []
         for d in plan(workflow, loads(run_input) or {}, views):
             if d.task_id not in views:
                 continue
-            values: dict[str, Any] = {"input_context": canonical_json(d.input_context), "updated_at": now}
+            params = {"b_run": run_id, "b_task": d.task_id, "input": canonical_json(d.input_context), "now": now}
             if d.action == "run":
-                values["status"] = TaskStatus.READY.value
+                applied = c.execute(sql.DECIDE_READY, params).rowcount == 1
             else:
-                values.update(
-                    status=TaskStatus.SKIPPED.value,
-                    skip_reason=d.skip_reason,
-                    completed_at=now,
-                    output_context=values["input_context"],
-                )
-            res = s.execute(
-                update(TaskRun)
-                .where(
-                    TaskRun.run_id == run_id,
-                    TaskRun.task_id == d.task_id,
-                    TaskRun.status == TaskStatus.NOT_STARTED.value,
-                )
-                .values(**values)
-            )
-            if res.rowcount != 1:
+                applied = c.execute(sql.DECIDE_SKIP, {**params, "reason": d.skip_reason}).rowcount == 1
+            if not applied:
                 continue
             if d.action == "run":
                 ready.append(d.task_id)
@@ -210,12 +177,12 @@ class RunStore(RunQueries):
             return Transition(True, tuple(ready), all_done=True)
         errors = {r.task_id: (TaskStatus(r.status), r.error_message) for r in rows}
         message = failed_tasks_message(errors) if outcome == RunStatus.FAILED else None
-        ended = self._end_run_locked(s, run_id, outcome, final_context(workflow, views), message, now)
+        ended = self._end_run_locked(c, run_id, outcome, final_context(workflow, views), message, now)
         return Transition(True, tuple(ready), ended)
 
+    @staticmethod
     def _end_run_locked(
-        self,
-        s: Session,
+        c: Connection,
         run_id: str,
         status: RunStatus,
         final: Mapping[str, Any] | None,
@@ -224,115 +191,68 @@ class RunStore(RunQueries):
         *,
         fail_running: bool = False,
     ) -> RunEnd:
-        s.execute(
-            update(WorkflowRun)
-            .where(WorkflowRun.id == run_id)
-            .values(
-                status=status.value,
-                completed_at=now,
-                updated_at=now,
-                error_message=message,
-                final_context=canonical_json(dict(final)) if final is not None else None,
-            )
+        final_json = canonical_json(dict(final)) if final is not None else None
+        c.execute(
+            sql.END_RUN,
+            {"b_run": run_id, "new_status": status.value, "error": message, "final": final_json, "now": now},
         )
-        # Freeing the dedup key in the same transaction that ends the run: the key is free the moment the run is.
-        execution = s.execute(
-            update(TriggerExecution)
-            .where(TriggerExecution.run_id == run_id)
-            .values(dedup_active=False, completed_at=now)
-            .returning(TriggerExecution.trigger_name, TriggerExecution.context_hash, TriggerExecution.lock_token)
-        ).first()
-        s.execute(
-            update(TaskRun)
-            .where(TaskRun.run_id == run_id, TaskRun.status.in_([TaskStatus.NOT_STARTED.value, TaskStatus.READY.value]))
-            .values(status=TaskStatus.SKIPPED.value, skip_reason="run_ended", completed_at=now, updated_at=now)
-        )
-        if fail_running:
-            # Only a run ended from outside (timeout) has tasks still running; a late result of theirs is refused.
-            s.execute(
-                update(TaskRun)
-                .where(TaskRun.run_id == run_id, TaskRun.status == TaskStatus.RUNNING.value)
-                .values(
-                    status=TaskStatus.FAILED.value,
-                    completed_at=now,
-                    updated_at=now,
-                    error_kind="error",
-                    error_message=f"run ended ({message}) while the task was running",
-                )
+        execution = c.execute(sql.FREE_DEDUP_KEY, {"b_run": run_id, "now": now}).first()
+        c.execute(sql.SKIP_UNSTARTED, {"b_run": run_id, "now": now})
+        if fail_running:  # only a run ended from outside (timeout) has tasks still running; their late results lose
+            c.execute(
+                sql.FAIL_RUNNING,
+                {"b_run": run_id, "now": now, "error": f"run ended ({message}) while the task was running"},
             )
         if execution is None:
             return RunEnd(run_id, status)
         return RunEnd(run_id, status, execution.trigger_name, execution.context_hash, execution.lock_token)
 
     def _step(
-        self, run_id: str, workflow: Workflow | None, mutate: Callable[[Session, datetime], bool], end_run: bool = True
+        self,
+        run_id: str,
+        workflow: Workflow | None,
+        mutate: Callable[[Connection, datetime], bool],
+        end_run: bool = True,
     ) -> Transition:
         now = utcnow()
-        with self.db.session() as s:
-            locked = self._lock_run(s, run_id, now)
-            if locked is None or not mutate(s, now):
-                s.rollback()
+        with self.db.connection() as c:
+            locked = c.execute(sql.LOCK_RUN, {"b_run": run_id, "now": now}).one_or_none()
+            if locked is None or not mutate(c, now):
+                c.rollback()
                 return Transition(False)
             if workflow is None:
                 return Transition(True)
-            return self._plan_locked(s, run_id, locked.input_context, workflow, now, end_run)
+            return self._plan_locked(c, run_id, locked.input_context, workflow, now, end_run)
 
     def advance(self, run_id: str, workflow: Workflow) -> Transition:
-        """Plan the run (used after creation and by recovery): newly Ready tasks, skips, and the run's end."""
-        return self._step(run_id, workflow, lambda s, now: True)
+        """Plan the run (after creation, after a task's callbacks, by recovery): newly Ready tasks, skips, and the
+        run's end."""
+        return self._step(run_id, workflow, lambda c, now: True)
 
     # -- attempts ---------------------------------------------------------------------------------------
     def start_attempt(self, run_id: str, task_id: str, *, worker: str | None = None) -> StartedAttempt | None:
         """Ready -> Running with a new attempt number; ``None`` if the task is not Ready (or its retry delay has not
         passed) or the run has ended."""
         now = utcnow()
-        with self.db.session() as s:
-            run = s.execute(
-                select(
-                    WorkflowRun.status,
-                    WorkflowRun.workflow_name,
-                    WorkflowRun.workflow_version,
-                    WorkflowRun.package_fingerprint,
-                    WorkflowRun.input_context,
-                ).where(WorkflowRun.id == run_id)
-            ).one_or_none()
-            if run is None or run.status not in _ACTIVE_RUN:
+        with self.db.connection() as c:
+            run = c.execute(sql.RUN_FOR_START, {"b_run": run_id}).one_or_none()
+            if run is None or run.status not in sql.ACTIVE_RUN:
                 return None
-            row = s.execute(
-                update(TaskRun)
-                .where(
-                    TaskRun.run_id == run_id,
-                    TaskRun.task_id == task_id,
-                    TaskRun.status == TaskStatus.READY.value,
-                    (TaskRun.next_attempt_at.is_(None)) | (TaskRun.next_attempt_at <= now),
-                )
-                .values(
-                    status=TaskStatus.RUNNING.value,
-                    attempt=TaskRun.attempt + 1,
-                    heartbeat_at=now,
-                    next_attempt_at=None,
-                    updated_at=now,
-                    started_at=func.coalesce(TaskRun.started_at, now),
-                )
-                .returning(TaskRun.id, TaskRun.attempt, TaskRun.input_context)
-            ).one_or_none()
+            row = c.execute(sql.START_TASK, {"b_run": run_id, "b_task": task_id, "now": now}).one_or_none()
             if row is None:
                 return None
-            s.execute(
-                insert(TaskAttempt).values(
-                    task_run_id=row.id,
-                    attempt=row.attempt,
-                    status=TaskStatus.RUNNING.value,
-                    worker=worker,
-                    started_at=now,
-                )
+            c.execute(
+                sql.INSERT_ATTEMPT,
+                {
+                    "task_run_id": row.id,
+                    "attempt": row.attempt,
+                    "worker": worker,
+                    "status": TaskStatus.RUNNING.value,
+                    "started_at": now,
+                },
             )
             if run.status == RunStatus.PENDING.value:
-                s.execute(
-                    update(WorkflowRun)
-                    .where(WorkflowRun.id == run_id, WorkflowRun.status == RunStatus.PENDING.value)
-                    .values(status=RunStatus.RUNNING.value, started_at=now, heartbeat_at=now, updated_at=now)
-                )
+                c.execute(sql.RUN_TO_RUNNING, {"b_run": run_id, "now": now})
             triggered_at = (loads(run.input_context) or {}).get("triggered_at") if row.attempt == 1 else None
             return StartedAttempt(
                 attempt=row.attempt,
@@ -344,34 +264,20 @@ class RunStore(RunQueries):
             )
 
     @staticmethod
-    def _resolve_attempt(
-        s: Session,
-        run_id: str,
-        task_id: str,
-        attempt: int,
-        values: dict[str, Any],
-        attempt_status: str,
-        error: str | None,
-        kind: str | None,
-        now: datetime,
-    ) -> bool:
-        row = s.execute(
-            update(TaskRun)
-            .where(
-                TaskRun.run_id == run_id,
-                TaskRun.task_id == task_id,
-                TaskRun.status == TaskStatus.RUNNING.value,
-                TaskRun.attempt == attempt,
-            )
-            .values(updated_at=now, **values)
-            .returning(TaskRun.id)
-        ).one_or_none()
+    def _resolve_attempt(c: Connection, params: dict[str, Any], now: datetime) -> bool:
+        row = c.execute(sql.RESOLVE_TASK, {**params, "now": now}).one_or_none()
         if row is None:
             return False
-        s.execute(
-            update(TaskAttempt)
-            .where(TaskAttempt.task_run_id == row.id, TaskAttempt.attempt == attempt)
-            .values(status=attempt_status, error_message=error, error_kind=kind, completed_at=now)
+        c.execute(
+            sql.FINISH_ATTEMPT,
+            {
+                "b_task_run": row.id,
+                "b_attempt": params["b_attempt"],
+                "now": now,
+                "new_status": params["attempt_status"],
+                "error": params["error"],
+                "kind": params["kind"],
+            },
         )
         return True
 
@@ -384,17 +290,24 @@ class RunStore(RunQueries):
         The run itself is not ended here even when this was its last task (``all_done``): the caller runs the
         task's callback first and then :meth:`advance`, so a run is never seen finished before its callbacks ran.
         """
-        values = {
-            "status": TaskStatus.COMPLETED.value,
-            "output_context": canonical_json(dict(output)),
-            "error_message": None,
-            "error_kind": None,
-        }
+        output_json = canonical_json(dict(output))
 
-        def mutate(s: Session, now: datetime) -> bool:
-            values["completed_at"] = now
+        def mutate(c: Connection, now: datetime) -> bool:
             return self._resolve_attempt(
-                s, run_id, task_id, attempt, values, TaskStatus.COMPLETED.value, None, None, now
+                c,
+                {
+                    "b_run": run_id,
+                    "b_task": task_id,
+                    "b_attempt": attempt,
+                    "new_status": TaskStatus.COMPLETED.value,
+                    "output": output_json,
+                    "error": None,
+                    "kind": None,
+                    "b_completed_at": now,
+                    "retry_at": None,
+                    "attempt_status": TaskStatus.COMPLETED.value,
+                },
+                now,
             )
 
         return self._step(run_id, workflow, mutate, end_run=False)
@@ -412,13 +325,24 @@ class RunStore(RunQueries):
         """Running -> Ready (to retry at ``retry_at``) or Failed for exactly this attempt; a final failure plans
         the run (given ``workflow``) in the same transaction."""
 
-        def mutate(s: Session, now: datetime) -> bool:
-            values: dict[str, Any] = {"error_message": error, "error_kind": kind}
-            if retry_at is not None:
-                values.update(status=TaskStatus.READY.value, next_attempt_at=retry_at)
-            else:
-                values.update(status=TaskStatus.FAILED.value, completed_at=now)
-            return self._resolve_attempt(s, run_id, task_id, attempt, values, TaskStatus.FAILED.value, error, kind, now)
+        def mutate(c: Connection, now: datetime) -> bool:
+            final = retry_at is None
+            return self._resolve_attempt(
+                c,
+                {
+                    "b_run": run_id,
+                    "b_task": task_id,
+                    "b_attempt": attempt,
+                    "new_status": TaskStatus.FAILED.value if final else TaskStatus.READY.value,
+                    "output": None,
+                    "error": error,
+                    "kind": kind,
+                    "b_completed_at": now if final else None,
+                    "retry_at": retry_at,
+                    "attempt_status": TaskStatus.FAILED.value,
+                },
+                now,
+            )
 
         return self._step(run_id, None if retry_at is not None else workflow, mutate, end_run=False)
 
@@ -426,7 +350,7 @@ class RunStore(RunQueries):
         """Mark running attempts (run_id, task_id, attempt) as alive; returns how many rows were touched."""
         now = utcnow()
         touched = 0
-        with self.db.session() as s:
+        with self.db.connection() as s:
             for run_id, task_id, attempt in attempts:
                 res = s.execute(
                     update(TaskRun)
@@ -447,7 +371,7 @@ class RunStore(RunQueries):
         """Mark planned tasks Ready (returned: the caller now owns their dispatch) or Skipped."""
         now = utcnow()
         won: list[str] = []
-        with self.db.session() as s:
+        with self.db.connection() as s:
             for d in decisions:
                 values: dict[str, Any] = {"input_context": canonical_json(d.input_context), "updated_at": now}
                 if d.action == "run":
@@ -481,7 +405,7 @@ class RunStore(RunQueries):
         the run is left pending. Returns the run's end, or ``None`` if it had already ended.
         """
         now = utcnow()
-        with self.db.session() as s:
-            if self._lock_run(s, run_id, now) is None:
+        with self.db.connection() as c:
+            if c.execute(sql.LOCK_RUN, {"b_run": run_id, "now": now}).one_or_none() is None:
                 return None
-            return self._end_run_locked(s, run_id, status, final_context, error_message, now, fail_running=True)
+            return self._end_run_locked(c, run_id, status, final_context, error_message, now, fail_running=True)

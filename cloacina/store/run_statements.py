@@ -1,0 +1,154 @@
+"""Prebuilt SQL statements for the run repository's hot path (every task attempt runs several of them).
+
+Building a SQLAlchemy statement costs more than executing a cached one; these are built once, with bound
+parameters (named ``b_*`` where SQLAlchemy reserves the column's own name), and executed on a plain
+Connection. Semantics are documented where they are used, in
+:mod:`cloacina.store.runs`.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import bindparam, func, insert, or_, select, update
+
+from cloacina.engine.states import RunStatus, TaskStatus
+from cloacina.store.models import TaskAttempt, TaskRun, TriggerExecution, UTCDateTime, WorkflowRun
+
+ACTIVE_RUN = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
+_NOW = bindparam("now", type_=UTCDateTime())
+_RUN = bindparam("b_run")
+_TASK = bindparam("b_task")
+
+RUN_FOR_START = select(
+    WorkflowRun.status,
+    WorkflowRun.workflow_name,
+    WorkflowRun.workflow_version,
+    WorkflowRun.package_fingerprint,
+    WorkflowRun.input_context,
+).where(WorkflowRun.id == _RUN)
+
+START_TASK = (
+    update(TaskRun)
+    .where(
+        TaskRun.run_id == _RUN,
+        TaskRun.task_id == _TASK,
+        TaskRun.status == TaskStatus.READY.value,
+        or_(TaskRun.next_attempt_at.is_(None), TaskRun.next_attempt_at <= _NOW),
+    )
+    .values(
+        status=TaskStatus.RUNNING.value,
+        attempt=TaskRun.attempt + 1,
+        heartbeat_at=_NOW,
+        next_attempt_at=None,
+        updated_at=_NOW,
+        started_at=func.coalesce(TaskRun.started_at, _NOW),
+    )
+    .returning(TaskRun.id, TaskRun.attempt, TaskRun.input_context)
+)
+
+INSERT_ATTEMPT = insert(TaskAttempt)
+
+RUN_TO_RUNNING = (
+    update(WorkflowRun)
+    .where(WorkflowRun.id == _RUN, WorkflowRun.status == RunStatus.PENDING.value)
+    .values(status=RunStatus.RUNNING.value, started_at=_NOW, heartbeat_at=_NOW, updated_at=_NOW)
+)
+
+# Touching the heartbeat with an UPDATE takes the run's row lock on PostgreSQL until commit.
+LOCK_RUN = (
+    update(WorkflowRun)
+    .where(WorkflowRun.id == _RUN, WorkflowRun.status.in_(ACTIVE_RUN))
+    .values(heartbeat_at=_NOW)
+    .returning(WorkflowRun.status, WorkflowRun.input_context)
+)
+
+RESOLVE_TASK = (
+    update(TaskRun)
+    .where(
+        TaskRun.run_id == _RUN,
+        TaskRun.task_id == _TASK,
+        TaskRun.status == TaskStatus.RUNNING.value,
+        TaskRun.attempt == bindparam("b_attempt"),
+    )
+    .values(
+        status=bindparam("new_status"),
+        output_context=bindparam("output"),
+        error_message=bindparam("error"),
+        error_kind=bindparam("kind"),
+        completed_at=bindparam("b_completed_at", type_=UTCDateTime()),
+        next_attempt_at=bindparam("retry_at", type_=UTCDateTime()),
+        updated_at=_NOW,
+    )
+    .returning(TaskRun.id)
+)
+
+FINISH_ATTEMPT = (
+    update(TaskAttempt)
+    .where(TaskAttempt.task_run_id == bindparam("b_task_run"), TaskAttempt.attempt == bindparam("b_attempt"))
+    .values(
+        status=bindparam("new_status"),
+        error_message=bindparam("error"),
+        error_kind=bindparam("kind"),
+        completed_at=_NOW,
+    )
+)
+
+TASKS_FOR_PLAN = select(
+    TaskRun.task_id, TaskRun.status, TaskRun.output_context, TaskRun.skip_reason, TaskRun.error_message
+).where(TaskRun.run_id == _RUN)
+
+DECIDE_READY = (
+    update(TaskRun)
+    .where(TaskRun.run_id == _RUN, TaskRun.task_id == _TASK, TaskRun.status == TaskStatus.NOT_STARTED.value)
+    .values(status=TaskStatus.READY.value, input_context=bindparam("input"), updated_at=_NOW)
+)
+
+DECIDE_SKIP = (
+    update(TaskRun)
+    .where(TaskRun.run_id == _RUN, TaskRun.task_id == _TASK, TaskRun.status == TaskStatus.NOT_STARTED.value)
+    .values(
+        status=TaskStatus.SKIPPED.value,
+        input_context=bindparam("input"),
+        output_context=bindparam("input"),
+        skip_reason=bindparam("reason"),
+        completed_at=_NOW,
+        updated_at=_NOW,
+    )
+)
+
+END_RUN = (
+    update(WorkflowRun)
+    .where(WorkflowRun.id == _RUN)
+    .values(
+        status=bindparam("new_status"),
+        completed_at=_NOW,
+        updated_at=_NOW,
+        error_message=bindparam("error"),
+        final_context=bindparam("final"),
+    )
+)
+
+# The dedup key is freed in the transaction that ends the run: the key is free the moment the run is.
+FREE_DEDUP_KEY = (
+    update(TriggerExecution)
+    .where(TriggerExecution.run_id == _RUN)
+    .values(dedup_active=False, completed_at=_NOW)
+    .returning(TriggerExecution.trigger_name, TriggerExecution.context_hash, TriggerExecution.lock_token)
+)
+
+SKIP_UNSTARTED = (
+    update(TaskRun)
+    .where(TaskRun.run_id == _RUN, TaskRun.status.in_([TaskStatus.NOT_STARTED.value, TaskStatus.READY.value]))
+    .values(status=TaskStatus.SKIPPED.value, skip_reason="run_ended", completed_at=_NOW, updated_at=_NOW)
+)
+
+FAIL_RUNNING = (
+    update(TaskRun)
+    .where(TaskRun.run_id == _RUN, TaskRun.status == TaskStatus.RUNNING.value)
+    .values(
+        status=TaskStatus.FAILED.value,
+        completed_at=_NOW,
+        updated_at=_NOW,
+        error_kind="error",
+        error_message=bindparam("error"),
+    )
+)

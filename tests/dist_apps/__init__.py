@@ -1,0 +1,1 @@
+"""Apps for the distributed tests: imported by ``cloacina worker|poller --app tests.dist_apps.<module>``."""

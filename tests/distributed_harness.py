@@ -1,0 +1,423 @@
+"""Harness for the distributed tests: real service processes, a private Redis, a TCP proxy, wait helpers.
+
+- :class:`Services` starts ``cloacina worker`` / ``cloacina poller`` (or any command) as separate processes, each
+  in its own session so that :meth:`ServiceProcess.kill` with SIGKILL takes the whole process group down at once
+  (a Celery prefork worker and its children die together, as when a container or machine dies). Output goes to
+  ``<tmp_path>/<name>.log``; :meth:`Services.dump_logs` prints the tails. :meth:`Services.stop_all` is safe to
+  call from a fixture's teardown whatever state the processes are in.
+- :class:`RedisServer` is a private ``redis-server`` (no persistence) on a free port that a test may kill and
+  restart; a restart loses every key, as a Redis without persistence does. The shared server is never touched.
+- :class:`TcpProxy` forwards 127.0.0.1:<port> to PostgreSQL; :meth:`TcpProxy.stop` drops every connection and
+  refuses new ones (a database outage as the services see it) and :meth:`TcpProxy.start` brings it back.
+- :func:`migrated_schema` / :func:`service_db_url`: a fresh migrated PostgreSQL schema and the URL services use
+  for it (``options=-csearch_path=<schema>``).
+
+>>> wait_for(lambda: 42, timeout_s=1, what="the answer")
+42
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from sqlalchemy import create_engine, text
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+# -- waiting ------------------------------------------------------------------------------------------------
+def wait_for(
+    predicate: Callable[[], T], timeout_s: float, *, what: str, interval_s: float = 0.1, on_timeout: Any = None
+) -> T:
+    """Call ``predicate`` until it returns something truthy (returned); ``AssertionError`` after ``timeout_s``.
+
+    ``on_timeout`` (optional) is called before raising, e.g. to print service logs.
+    """
+    deadline = time.monotonic() + timeout_s
+    last_error: BaseException | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # a query against a briefly unavailable service: keep trying until the deadline
+            last_error = exc
+        if time.monotonic() >= deadline:
+            if on_timeout is not None:
+                on_timeout()
+            extra = f" (last error: {last_error!r})" if last_error is not None else ""
+            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}{extra}")
+        time.sleep(interval_s)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------------------
+def sqlalchemy_url(pg_url: str) -> str:
+    return pg_url.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def service_db_url(pg_url: str, schema: str, *, host_port: tuple[str, int] | None = None) -> str:
+    """``pg_url`` with ``search_path`` set to ``schema`` (and optionally another host:port, e.g. a proxy)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(pg_url)
+    if host_port is not None:
+        url = url.set(host=host_port[0], port=host_port[1])
+    rendered = url.set(query={}).render_as_string(hide_password=False)
+    return f"{rendered}?options={quote(f'-csearch_path={schema}')}"
+
+
+def migrated_schema(pg_url: str, schema: str) -> None:
+    """Create ``schema`` and migrate it to head (what ``cloacina db upgrade`` does)."""
+    from cloacina.store.database import Database
+
+    db = Database(pg_url, schema=schema, pool_size=1)
+    try:
+        db.upgrade()
+    finally:
+        db.dispose()
+
+
+def execute_sql(pg_url: str, schema: str, *statements: str) -> None:
+    engine = create_engine(sqlalchemy_url(pg_url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f'SET search_path TO "{schema}"'))
+            for statement in statements:
+                conn.execute(text(statement))
+    finally:
+        engine.dispose()
+
+
+def query(pg_url: str, schema: str, sql: str, **params: Any) -> list[Any]:
+    """Rows of one query in ``schema`` (a short-lived connection: safe to call while services run)."""
+    engine = create_engine(sqlalchemy_url(pg_url), poolclass=_null_pool())
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f'SET search_path TO "{schema}"'))
+            return list(conn.execute(text(sql), params).all())
+    finally:
+        engine.dispose()
+
+
+def _null_pool() -> Any:
+    from sqlalchemy.pool import NullPool
+
+    return NullPool
+
+
+@contextlib.contextmanager
+def fresh_schema(pg_url: str) -> Iterator[str]:
+    """A new schema name, dropped (CASCADE) afterwards."""
+    schema = f"d_{uuid.uuid4().hex[:12]}"
+    try:
+        yield schema
+    finally:
+        engine = create_engine(sqlalchemy_url(pg_url))
+        with engine.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        engine.dispose()
+
+
+# -- service processes --------------------------------------------------------------------------------------
+@dataclass
+class ServiceProcess:
+    """One service process (leader of its own process group) and its log file."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    started_at: float = field(default_factory=time.time)
+    killed_at: float | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the whole process group (the service and every child it forked)."""
+        if self.killed_at is None and sig == signal.SIGKILL:
+            self.killed_at = time.time()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
+
+    def wait_exit(self, timeout_s: float) -> int:
+        return self.proc.wait(timeout=timeout_s)
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """SIGTERM the group, then SIGKILL whatever is left after ``grace_s``; always reaps the leader."""
+        if self.alive:
+            self.kill(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+        # Children may outlive a leader that exited: the group is killed in any case.
+        self.kill(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+
+
+class Services:
+    """Starts service processes with a shared environment and cleans all of them up."""
+
+    def __init__(self, log_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.log_dir = log_dir
+        self.env = dict(env or {})
+        self.processes: list[ServiceProcess] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> ServiceProcess:
+        full_env = {**os.environ, **self.env, **(env or {})}
+        full_env["PYTHONUNBUFFERED"] = "1"
+        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), full_env.get("PYTHONPATH")]))
+        log_path = self.log_dir / f"{name}.log"
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                cwd=REPO_ROOT,
+                env=full_env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: kill() reaches every child
+            )
+        service = ServiceProcess(name, proc, log_path)
+        self.processes.append(service)
+        return service
+
+    def cloacina(self, name: str, *args: str, env: dict[str, str] | None = None) -> ServiceProcess:
+        """``python -m cloacina <args>`` as service ``name``."""
+        return self.start(name, [sys.executable, "-m", "cloacina", *args], env)
+
+    def worker(self, name: str, app: str, *, concurrency: int = 1, pool: str = "prefork", **env: str) -> ServiceProcess:
+        return self.cloacina(
+            name, "worker", "--app", app, "--concurrency", str(concurrency), "--pool", pool, "--hostname",
+            f"{name}@%h", env=env,
+        )  # fmt: skip
+
+    def poller(self, name: str, app: str, **env: str) -> ServiceProcess:
+        return self.cloacina(name, "poller", "--app", app, env=env)
+
+    def by_pid(self, pid: int) -> ServiceProcess | None:
+        return next((p for p in self.processes if p.pid == pid), None)
+
+    def stop_all(self) -> None:
+        for service in self.processes:
+            try:
+                service.stop(grace_s=3.0)
+            except Exception as exc:  # keep going: every process must be cleaned up
+                print(f"could not stop {service.name}: {exc!r}", file=sys.stderr)
+
+    def dump_logs(self, tail_lines: int = 80) -> None:
+        for service in self.processes:
+            lines = service.log_text().splitlines()
+            state = "running" if service.alive else f"exited {service.proc.returncode}"
+            print(f"\n===== {service.name} (pid {service.pid}, {state}) {service.log_path} =====")
+            print("\n".join(lines[-tail_lines:]))
+
+
+def wait_for_worker_ready(service: ServiceProcess, timeout_s: float = 60.0) -> None:
+    """Celery prints ``<name> ready.`` once the worker consumes."""
+    wait_for(
+        lambda: " ready." in service.log_text() or _exited(service),
+        timeout_s,
+        what=f"worker {service.name} to be ready",
+    )
+    assert service.alive, f"worker {service.name} exited:\n{service.log_text()[-3000:]}"
+
+
+def wait_for_poller_ready(service: ServiceProcess, timeout_s: float = 60.0) -> str:
+    """Waits for ``poller <id> running``; returns the poller id."""
+
+    def poller_id() -> str | None:
+        for line in service.log_text().splitlines():
+            if line.startswith("poller ") and line.endswith(" running"):
+                return line.split()[1]
+        if _exited(service):
+            raise AssertionError(f"poller {service.name} exited:\n{service.log_text()[-3000:]}")
+        return None
+
+    return wait_for(poller_id, timeout_s, what=f"poller {service.name} to start")
+
+
+def _exited(service: ServiceProcess) -> bool:
+    if not service.alive:
+        raise AssertionError(f"{service.name} exited with {service.proc.returncode}:\n{service.log_text()[-3000:]}")
+    return False
+
+
+# -- a private Redis --------------------------------------------------------------------------------------
+class RedisServer:
+    """A ``redis-server`` of our own, without persistence, that a test may kill and restart (losing all data)."""
+
+    def __init__(self, log_dir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.log_path = log_dir / f"redis-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        import redis
+
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--daemonize", "no"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        try:
+            wait_for(client.ping, timeout_s, what=f"redis-server on port {self.port}")
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        """SIGKILL: the server and every key in it are gone."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def restart(self, down_s: float = 0.0) -> None:
+        self.kill()
+        time.sleep(down_s)
+        self.start()
+
+    def dbsize(self) -> int:
+        import redis
+
+        client = redis.Redis(port=self.port)
+        try:
+            return int(client.dbsize())  # type: ignore[arg-type]
+        finally:
+            client.close()
+
+
+# -- a TCP proxy for database outages -----------------------------------------------------------------------
+class TcpProxy:
+    """Forwards ``127.0.0.1:<port>`` to ``target``. ``stop()`` is an outage: open connections are cut and new
+    ones refused (nothing listens on the port); ``start()`` listens again on the same port."""
+
+    def __init__(self, target: tuple[str, int], port: int | None = None) -> None:
+        self.target = target
+        self.port = port or free_port()
+        self._listener: socket.socket | None = None
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._accepting: threading.Thread | None = None
+        self.connections_accepted = 0
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    def start(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(self.address)
+        listener.listen(64)
+        self._listener = listener
+        self._accepting = threading.Thread(target=self._accept_loop, args=(listener,), daemon=True)
+        self._accepting.start()
+
+    def stop(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        if self._accepting is not None:
+            self._accepting.join(5)
+        with self._lock:
+            sockets, self._sockets = self._sockets, set()
+        for sock in sockets:
+            _close(sock)
+
+    @property
+    def is_running(self) -> bool:
+        return self._listener is not None
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # the listener was closed: outage
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                _close(client)
+                continue
+            with self._lock:
+                if self._listener is not listener:  # stopped meanwhile
+                    _close(client)
+                    _close(upstream)
+                    return
+                self._sockets.update((client, upstream))
+                self.connections_accepted += 1
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        peers = {a: b, b: a}
+        try:
+            while True:
+                readable, _, _ = select.select([a, b], [], [], 1.0)
+                for sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    peers[sock].sendall(data)
+                with self._lock:
+                    if a not in self._sockets:
+                        return
+        except (OSError, ValueError):
+            return
+        finally:
+            with self._lock:
+                self._sockets.discard(a)
+                self._sockets.discard(b)
+            _close(a)
+            _close(b)
+
+
+def _close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.close()
