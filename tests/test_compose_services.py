@@ -1,0 +1,179 @@
+"""docker-compose.yml, run without Docker: each cloacina service's command starts locally, mapped onto the local
+Redis and PostgreSQL, its health check passes, and a file dropped in the inbox goes through poller and worker.
+
+What maps where: the compose ``CLOACINA_DATABASE_URL`` and ``CLOACINA_BROKER_URL`` point at the local servers (a
+fresh PostgreSQL schema, a private Redis db), ``/app/workflows`` is ``examples/deploy`` (the compose bind mount),
+the ``inbox`` volume is a temp dir, and ports 9100/5555 become free local ports. ``${VAR:?...}`` credentials take
+their values from ``.env.example``. Image entry points are the repo's ``beat/`` and ``workers/`` scripts, as the
+Dockerfile installs them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+from sqlalchemy import create_engine, text
+
+from cloacina.store.database import Database
+from tests.conftest import PG_URL
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_URL = "redis://localhost:6379/14"
+ENTRYPOINTS = {"poller": ROOT / "beat" / "entrypoint.sh", "worker": ROOT / "workers" / "entrypoint.sh"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _dotenv_example() -> dict[str, str]:
+    values = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def _interpolate(value: str, env: dict[str, str]) -> str:
+    return re.sub(r"\$\{(\w+)(?::?[-?][^}]*)?\}", lambda m: env[m.group(1)], value)
+
+
+def _service_env(compose: dict[str, Any], name: str, schema: str, tmp: Path, metrics_port: int) -> dict[str, str]:
+    dotenv = _dotenv_example()
+    declared = {k: _interpolate(str(v), dotenv) for k, v in compose["services"][name]["environment"].items()}
+    assert declared["CLOACINA_DATABASE_URL"].startswith("postgresql://")
+    assert declared["CLOACINA_BROKER_URL"].startswith("redis://")
+    mapped = {
+        **declared,
+        "CLOACINA_DATABASE_URL": f"{PG_URL}?options=-csearch_path%3D{schema}",
+        "CLOACINA_BROKER_URL": REDIS_URL,
+        "CLOACINA_APP": declared["CLOACINA_APP"].replace("/app/workflows", str(ROOT / "examples" / "deploy")),
+        "INBOX_PATH": str(tmp / "inbox"),
+        "CLOACINA_METRICS_PORT": str(metrics_port),
+        # Short recovery settings keep a slow start from looking like lost work; nothing is killed here.
+        "CLOACINA_LEASE_TTL_S": "3",
+    }
+    return {**os.environ, **mapped}
+
+
+def _command(compose: dict[str, Any], name: str, ports: dict[str, str]) -> list[str]:
+    service = compose["services"][name]
+    command = [_interpolate(str(part), _dotenv_example()) for part in service.get("command", [])]
+    if name in ENTRYPOINTS:  # the image's ENTRYPOINT plus the service's command as its arguments
+        command = ["sh", str(ENTRYPOINTS[name]), *command]
+    return [ports.get(part, part) for part in command]
+
+
+def _healthcheck(compose: dict[str, Any], name: str, replace: dict[str, str]) -> list[str]:
+    test = compose["services"][name]["healthcheck"]["test"]
+    assert test[0] == "CMD", test
+    args = []
+    for part in test[1:]:
+        for old, new in replace.items():
+            part = part.replace(old, new)
+        args.append(part)
+    return [sys.executable if args[0] == "python" else args[0], *args[1:]]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_compose_services_run_locally_and_process_an_inbox_file(pg_schema: str, tmp_path: Path) -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    empty = Database(PG_URL, schema=pg_schema)
+    empty.ping()  # creates the (empty) schema; the compose `migrate` service migrates it
+    empty.dispose()
+    (tmp_path / "inbox").mkdir()
+    procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+
+    def start(name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = tmp_path / f"{name}-{len(procs)}.log"
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+        )
+        procs.append((name, proc, log))
+        return proc
+
+    def logs() -> str:
+        return "\n".join(f"--- {n} ({shlex.join(p.args)})\n{log.read_text()[-1500:]}" for n, p, log in procs)
+
+    try:
+        # migrate: one-shot, must exit 0; then its health check (`db current --check`) passes.
+        env = _service_env(compose, "migrate", pg_schema, tmp_path, _free_port())
+        migrate = start("migrate", _command(compose, "migrate", {}), env)
+        assert migrate.wait(120) == 0, logs()
+        assert subprocess.run(_healthcheck(compose, "migrate", {}), env=env, cwd=ROOT, timeout=60).returncode == 0
+
+        replicas = compose["services"]["poller"]["deploy"]["replicas"]
+        poller_ports = [_free_port() for _ in range(replicas)]
+        for port in poller_ports:
+            start("poller", _command(compose, "poller", {}), _service_env(compose, "poller", pg_schema, tmp_path, port))
+        worker_env = _service_env(compose, "worker", pg_schema, tmp_path, _free_port())
+        start("worker", _command(compose, "worker", {}), worker_env)
+        flower_port = str(_free_port())
+        flower_env = _service_env(compose, "flower", pg_schema, tmp_path, _free_port())
+        start(
+            "flower",
+            [*_command(compose, "flower", {"--port=5555": f"--port={flower_port}"}), "--address=127.0.0.1"],
+            flower_env,
+        )
+
+        # Each service's own health check, as compose would run it.
+        def healthy(name: str, env: dict[str, str], replace: dict[str, str]) -> bool:
+            cmd = _healthcheck(compose, name, replace)
+            return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, timeout=60).returncode == 0
+
+        deadline = time.monotonic() + 120
+        checks = {f"poller:{p}": (lambda p=p: healthy("poller", worker_env, {"9100": str(p)})) for p in poller_ports}
+        checks["worker"] = lambda: healthy("worker", worker_env, {})
+        checks["flower"] = lambda: healthy("flower", flower_env, {"5555": flower_port})
+        pending = dict(checks)
+        while pending and time.monotonic() < deadline:
+            pending = {k: v for k, v in pending.items() if not v()}
+            if pending:
+                time.sleep(2)
+        assert not pending, f"unhealthy: {sorted(pending)}\n{logs()}"
+
+        # A file dropped in the inbox is processed: trigger on a poller, tasks on the worker.
+        (tmp_path / "inbox" / "greeting.txt").write_text("hello world\nfrom compose\n")
+        done = tmp_path / "inbox" / "done" / "greeting.txt.json"
+        deadline = time.monotonic() + 90
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert done.exists(), logs()
+        engine = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+        with engine.connect() as conn:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                rows = conn.execute(text(f'SELECT status, trigger_name FROM "{pg_schema}".workflow_runs')).all()
+                if rows and all(r.status == "Completed" for r in rows):
+                    break
+                time.sleep(0.5)
+        engine.dispose()
+        assert [(r.status, r.trigger_name) for r in rows] == [("Completed", "inbox_items")], logs()
+        for name, proc, _ in procs[1:]:
+            assert proc.poll() is None, f"{name} exited\n{logs()}"
+    finally:
+        for _, proc, _ in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for _, proc, _ in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
