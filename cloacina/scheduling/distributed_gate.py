@@ -1,6 +1,6 @@
 """The poller replicas' side of deduplication and sharing: who polls, and the Redis fast path for fires.
 
-``DistributedGate`` implements :class:`cloacina.scheduling.trigger_poller.PollGate`:
+``DistributedGate`` implements :class:`cloacina.scheduling.poll_gate.PollGate`:
 
 - ``may_poll``: this replica owns the trigger (rendezvous over live pollers) and won the per-interval claim.
 - ``before_fire``: ``SET cloacina:dedup:{trigger}:{hash} <token> NX PX <lock_ttl>``. If the key is held, a run

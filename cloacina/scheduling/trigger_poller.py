@@ -28,7 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from cloacina.context import context_hash
 from cloacina.definitions.packages import package_workflow
@@ -37,30 +37,13 @@ from cloacina.definitions.workflow import Workflow
 from cloacina.errors import TriggerPollError
 from cloacina.execution.coordinator import RunCoordinator
 from cloacina.execution.task_call import describe_error
+from cloacina.scheduling.poll_book import PollBook
+from cloacina.scheduling.poll_gate import PollGate
 from cloacina.store.runs import TriggerClaim
-from cloacina.store.triggers import PollStats, TriggerStore
+from cloacina.store.triggers import TriggerStore
 
 log = logging.getLogger("cloacina.trigger")
-ERROR_LOG_INTERVAL_S = 60.0
 TriggerEventListener = Callable[[str, str, dict[str, Any]], None]
-
-
-class PollGate(Protocol):
-    """Coordination with other poller replicas (distributed mode); the embedded runner has none."""
-
-    def may_poll(self, definition: TriggerDefinition) -> bool:
-        """Whether this replica polls ``definition`` now (it owns it and won this interval's claim)."""
-        ...
-
-    def before_fire(self, definition: TriggerDefinition, context_hash: str) -> tuple[bool, str | None]:
-        """Fast dedup path: ``(False, None)`` if a run for this key is known active, else ``(True, lock_token)``."""
-        ...
-
-    def after_fire(
-        self, definition: TriggerDefinition, context_hash: str, token: str | None, run_id: str | None
-    ) -> None:
-        """Called after the SQL claim: keep (and renew) the lock of a created run, or give it back."""
-        ...
 
 
 @dataclass
@@ -101,8 +84,7 @@ class TriggerScheduler:
         self._heap: list[tuple[float, int, str]] = []
         self._seq = itertools.count()
         self._cond = threading.Condition()
-        self._stats: dict[str, PollStats] = {}
-        self._stats_lock = threading.Lock()
+        self.book = PollBook(store, clock)
         self._pool = ThreadPoolExecutor(max_workers=poll_workers, thread_name_prefix="cloacina-poll")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
@@ -110,7 +92,6 @@ class TriggerScheduler:
         self._stopped = threading.Event()
         self._next_refresh = 0.0
         self._listeners: list[TriggerEventListener] = []
-        self._last_logged: dict[str, tuple[str, float, int]] = {}
 
     # -- registration -----------------------------------------------------------------------------------
     def add(self, definition: TriggerDefinition) -> bool:
@@ -212,16 +193,7 @@ class TriggerScheduler:
 
     def flush_stats(self) -> None:
         """Write the poll statistics gathered since the last flush (they are batched for speed)."""
-        with self._stats_lock:
-            stats, self._stats = self._stats, {}
-        try:
-            self.store.flush_poll_stats(stats)
-        except Exception:
-            with self._stats_lock:  # keep them for the next attempt
-                for name, st in stats.items():
-                    newer = self._stats.get(name)
-                    self._stats[name] = st if newer is None else _combined(st, newer)
-            raise
+        self.book.flush()
 
     def refresh(self) -> None:
         """Flush poll statistics and re-read enabled flags written by other processes or the CLI."""
@@ -418,30 +390,10 @@ class TriggerScheduler:
 
     # -- bookkeeping ------------------------------------------------------------------------------------
     def _count(self, name: str, **deltas: Any) -> None:
-        with self._stats_lock:
-            st = self._stats.setdefault(name, PollStats())
-            for key, value in deltas.items():
-                if isinstance(value, int):
-                    setattr(st, key, getattr(st, key) + value)
-                else:
-                    setattr(st, key, value)
+        self.book.count(name, **deltas)
 
     def _record_error(self, name: str, reason: str) -> None:
-        # A trigger failing every 100 ms must not flood the log: the same reason is logged at most once a minute.
-        now = self.clock()
-        with self._stats_lock:
-            last = self._last_logged.get(name)
-            repeated = last is not None and last[0] == reason and now - last[1] < ERROR_LOG_INTERVAL_S
-            if not repeated:
-                suppressed = last[2] if last is not None and last[0] == reason else 0
-                self._last_logged[name] = (reason, now, 0)
-            else:
-                assert last is not None
-                self._last_logged[name] = (last[0], last[1], last[2] + 1)
-        if not repeated:
-            more = f" (and {suppressed} more times since the last report)" if suppressed else ""
-            log.warning("trigger %r poll failed: %s%s", name, reason, more, extra={"trigger": name})
-        self._count(name, errors=1, last_error=reason[:2000], last_error_at=datetime.now(UTC))
+        self.book.record_error(name, reason)
         self._emit("poll_error", name, {"reason": reason})
 
     def _emit(self, event: str, name: str, info: dict[str, Any]) -> None:
@@ -459,15 +411,3 @@ class TriggerScheduler:
                 self._loop_thread.start()
                 self._loop = loop
             return self._loop
-
-
-def _combined(older: PollStats, newer: PollStats) -> PollStats:
-    """Statistics of two periods as one: counters added, the newer timestamps and error kept."""
-    out = PollStats()
-    for key, value in older.__dict__.items():
-        other = getattr(newer, key)
-        if isinstance(value, int):
-            setattr(out, key, value + other)
-        else:
-            setattr(out, key, other if other is not None else value)
-    return out
