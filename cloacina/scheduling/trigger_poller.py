@@ -85,6 +85,8 @@ class TriggerScheduler:
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self.book = PollBook(store, clock)
+        self._in_flight: dict[str, _Entry] = {}
+        self._refresher: threading.Thread | None = None
         self._pool = ThreadPoolExecutor(max_workers=poll_workers, thread_name_prefix="cloacina-poll")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
@@ -106,7 +108,6 @@ class TriggerScheduler:
         )
         state = self.store.schedule_states().get(definition.name)
         with self._cond:
-            old = self._entries.get(definition.name)
             entry = _Entry(
                 definition=definition,
                 enabled=state.enabled if state else True,
@@ -114,8 +115,8 @@ class TriggerScheduler:
                 # The first poll comes one interval after registration, as every later one does.
                 next_due=self.clock() + definition.poll_interval_ms / 1000,
             )
-            if old is not None:  # keep the in-flight bookkeeping of a poll that is running right now
-                entry.in_flight_since, entry.timed_out = old.in_flight_since, old.timed_out
+            # A poll of the replaced definition may still be running; it finishes on its own entry.
+            self._in_flight.pop(definition.name, None)
             self._entries[definition.name] = entry
             self._push(entry)
             self._cond.notify()
@@ -157,13 +158,13 @@ class TriggerScheduler:
         Returns the seconds until something is next due (how long the loop may sleep).
         """
         now = self.clock()
-        if now >= self._next_refresh:
+        if self._refresher is None and now >= self._next_refresh:  # not started: run_once does it all
             self._next_refresh = now + self.refresh_interval_s
             self.refresh()
         due: list[_Entry] = []
         timed_out: list[str] = []
         with self._cond:
-            for entry in self._entries.values():
+            for entry in self._in_flight.values():  # only polls in progress, not every trigger: O(busy), not O(all)
                 if (
                     entry.in_flight_since is not None
                     and not entry.timed_out
@@ -181,15 +182,20 @@ class TriggerScheduler:
                 if entry.enabled and entry.in_flight_since is None:
                     entry.in_flight_since = now
                     entry.timed_out = False
+                    self._in_flight[name] = entry
                     due.append(entry)
             sleep_s = (self._heap[0][0] - now) if self._heap else self.refresh_interval_s
-            deadlines = [e.in_flight_since + self.poll_timeout_s - now for e in self._entries.values()
-                         if e.in_flight_since is not None and not e.timed_out]  # fmt: skip
+            deadlines = [
+                e.in_flight_since + self.poll_timeout_s - now
+                for e in self._in_flight.values()
+                if e.in_flight_since is not None and not e.timed_out
+            ]
         for name in timed_out:
             self._record_error(name, f"poll timed out after {self.poll_timeout_s:g}s")
         for entry in due:
             self._start_poll(entry, now)
-        return max(0.0, min([sleep_s, self._next_refresh - now, *deadlines]))
+        refresh_in = [self._next_refresh - now] if self._refresher is None else []
+        return max(0.0, min([sleep_s, *refresh_in, *deadlines]))
 
     def flush_stats(self) -> None:
         """Write the poll statistics gathered since the last flush (they are batched for speed)."""
@@ -215,8 +221,16 @@ class TriggerScheduler:
     def start(self) -> None:
         if self._thread is not None:
             return
+        # Statistics flushes and enable-flag reads go to the database; they run on their own thread so that a
+        # slow database never delays a poll.
+        self._refresher = threading.Thread(target=self._refresh_forever, name="cloacina-trigger-sync", daemon=True)
+        self._refresher.start()
         self._thread = threading.Thread(target=self._run_forever, name="cloacina-triggers", daemon=True)
         self._thread.start()
+
+    def _refresh_forever(self) -> None:
+        while not self._stopped.wait(self.refresh_interval_s):
+            self.refresh()
 
     def _run_forever(self) -> None:
         while not self._stopped.is_set():
@@ -341,7 +355,10 @@ class TriggerScheduler:
         with self._cond:
             entry.in_flight_since = None
             entry.timed_out = False
-            self._cond.notify()
+            if self._in_flight.get(entry.definition.name) is entry:
+                del self._in_flight[entry.definition.name]
+            if self._stopped.is_set():  # only stop() waits for polls to finish; the loop itself need not wake
+                self._cond.notify_all()
 
     def _fire(self, definition: TriggerDefinition, result: TriggerResult, fired_at: datetime) -> None:
         name = definition.name

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from cloacina.store.database import Database
@@ -51,6 +51,30 @@ class ScheduleState:
     poll_interval_ms: int
     workflow_name: str
     allow_concurrent: bool
+
+
+def _keep(column: Any, name: str) -> Any:
+    """``COALESCE(:name, column)``: a NULL parameter leaves the stored value alone."""
+    return func.coalesce(bindparam(name, type_=column.type), column)
+
+
+_FLUSH_STATS = (
+    update(TriggerSchedule)
+    .where(TriggerSchedule.trigger_name == bindparam("b_name"))
+    .values(
+        poll_count=TriggerSchedule.poll_count + bindparam("polls"),
+        fire_count=TriggerSchedule.fire_count + bindparam("fires"),
+        skip_count=TriggerSchedule.skip_count + bindparam("skips"),
+        dedup_skip_count=TriggerSchedule.dedup_skip_count + bindparam("dedup_skips"),
+        error_count=TriggerSchedule.error_count + bindparam("errors"),
+        last_poll_at=_keep(TriggerSchedule.last_poll_at, "b_last_poll_at"),
+        last_fire_at=_keep(TriggerSchedule.last_fire_at, "b_last_fire_at"),
+        next_poll_at=_keep(TriggerSchedule.next_poll_at, "b_next_poll_at"),
+        last_error=_keep(TriggerSchedule.last_error, "b_last_error"),
+        last_error_at=_keep(TriggerSchedule.last_error_at, "b_last_error_at"),
+        updated_at=bindparam("now", type_=TriggerSchedule.updated_at.type),
+    )
+)
 
 
 def _schedule_dict(row: TriggerSchedule) -> dict[str, Any]:
@@ -161,25 +185,29 @@ class TriggerStore:
             return res.rowcount == 1
 
     def flush_poll_stats(self, stats: Mapping[str, PollStats]) -> None:
-        """Add accumulated counters to their schedule rows, all in one transaction."""
-        pending = {name: st for name, st in stats.items() if not st.is_empty()}
-        if not pending:
-            return
-        now = utcnow()
-        with self.db.session() as s:
-            for name, st in pending.items():
-                values: dict[str, Any] = {
-                    "poll_count": TriggerSchedule.poll_count + st.polls,
-                    "fire_count": TriggerSchedule.fire_count + st.fires,
-                    "skip_count": TriggerSchedule.skip_count + st.skips,
-                    "dedup_skip_count": TriggerSchedule.dedup_skip_count + st.dedup_skips,
-                    "error_count": TriggerSchedule.error_count + st.errors,
-                    "updated_at": now,
-                }
-                for attr in ("last_poll_at", "last_fire_at", "next_poll_at", "last_error", "last_error_at"):
-                    if getattr(st, attr) is not None:
-                        values[attr] = getattr(st, attr)
-                s.execute(update(TriggerSchedule).where(TriggerSchedule.trigger_name == name).values(**values))
+        """Add accumulated counters to their schedule rows: one prepared UPDATE executed for all of them, in one
+        transaction (a thousand triggers cost one round of executemany, not a thousand statements)."""
+        rows = [
+            {
+                "b_name": name,
+                "polls": st.polls,
+                "fires": st.fires,
+                "skips": st.skips,
+                "dedup_skips": st.dedup_skips,
+                "errors": st.errors,
+                "b_last_poll_at": st.last_poll_at,
+                "b_last_fire_at": st.last_fire_at,
+                "b_next_poll_at": st.next_poll_at,
+                "b_last_error": st.last_error,
+                "b_last_error_at": st.last_error_at,
+                "now": utcnow(),
+            }
+            for name, st in stats.items()
+            if not st.is_empty()
+        ]
+        if rows:
+            with self.db.connection() as c:
+                c.execute(_FLUSH_STATS, rows)
 
     def execution_history(self, trigger_name: str, limit: int = 100) -> list[dict[str, Any]]:
         """Fires of ``trigger_name`` that started a run, newest first, with the run's status."""
