@@ -7,7 +7,8 @@
     cloacina [-v|-vv] triggers list|enable|disable|history                      (cloacina.cli_triggers)
     cloacina [-v|-vv] runs list|show                                            (cloacina.cli_runs)
     cloacina [-v|-vv] cron list                                                 (cloacina.cli_cron)
-    cloacina [-v|-vv] package build|validate|inspect|schema                     (cloacina.cli_package)
+    cloacina [-v|-vv] package build|validate|inspect|schema|deploy|list         (cloacina.cli_package)
+    cloacina [-v|-vv] daemon [--watch DIR ...] [--db URL]   deploy packages    (cloacina.cli_daemon)
     cloacina worker|poller --app APP | flower [opts] | health                   (cloacina.cli_services, cli_health)
 
 Every command takes ``--db URL`` (else ``$CLOACINA_DATABASE_URL``, else ``sqlite://cloacina.db``). Another
@@ -20,6 +21,7 @@ import click
 
 from cloacina.cli_common import configure_logging
 from cloacina.cli_cron import cron_group
+from cloacina.cli_daemon import daemon_command
 from cloacina.cli_db import db_group
 from cloacina.cli_health import health as health_command
 from cloacina.cli_package import package as package_group
@@ -43,6 +45,7 @@ main.add_command(triggers_group)
 main.add_command(runs_group)
 main.add_command(cron_group)
 main.add_command(package_group)
+main.add_command(daemon_command)
 main.add_command(worker_command)
 main.add_command(poller_command)
 main.add_command(flower_command)

@@ -6,9 +6,15 @@
     $ cloacina package validate dist/data-ingest-1.0.0.cloacina      # exit 0 and a summary, or exit 1 and why
     $ cloacina package inspect dist/data-ingest-1.0.0.cloacina --json
     $ cloacina package schema > manifest.schema.json
+    $ cloacina package deploy dist/data-ingest-1.0.0.cloacina             # into ~/.cloacina/packages/
+    $ cloacina package deploy dist/data-ingest-1.0.0.cloacina --db postgresql://db/cloacina   # registry only
+    $ cloacina package list --json
 
-``validate`` imports the package in a separate process (``--static`` skips that); ``inspect`` never imports it.
-Register with ``main.add_command(package)`` in :mod:`cloacina.cli`.
+``validate`` and ``deploy`` import the package in a separate process (``validate --static`` skips that);
+``inspect`` never imports it. ``deploy`` copies atomically into a watched folder (``--to``, default the
+daemon's) or stores the archive in a database's package registry (``--db``), where a running daemon picks it up
+at its next rescan and marks older versions inactive. Register with ``main.add_command(package)`` in
+:mod:`cloacina.cli`.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from pathlib import Path
 
 import click
 
-from cloacina.packaging.archive import PackageError, ValidatedArchive, read_archive
+from cloacina.cli_common import cli_errors, console, emit_json, fmt_bool, fmt_time, new_table, shorten, sqlite_path
+from cloacina.cli_daemon import daemon_db_option, default_database_url, default_watch_dir, prepare_sqlite_dir
+from cloacina.packaging.archive import PackageError, ValidatedArchive, read_archive, write_atomically
 from cloacina.packaging.builder import build_package
 from cloacina.packaging.manifest import Manifest, manifest_json_schema
 from cloacina.packaging.verify import verify_archive
@@ -136,3 +144,91 @@ def inspect_command(file: Path, as_json: bool) -> None:
 def schema_command() -> None:
     """Print the JSON Schema of manifest.json."""
     click.echo(json.dumps(manifest_json_schema(), indent=2))
+
+
+@package.command("deploy")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--to",
+    "to_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Watched folder to copy the archive into. Default: ~/.cloacina/packages.",
+)
+@click.option("--db", "db_url", metavar="URL", default=None, help="Store in this database's package registry instead.")
+@_TIMEOUT
+def deploy_command(file: Path, to_dir: Path | None, db_url: str | None, timeout_s: float) -> None:
+    """Validate FILE completely, then deploy it into a watched folder or a database's package registry."""
+    if to_dir is not None and db_url is not None:
+        raise click.UsageError("--to and --db exclude each other: deploy into a folder or into a registry")
+    try:
+        validated = read_archive(file)
+        verify_archive(validated, timeout_s=timeout_s)
+    except PackageError as exc:
+        raise _fail(exc) from exc
+    p = validated.manifest.package
+    if db_url is None:
+        target = (to_dir or default_watch_dir()).expanduser() / f"{p.name}-{p.version}.cloacina"
+        write_atomically(target, validated.archive)  # a watcher never sees a half-written archive
+        click.echo(f"deployed {p.name} {p.version} ({p.fingerprint[:12]}) to {target}")
+        return
+    from cloacina.store.database import Database
+    from cloacina.store.packages import PackageStore
+
+    with cli_errors():
+        prepare_sqlite_dir(db_url)
+        db = Database(db_url, pool_size=1)
+        try:
+            db.upgrade()
+            store = PackageStore(db)
+            is_new = store.put(validated, None, active=True)
+            replaced = store.deactivate_others(p.name, p.fingerprint)
+        finally:
+            db.dispose()
+    what = "stored" if is_new else "already stored; marked active"
+    click.echo(f"deployed {p.name} {p.version} ({p.fingerprint[:12]}) to the registry of {db.url.display}: {what}")
+    if replaced:
+        click.echo(f"  older version(s) marked inactive: {', '.join(f[:12] for f in replaced)}")
+
+
+@package.command("list")
+@daemon_db_option
+@click.option("--active", "active_only", is_flag=True, help="Only the versions a daemon schedules.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of a table.")
+def list_command(db_url: str | None, active_only: bool, as_json: bool) -> None:
+    """List the packages in the database's package registry, newest version first."""
+    from cloacina.store.database import Database
+    from cloacina.store.packages import PackageStore
+    from cloacina.store.urls import parse_database_url
+
+    db_url = db_url or default_database_url()
+    with cli_errors():
+        url = parse_database_url(db_url)
+        path = sqlite_path(url)
+        if path is not None and not Path(path).exists():
+            raise click.ClickException(f"database {url.display} does not exist; check --db")
+        db = Database(db_url, pool_size=1)
+        try:
+            db.check_migrated()
+            rows = PackageStore(db).list(active_only=active_only)
+        finally:
+            db.dispose()
+    if as_json:
+        emit_json(rows)
+        return
+    table = new_table(f"packages in {url.display}")
+    for column in ("name", "version", "fingerprint", "active", "triggers", "size", "source", "updated"):
+        table.add_column(column)
+    for row in rows:
+        triggers = ", ".join(t["name"] for t in row["manifest"].get("triggers", [])) or "-"
+        table.add_row(
+            row["name"],
+            row["version"],
+            row["fingerprint"][:12],
+            fmt_bool(row["active"]),
+            shorten(triggers, 40),
+            f"{row['size_bytes']} B",
+            shorten(row["source_path"] or "(registry)", 60),
+            fmt_time(row["updated_at"]),
+        )
+    console().print(table if rows else "no packages")

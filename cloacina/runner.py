@@ -36,11 +36,13 @@ from cloacina.dispatch.threads import ThreadDispatcher
 from cloacina.errors import StoreError
 from cloacina.execution.coordinator import RunCoordinator
 from cloacina.execution.heartbeat import AttemptHeartbeats
+from cloacina.packaging.loader import PackageLoader, PackageNotFoundError, install_resolver, uninstall_resolver
 from cloacina.results import RunHandle, WorkflowResult
 from cloacina.scheduling.cron import CronScheduler
 from cloacina.scheduling.sweeper import Sweeper
 from cloacina.scheduling.trigger_poller import TriggerScheduler
 from cloacina.store.database import Database
+from cloacina.store.packages import PackageStore
 from cloacina.store.recovery import RecoveryStore
 from cloacina.store.runs import RunEnd, RunStore
 from cloacina.store.triggers import TriggerStore
@@ -74,6 +76,10 @@ class DefaultRunner(TriggerAPI, CronAPI):
             raise StoreError(f"cannot prepare database {self.db.url.display}: {exc}") from exc
         self.runs = RunStore(self.db)
         self.triggers = TriggerStore(self.db)
+        # Workflows of .cloacina packages, by fingerprint: the registry table is read only when a run or a
+        # trigger names a package this process has not loaded yet.
+        self.packages = PackageLoader(PackageStore(self.db))
+        install_resolver(self.packages)
         self._workflows: dict[str, Workflow] = {}
         self._waiters: dict[str, threading.Event] = {}
         self._waiters_lock = threading.Lock()
@@ -188,7 +194,10 @@ class DefaultRunner(TriggerAPI, CronAPI):
 
     def _resolve_workflow(self, name: str, version: str, package_fingerprint: str | None = None) -> Workflow:
         if package_fingerprint is not None:
-            return package_workflow(package_fingerprint, name)
+            try:
+                return self.packages.workflow(package_fingerprint, name)
+            except PackageNotFoundError:  # not in our registry: another loader of this process may know it
+                return package_workflow(package_fingerprint, name)
         workflow = self._workflows.get(name) or registry.get_workflow(name)
         if workflow.version != version:
             log.warning(
@@ -299,6 +308,7 @@ class DefaultRunner(TriggerAPI, CronAPI):
                 log.exception("error stopping %s", service)
         self.dispatcher.shutdown(wait_s)
         self.heartbeats.stop()
+        uninstall_resolver(self.packages)
         self.db.dispose()
 
     def __repr__(self) -> str:

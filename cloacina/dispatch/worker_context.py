@@ -2,6 +2,11 @@
 
 Prefork children must not share the parent's database connections or Redis sockets, so the context is built
 lazily in the child that first runs a node, keyed by process id.
+
+Runs started from a ``.cloacina`` package carry its fingerprint: the context's
+:class:`~cloacina.packaging.loader.PackageLoader` fetches that archive from the package registry (the same
+database), validates it again and imports it in isolation, so a worker runs packages it was never given with
+``--app``. Archives are extracted under ``$CLOACINA_PACKAGE_CACHE`` (else a private temporary directory).
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ from cloacina.definitions.packages import package_workflow
 from cloacina.definitions.workflow import Workflow
 from cloacina.execution.coordinator import NodeOutcome, RunCoordinator
 from cloacina.execution.heartbeat import AttemptHeartbeats
+from cloacina.packaging.loader import PackageLoader, install_resolver
 from cloacina.scheduling.redis_locks import TokenLocks, dedup_key
 from cloacina.settings import CloacinaSettings
 from cloacina.store.database import Database
+from cloacina.store.packages import PackageStore
 from cloacina.store.runs import RunEnd, RunStore, StartedAttempt
 
 log = logging.getLogger("cloacina.worker")
@@ -46,6 +53,8 @@ class WorkerContext:
         self.settings = settings
         self.db = Database(settings.database_url, pool_size=2)
         self.store = RunStore(self.db)
+        self.packages = PackageLoader(PackageStore(self.db))
+        install_resolver(self.packages)  # resolve_registered_workflow -> package_workflow -> this loader
         self.heartbeats = AttemptHeartbeats(self.store, settings.task_heartbeat_interval_s)
         redis_url = settings.effective_redis_url
         self.locks = TokenLocks.from_url(redis_url) if redis_url else None

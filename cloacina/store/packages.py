@@ -10,7 +10,9 @@ Only archives that passed :func:`~cloacina.packaging.verify.verify_archive` belo
 the bytes anyway before importing them.
 
 >>> from cloacina.store.database import Database
->>> store = PackageStore(Database(":memory:"))
+>>> db = Database(":memory:")
+>>> db.upgrade()
+>>> store = PackageStore(db)
 >>> store.list(), store.get("0" * 64), store.get_archive("0" * 64)
 ([], None, None)
 """

@@ -1,0 +1,153 @@
+"""``cloacina daemon``: watch package folders, deploy what appears there, and run the triggers of those packages.
+
+::
+
+    $ cloacina daemon                                  # ~/.cloacina/packages/ and ~/.cloacina/cloacina.db
+    $ cloacina daemon --watch ./packages --db postgresql://db/cloacina
+    $ cp dist/data-ingest-1.0.0.cloacina ~/.cloacina/packages/     # deployed within a second
+    $ rm ~/.cloacina/packages/data-ingest-1.0.0.cloacina           # its triggers stop (history kept)
+
+Embedded (default): a ``DefaultRunner`` polls the package triggers and executes runs in this process. With
+``CLOACINA_BROKER_URL`` set it runs a distributed poller instead (:class:`~cloacina.scheduling.poller_service.
+PollerService`) and runs go to Celery workers, which fetch the packages from the database registry.
+SIGINT or SIGTERM stops it after the pass in progress. See :mod:`cloacina.packaging.reconciler`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cloacina.cli_common import cli_errors
+
+DATABASE_ENV_VAR = "CLOACINA_DATABASE_URL"
+
+
+def home_dir() -> Path:
+    return Path.home() / ".cloacina"
+
+
+def default_watch_dir() -> Path:
+    """``~/.cloacina/packages``: where ``cloacina package deploy`` copies archives and the daemon looks."""
+    return home_dir() / "packages"
+
+
+def default_database_url() -> str:
+    """``sqlite:///<home>/.cloacina/cloacina.db``: the daemon's registry and run store unless told otherwise."""
+    return f"sqlite:///{home_dir() / 'cloacina.db'}"
+
+
+def daemon_db_option(func: Any) -> Any:
+    return click.option(
+        "--db",
+        "db_url",
+        metavar="URL",
+        envvar=DATABASE_ENV_VAR,
+        show_envvar=True,
+        default=None,
+        help="Database (registry and runs). Default: sqlite:///~/.cloacina/cloacina.db.",
+    )(func)
+
+
+def prepare_sqlite_dir(db_url: str) -> None:
+    """Create the folder of a file-backed SQLite database (the default lives in ~/.cloacina)."""
+    from cloacina.cli_common import sqlite_path
+    from cloacina.store.urls import parse_database_url
+
+    path = sqlite_path(parse_database_url(db_url))
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+@contextlib.contextmanager
+def _engine(db_url: str) -> Iterator[tuple[Any, Any, Any]]:
+    """(loader, scheduler, trigger_store) of an embedded runner, or of a distributed poller with a broker."""
+    from cloacina.packaging.loader import PackageLoader, install_resolver, uninstall_resolver
+    from cloacina.runner import DefaultRunner
+    from cloacina.store.packages import PackageStore
+
+    broker_url = os.environ.get("CLOACINA_BROKER_URL")
+    if not broker_url:
+        runner = DefaultRunner(db_url)
+        try:
+            yield runner.packages, runner.trigger_scheduler, runner.triggers
+        finally:
+            runner.shutdown()
+        return
+    from cloacina.scheduling.poller_service import PollerService
+    from cloacina.settings import CloacinaSettings
+    from cloacina.store.database import Database
+
+    db = Database(db_url, pool_size=1)
+    try:
+        db.upgrade()  # as the embedded runner does; the poller itself refuses an unmigrated database
+    finally:
+        db.dispose()
+    service = PollerService(CloacinaSettings(database_url=db_url, broker_url=broker_url))
+    service.start()
+    loader = PackageLoader(PackageStore(service.db))
+    install_resolver(loader)  # the poller publishes (and republishes) package runs
+    try:
+        yield loader, service.triggers, service.triggers.store
+    finally:
+        uninstall_resolver(loader)
+        service.stop()
+
+
+@click.command("daemon")
+@click.option(
+    "--watch",
+    "watch_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of .cloacina archives to deploy (repeatable). Default: ~/.cloacina/packages.",
+)
+@daemon_db_option
+@click.option("--verify-timeout", "verify_timeout_s", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Seconds allowed for importing a package in a child process before it is deployed.")  # fmt: skip
+@click.option("--rescan-interval", "rescan_interval_s", type=click.FloatRange(min=0.1), default=30.0,
+              show_default=True, help="Full rescan of the folders and the registry at least this often.")  # fmt: skip
+def daemon_command(
+    watch_dirs: tuple[Path, ...], db_url: str | None, verify_timeout_s: float, rescan_interval_s: float
+) -> None:
+    """Deploy the packages in the watched folders and run their triggers until SIGINT or SIGTERM."""
+    from cloacina.packaging.reconciler import Reconciler
+    from cloacina.store.packages import PackageStore
+
+    dirs = [d.expanduser() for d in watch_dirs] or [default_watch_dir()]
+    for directory in dirs:
+        directory.mkdir(parents=True, exist_ok=True)
+    db_url = db_url or default_database_url()
+    deploy_log = logging.getLogger("cloacina.reconciler")
+    if deploy_log.getEffectiveLevel() > logging.INFO:  # deployments and rejections are what an operator watches
+        deploy_log.setLevel(logging.INFO)
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    with cli_errors():
+        prepare_sqlite_dir(db_url)
+        with _engine(db_url) as (loader, scheduler, trigger_store):
+            reconciler = Reconciler(
+                loader.store or PackageStore(trigger_store.db),
+                loader,
+                dirs,
+                scheduler=scheduler,
+                trigger_store=trigger_store,
+                verify_timeout_s=verify_timeout_s,
+            )
+            mode = "distributed (Celery)" if os.environ.get("CLOACINA_BROKER_URL") else "embedded"
+            click.echo(f"cloacina daemon watching {', '.join(map(str, dirs))} ({mode})", err=True)
+            reconciler.run(stop, rescan_interval_s=rescan_interval_s)
+    click.echo("cloacina daemon stopped", err=True)
