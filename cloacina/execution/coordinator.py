@@ -35,6 +35,8 @@ from cloacina.store.models import utcnow
 from cloacina.store.runs import CronClaim, RunEnd, RunStore, StartedAttempt, Transition, TriggerClaim
 
 log = logging.getLogger("cloacina.run")
+UNRESOLVABLE_ATTEMPTS = 3  # attempts a task gets when the executing process cannot load its code
+UNRESOLVABLE_RETRY_S = 5.0
 WorkflowResolver = Callable[[str, str, str | None], Workflow]  # (name, version, package fingerprint)
 RunFinishedListener = Callable[[RunEnd], None]
 AttemptTracker = Callable[[str, str, int], AbstractContextManager[Any]]
@@ -192,8 +194,13 @@ class RunCoordinator:
         started = self.store.start_attempt(run_id, task_id, worker=self.worker_name)
         if started is None:  # not Ready: taken, finished, not yet due, or the run ended (run_node looks closer)
             return NodeOutcome("done")
-        workflow = self.resolve_workflow(started.workflow_name, started.workflow_version, started.package_fingerprint)
-        definition = workflow.get_task(task_id)
+        try:
+            workflow = self.resolve_workflow(
+                started.workflow_name, started.workflow_version, started.package_fingerprint
+            )
+            definition = workflow.get_task(task_id)
+        except Exception as exc:  # this process cannot load the code (missing module, package not loadable)
+            return self._unresolvable(run_id, task_id, started, exc)
         fields = {"run_id": run_id, "workflow": workflow.name, "task": task_id, "attempt": started.attempt}
         for listener in self._started_listeners:
             listener(run_id, task_id, started)
@@ -237,6 +244,23 @@ class RunCoordinator:
         log.error("task failed: %s", message, extra=fields)
         self._callback(definition, "on_failure", definition.task_id, message, Context(started.input_context))
         self._after(run_id, transition, workflow)
+        return NodeOutcome("failed")
+
+    def _unresolvable(self, run_id: str, task_id: str, started: StartedAttempt, exc: Exception) -> NodeOutcome:
+        """The attempt started but its code cannot be found here: give the task back (another worker may have the
+        code) a few times, then fail it with the reason, so the run never hangs on a misconfigured worker."""
+        message = f"cannot load the task's code in {self.worker_name}: {describe_error(exc)}"
+        retry = started.attempt < UNRESOLVABLE_ATTEMPTS
+        retry_at = utcnow() + timedelta(seconds=UNRESOLVABLE_RETRY_S) if retry else None
+        log.error(message, extra={"run_id": run_id, "task": task_id, "attempt": started.attempt})
+        if retry:
+            transition = self.store.fail_attempt(run_id, task_id, started.attempt, message, "transient", retry_at)
+            return NodeOutcome("retry", UNRESOLVABLE_RETRY_S) if transition.applied else NodeOutcome("done")
+        transition = self.store.fail_attempt(run_id, task_id, started.attempt, message, "error", None)
+        if transition.applied:
+            # Without the workflow nothing can be planned here; a process that has it (or the sweeper) finishes
+            # the run. The task itself is recorded as Failed with the reason.
+            self._after(run_id, transition)
         return NodeOutcome("failed")
 
     @staticmethod

@@ -1,0 +1,42 @@
+"""RunCoordinator edge cases that involve the process running the task, not the workflow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cloacina as cloaca
+from cloacina.definitions import registry
+from cloacina.execution.coordinator import UNRESOLVABLE_ATTEMPTS, RunCoordinator
+from cloacina.store.database import Database
+from cloacina.store.runs import RunStore
+
+
+def test_a_process_without_the_code_gives_the_task_back_then_fails_it(backend: Any) -> None:
+    with cloaca.WorkflowBuilder("needs_code"):
+        cloaca.task(id="only")(lambda ctx: ctx)
+    workflow = registry.get_workflow("needs_code")
+    db = Database(backend.url, schema=backend.schema)
+    db.upgrade()
+    store = RunStore(db)
+
+    def missing(name: str, *_: Any) -> Any:
+        raise ModuleNotFoundError(f"No module named {name!r}")
+
+    creator = RunCoordinator(store, lambda name, *_: registry.get_workflow(name))
+    run_id = creator.create_run(workflow, {})
+    assert run_id is not None
+    without_code = RunCoordinator(store, missing, worker_name="worker-without-app")
+    outcomes = []
+    for _ in range(UNRESOLVABLE_ATTEMPTS):
+        with db.connection() as c:  # let the retry delay pass at once
+            c.exec_driver_sql("UPDATE task_runs SET next_attempt_at = NULL")
+        outcomes.append(without_code.run_task(run_id, "only").kind)
+    assert outcomes == ["retry"] * (UNRESOLVABLE_ATTEMPTS - 1) + ["failed"]
+    task = store.get_tasks(run_id)["only"]
+    assert str(task.status) == "Failed"
+    assert "worker-without-app" in (task.error_message or "") and "No module named" in (task.error_message or "")
+    # A process that has the code plans the rest: the run ends Failed, naming the task.
+    creator.advance(run_id)
+    run = store.get_run(run_id)
+    assert run is not None and str(run.status) == "Failed" and "only" in (run.error_message or "")
+    db.dispose()
