@@ -88,7 +88,9 @@ class DefaultRunner(TriggerAPI, CronAPI):
         self._cron_scheduler: CronScheduler | None = None
         self._services: list[Any] = []
         self.dispatcher = ThreadDispatcher(self.config.max_concurrent_tasks)
-        self.heartbeats = AttemptHeartbeats(self.runs, HEARTBEAT_INTERVAL_S)
+        # Beat well inside the recovery window, so a live task is never mistaken for a lost one.
+        beat_s = min(HEARTBEAT_INTERVAL_S, self.config.recovery_stale_after_seconds / 3)
+        self.heartbeats = AttemptHeartbeats(self.runs, beat_s)
         self._publisher: Any = None
         if self.broker_url:
             self.coordinator = self._distributed_coordinator(self.broker_url)
@@ -170,7 +172,7 @@ class DefaultRunner(TriggerAPI, CronAPI):
                 self._resume_run,
                 heartbeat_timeout_s=stale_s,
                 stale_run_s=stale_s,
-                interval_s=SWEEP_INTERVAL_S,
+                interval_s=min(SWEEP_INTERVAL_S, stale_s / 2),
             )
             try:
                 report = sweeper.run_once()  # adopt what a previous, dead runner left unfinished
