@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -27,6 +28,9 @@ class CloacinaSettings(BaseSettings):
     broker_url: str | None = Field(None, description="Celery broker URL (Redis), e.g. redis://redis:6379/0.")
     redis_url: str | None = Field(None, description="Redis for locks and leases; defaults to broker_url.")
     queue: str = Field("cloacina", description="Celery queue the workflow tasks go to.")
+    redis_namespace: str | None = Field(
+        None, description="Prefix of every Redis key (locks, leases); default: derived from the database URL."
+    )
 
     # tasks and recovery
     task_timeout_s: float = Field(300.0, gt=0, description="Default timeout of one task attempt.")
@@ -63,6 +67,15 @@ class CloacinaSettings(BaseSettings):
     @property
     def effective_redis_url(self) -> str | None:
         return self.redis_url or self.broker_url
+
+    @property
+    def effective_redis_namespace(self) -> str:
+        """``cloacina:<hash of the database URL>`` unless set: one namespace per deployment (= per database), so
+        two deployments sharing a Redis never share dedup locks, leases or poll claims."""
+        if self.redis_namespace:
+            return self.redis_namespace
+        digest = hashlib.sha256(self.display_database_url.encode()).hexdigest()[:10]
+        return f"cloacina:{digest}"
 
     @property
     def display_database_url(self) -> str:

@@ -46,16 +46,30 @@ def new_token() -> str:
 
 
 class TokenLocks:
-    """Acquire, release and extend token-owned keys on one Redis connection pool."""
+    """Acquire, release and extend token-owned keys on one Redis connection pool.
 
-    def __init__(self, client: redis.Redis) -> None:
+    ``namespace`` prefixes every key it builds (:meth:`key`), so deployments sharing one Redis never see each
+    other's locks, leases or poll claims.
+    """
+
+    def __init__(self, client: redis.Redis, namespace: str = KEY_PREFIX) -> None:
         self.client = client
+        self.namespace = namespace
         self._release = client.register_script(_RELEASE)
         self._extend = client.register_script(_EXTEND)
 
     @classmethod
-    def from_url(cls, url: str) -> TokenLocks:
-        return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30))
+    def from_url(cls, url: str, namespace: str = KEY_PREFIX) -> TokenLocks:
+        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30)
+        return cls(client, namespace)
+
+    def key(self, *parts: str) -> str:
+        """``<namespace>:<part>:<part>...``"""
+        return ":".join((self.namespace, *parts))
+
+    def dedup_key(self, trigger_name: str, context_hash: str) -> str:
+        """The key guarding one (trigger, context hash) in this namespace."""
+        return self.key("dedup", trigger_name, context_hash)
 
     def acquire(self, key: str, ttl_ms: int, token: str | None = None) -> str | None:
         """Take ``key`` for ``ttl_ms``; returns the token, or ``None`` if someone holds it."""
