@@ -25,7 +25,7 @@ from cloacina.definitions.workflow import Workflow
 from cloacina.execution.coordinator import NodeOutcome, RunCoordinator
 from cloacina.execution.heartbeat import AttemptHeartbeats
 from cloacina.packaging.loader import PackageLoader, install_resolver
-from cloacina.scheduling.redis_locks import TokenLocks, dedup_key
+from cloacina.scheduling.redis_locks import TokenLocks
 from cloacina.settings import CloacinaSettings
 from cloacina.store.database import Database
 from cloacina.store.packages import PackageStore
@@ -57,7 +57,7 @@ class WorkerContext:
         install_resolver(self.packages)  # resolve_registered_workflow -> package_workflow -> this loader
         self.heartbeats = AttemptHeartbeats(self.store, settings.task_heartbeat_interval_s)
         redis_url = settings.effective_redis_url
-        self.locks = TokenLocks.from_url(redis_url) if redis_url else None
+        self.locks = TokenLocks.from_url(redis_url, settings.effective_redis_namespace) if redis_url else None
         self.metrics = metrics
         self.coordinator = RunCoordinator(
             self.store,
@@ -93,7 +93,7 @@ class WorkerContext:
             self.metrics.run_finished(run.workflow_name if run else "?", str(ended.status))
         if self.locks is not None and ended.lock_token and ended.trigger_name and ended.context_hash:
             try:
-                self.locks.release(dedup_key(ended.trigger_name, ended.context_hash), ended.lock_token)
+                self.locks.release(self.locks.dedup_key(ended.trigger_name, ended.context_hash), ended.lock_token)
             except Exception as exc:  # the lock expires on its own; SQL already freed the key
                 log.warning("could not release dedup lock of run %s: %s", ended.run_id, exc)
 
