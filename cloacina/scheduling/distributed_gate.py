@@ -3,7 +3,7 @@
 ``DistributedGate`` implements :class:`cloacina.scheduling.poll_gate.PollGate`:
 
 - ``may_poll``: this replica owns the trigger (rendezvous over live pollers) and won the per-interval claim.
-- ``before_fire``: ``SET cloacina:dedup:{trigger}:{hash} <token> NX PX <lock_ttl>``. If the key is held, a run
+- ``before_fire``: ``SET <namespace>:dedup:{trigger}:{hash} <token> NX PX <lock_ttl>``. If the key is held, a run
   for that item is active (or was, moments ago): skip without touching SQL. The SQL claim is still made for
   every fire that gets past here, and SQL decides.
 - ``after_fire``: a created run keeps its lock (the worker that ends the run releases it with the token, which
@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from cloacina.definitions.trigger import TriggerDefinition
 from cloacina.scheduling.leases import PollerMembership
-from cloacina.scheduling.redis_locks import TokenLocks, dedup_key
+from cloacina.scheduling.redis_locks import TokenLocks
 from cloacina.store.database import Database
 from cloacina.store.models import TriggerExecution
 
@@ -46,7 +46,7 @@ class DistributedGate:
 
     def before_fire(self, definition: TriggerDefinition, context_hash: str) -> tuple[bool, str | None]:
         try:
-            token = self.locks.acquire(dedup_key(definition.name, context_hash), self.lock_ttl_ms)
+            token = self.locks.acquire(self.locks.dedup_key(definition.name, context_hash), self.lock_ttl_ms)
         except Exception as exc:  # Redis down: fall through to SQL, which is the arbiter anyway
             log.warning("dedup lock unavailable (%s); relying on SQL", exc)
             return True, None
@@ -57,7 +57,7 @@ class DistributedGate:
     ) -> None:
         if token is None:
             return
-        key = dedup_key(definition.name, context_hash)
+        key = self.locks.dedup_key(definition.name, context_hash)
         if run_id is None:
             try:
                 self.locks.release(key, token)

@@ -26,7 +26,7 @@ from cloacina.execution.coordinator import RunCoordinator
 from cloacina.scheduling.cron import CronScheduler
 from cloacina.scheduling.distributed_gate import DistributedGate
 from cloacina.scheduling.leases import PollerMembership
-from cloacina.scheduling.redis_locks import KEY_PREFIX, TokenLocks
+from cloacina.scheduling.redis_locks import TokenLocks
 from cloacina.scheduling.sweeper import Sweeper
 from cloacina.scheduling.trigger_poller import TriggerScheduler
 from cloacina.settings import CloacinaSettings
@@ -82,7 +82,7 @@ class PollerService:
         wait_until_ready("database", self.db.check_migrated, self.stop_event)
         redis_url = s.effective_redis_url
         assert redis_url is not None
-        self.locks = TokenLocks.from_url(redis_url)
+        self.locks = TokenLocks.from_url(redis_url, s.effective_redis_namespace)
         wait_until_ready("redis", lambda: self.locks.client.ping(), self.stop_event)
         self.membership = PollerMembership(self.locks, s.lease_ttl_s)
         self.membership.renew()
@@ -143,7 +143,7 @@ class PollerService:
     def _sweeper_turn(self) -> bool:
         """One replica sweeps per interval (a Redis key); the sweeps themselves are safe in parallel anyway."""
         ttl_ms = int(self.settings.sweep_interval_s * 1000 * 0.9)
-        return self.locks.acquire(f"{KEY_PREFIX}:sweeper", ttl_ms, token=self.membership.poller_id) is not None
+        return self.locks.acquire(self.locks.key("sweeper"), ttl_ms, token=self.membership.poller_id) is not None
 
     def _maintenance_loop(self) -> None:
         period = min(self.settings.lease_ttl_s / 3, self.settings.lock_ttl_s / 3)
