@@ -246,3 +246,41 @@ def test_daemon_with_a_broker_publishes_package_runs_to_a_worker(
         values = json.loads(context) if isinstance(context, str) else context
         assert values["pid"] == worker.pid and values["package_version"] == "4.0.0"  # type: ignore[index]
     client.delete(queue)  # type: ignore[attr-defined]
+
+
+@pytest.mark.postgres
+def test_plain_pollers_poll_triggers_of_packages_in_the_registry(tmp_path: Path, pg_schema: str) -> None:
+    """`package deploy --db` stores a package; a `cloacina poller` started with no --app polls its trigger and a
+    worker with no --app runs the workflow (both load the package from the registry)."""
+    client = _redis_or_skip()
+    queue = f"cloacina-packages-{uuid.uuid4().hex[:12]}"
+    migrating = Database(PG_URL, schema=pg_schema, pool_size=1)
+    migrating.upgrade()
+    migrating.dispose()
+    url = service_db_url(pg_schema)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / f"{queue}.parquet").write_bytes(b"PAR1")
+    archive = build_ingest(tmp_path, version="5.0.0", poll="500ms")
+    result = CliRunner().invoke(main, ["package", "deploy", str(archive), "--db", url])
+    assert result.exit_code == 0, result.output
+    env = clean_env(
+        CLOACINA_DATABASE_URL=url, CLOACINA_BROKER_URL=BROKER_URL, CLOACINA_QUEUE=queue, INBOX_PATH=str(inbox)
+    )
+    poller_log, worker_log = tmp_path / "poller.log", tmp_path / "worker.log"
+    poller_argv = [sys.executable, "-m", "cloacina", "poller"]
+    worker_argv = [sys.executable, "-m", "cloacina", "worker", "--pool", "solo", "--hostname", f"pkgp-{queue[-8:]}@%h"]
+    with service(poller_argv, poller_log, env, tmp_path), service(worker_argv, worker_log, env, tmp_path):
+        registry_db = Database(url, pool_size=1)
+        try:
+
+            def completed() -> list[object]:
+                with registry_db.session() as s:
+                    sql = "SELECT trigger_name FROM workflow_runs WHERE status = 'Completed'"
+                    return list(s.execute(text(sql)).scalars())
+
+            names = wait_for(completed, 90, "a package run fired by the plain poller", poller_log)
+        finally:
+            registry_db.dispose()
+        assert names[0] == "inbox_watcher"
+    client.delete(queue)  # type: ignore[attr-defined]

@@ -23,6 +23,7 @@ from cloacina.dispatch.publisher import CanvasPublisher
 from cloacina.dispatch.worker_context import resolve_registered_workflow
 from cloacina.errors import SchemaNotMigratedError
 from cloacina.execution.coordinator import RunCoordinator
+from cloacina.packaging.loader import PackageLoader, install_resolver
 from cloacina.scheduling.cron import CronScheduler
 from cloacina.scheduling.distributed_gate import DistributedGate
 from cloacina.scheduling.leases import PollerMembership
@@ -32,11 +33,13 @@ from cloacina.scheduling.trigger_poller import TriggerScheduler
 from cloacina.settings import CloacinaSettings
 from cloacina.store.cron import CronStore
 from cloacina.store.database import Database
+from cloacina.store.packages import PackageStore
 from cloacina.store.recovery import RecoveryStore
 from cloacina.store.runs import RunStore
 from cloacina.store.triggers import TriggerStore
 
 log = logging.getLogger("cloacina.poller")
+PACKAGE_SYNC_INTERVAL_S = 15.0
 
 
 def wait_until_ready(
@@ -110,6 +113,13 @@ class PollerService:
         for definition in registry.triggers():
             self.triggers.add(definition)
         registry.add_trigger_listener(self.triggers.add)
+        # Packages deployed to the database registry (by `cloacina daemon` or `package deploy --db`) are polled
+        # by every replica, so ownership can spread them; runs of theirs are resolved by fingerprint.
+        self.package_store = PackageStore(self.db)
+        self.packages = PackageLoader(self.package_store)
+        install_resolver(self.packages)
+        self._package_triggers: dict[str, set[str]] = {}
+        self.sync_packages()
         self.cron = CronScheduler(CronStore(self.db), self.coordinator, self._workflow_by_name)
         self.sweeper = Sweeper(
             RecoveryStore(self.db),
@@ -145,9 +155,32 @@ class PollerService:
         ttl_ms = int(self.settings.sweep_interval_s * 1000 * 0.9)
         return self.locks.acquire(self.locks.key("sweeper"), ttl_ms, token=self.membership.poller_id) is not None
 
+    def sync_packages(self) -> None:
+        """Poll the triggers of every active package in the registry; stop those of deactivated ones."""
+        active = {p["fingerprint"] for p in self.package_store.list(active_only=True)}
+        for fingerprint in sorted(active - set(self._package_triggers)):
+            try:
+                loaded = self.packages.load(fingerprint)  # re-validated before any import
+            except Exception as exc:
+                log.error("package %s cannot be loaded; its triggers are not polled here: %s", fingerprint[:12], exc)
+                continue
+            for definition in loaded.triggers:
+                self.triggers.add(definition)
+            self._package_triggers[fingerprint] = {t.name for t in loaded.triggers}
+        for fingerprint in sorted(set(self._package_triggers) - active):
+            for name in self._package_triggers.pop(fingerprint):
+                self.triggers.remove(name)
+
     def _maintenance_loop(self) -> None:
         period = min(self.settings.lease_ttl_s / 3, self.settings.lock_ttl_s / 3)
+        next_package_sync = time.monotonic() + PACKAGE_SYNC_INTERVAL_S
         while not self.stop_event.is_set():
+            if time.monotonic() >= next_package_sync:
+                next_package_sync = time.monotonic() + PACKAGE_SYNC_INTERVAL_S
+                try:
+                    self.sync_packages()
+                except Exception as exc:
+                    log.warning("package sync failed (will retry): %s", exc)
             try:
                 self.membership.renew()
                 self.healthy_parts["redis"] = "ok"
