@@ -69,6 +69,37 @@ def create_app(settings: CloacinaSettings | None = None) -> Celery:
     return _apps[key]
 
 
+def run_canvas_node(self: Task, workflow: str, task: str, run_id: str) -> None:
+    """Run one task of a workflow run (a canvas node). The SQL state machine decides what happens.
+
+    One module-level function serves every app in the process; it finds its settings through ``self.app``.
+    """
+    from cloacina.dispatch.worker_context import worker_context
+
+    task_id = task
+    try:
+        outcome = worker_context(self.app).run_node(run_id, task_id)
+    except (OperationalError, InterfaceError, redis.ConnectionError) as exc:
+        # The database (or Redis) is briefly unavailable: keep the message and try again with backoff.
+        # If the attempt itself had started, its heartbeat stops and the sweeper gives it back.
+        delay = min(30.0, 0.5 * 2 ** min(self.request.retries, 6))
+        log.warning(
+            "store unavailable running %s of run %s, retrying in %.1fs: %s",
+            task_id,
+            run_id,
+            delay,
+            str(exc).splitlines()[0],
+            extra={"run_id": run_id, "task": task_id},
+        )
+        raise self.retry(countdown=delay) from None
+    if outcome.kind == "retry":
+        raise self.retry(countdown=outcome.delay_s)
+    if outcome.kind == "waiting":  # a dependency is still running (duplicate delivery, recovery)
+        step = WAIT_BACKOFF_S[min(self.request.retries, len(WAIT_BACKOFF_S) - 1)]
+        raise self.retry(countdown=max(step, outcome.delay_s))
+    return None
+
+
 def _build_app(settings: CloacinaSettings) -> Celery:
     if not settings.broker_url:
         raise ValueError("CLOACINA_BROKER_URL is not set: distributed mode needs a Redis broker URL")
@@ -76,34 +107,7 @@ def _build_app(settings: CloacinaSettings) -> Celery:
     app.conf.update(celery_config(settings))
     app.cloacina_settings = settings  # type: ignore[attr-defined]
 
-    @app.task(name=TASK_NAME, bind=True, max_retries=None, acks_late=True, ignore_result=True)
-    def cloacina_task(self: Task, workflow: str, task: str, run_id: str) -> None:
-        """Run one task of a workflow run (a canvas node). The SQL state machine decides what happens."""
-        from cloacina.dispatch.worker_context import worker_context
-
-        task_id = task
-        try:
-            outcome = worker_context(app).run_node(run_id, task_id)
-        except (OperationalError, InterfaceError, redis.ConnectionError) as exc:
-            # The database (or Redis) is briefly unavailable: keep the message and try again with backoff.
-            # If the attempt itself had started, its heartbeat stops and the sweeper gives it back.
-            delay = min(30.0, 0.5 * 2 ** min(self.request.retries, 6))
-            log.warning(
-                "store unavailable running %s of run %s, retrying in %.1fs: %s",
-                task_id,
-                run_id,
-                delay,
-                str(exc).splitlines()[0],
-                extra={"run_id": run_id, "task": task_id},
-            )
-            raise self.retry(countdown=delay) from None
-        if outcome.kind == "retry":
-            raise self.retry(countdown=outcome.delay_s)
-        if outcome.kind == "waiting":  # a dependency is still running (duplicate delivery, recovery)
-            step = WAIT_BACKOFF_S[min(self.request.retries, len(WAIT_BACKOFF_S) - 1)]
-            raise self.retry(countdown=max(step, outcome.delay_s))
-        return None
-
+    app.task(name=TASK_NAME, bind=True, max_retries=None, acks_late=True, ignore_result=True)(run_canvas_node)
     return app
 
 
