@@ -48,43 +48,57 @@ def _output_of(definition: TaskDefinition, ctx: Context, returned: Any) -> dict[
     )
 
 
-def _invoke(definition: TaskDefinition, ctx: Context, timeout_s: float | None) -> Any:
-    if definition.is_async:
-
-        async def bounded() -> Any:
-            return await asyncio.wait_for(definition.function(ctx), timeout_s)
-
-        try:
-            return asyncio.run(bounded())
-        except TimeoutError:
-            raise TaskTimeoutError(definition.task_id, timeout_s or 0) from None
-    if timeout_s is None:
+def _run_user_code(definition: TaskDefinition, ctx: Context, timeout_s: float | None) -> Any:
+    if not definition.is_async:
         return definition.function(ctx)
+
+    async def bounded() -> Any:
+        return await asyncio.wait_for(definition.function(ctx), timeout_s)
+
+    try:
+        return asyncio.run(bounded())
+    except TimeoutError:
+        raise TaskTimeoutError(definition.task_id, timeout_s or 0) from None
+
+
+def _invoke(definition: TaskDefinition, ctx: Context, timeout_s: float | None) -> Any:
+    """Call the task; exceptions the *user's code* raised come back wrapped in ``TaskCallError``.
+
+    The code runs on a thread of its own and this thread only waits. That keeps the two kinds of exception apart:
+    a ``SystemExit`` raised in *this* thread (a Celery prefork child told to stop by SIGTERM) is the process
+    shutting down, not the task failing, and propagates unwrapped so the attempt is recovered, not failed; a
+    ``SystemExit``/``CancelledError`` from the user's code is a task failure like any other.
+    """
+    if timeout_s is None:
+        try:
+            return _run_user_code(definition, ctx, timeout_s)
+        except (Exception, SystemExit, asyncio.CancelledError) as exc:  # no thread: it can only be the user's
+            raise TaskCallError(exc) from exc
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
-            box["value"] = definition.function(ctx)
+            box["value"] = _run_user_code(definition, ctx, timeout_s)
         except BaseException as exc:
             box["error"] = exc
 
     thread = threading.Thread(target=target, name=f"cloacina-task-{definition.task_id}", daemon=True)
     thread.start()
-    thread.join(timeout_s)
+    # An async task cancels itself at the deadline; give it a moment to report that before calling it hung.
+    thread.join(timeout_s + (1.0 if definition.is_async else 0.0))
     if thread.is_alive():
-        raise TaskTimeoutError(definition.task_id, timeout_s)
+        raise TaskCallError(TaskTimeoutError(definition.task_id, timeout_s))
     if "error" in box:
-        raise box["error"]
+        raise TaskCallError(box["error"]) from box["error"]
     return box.get("value")
 
 
 def call_task(definition: TaskDefinition, input_context: Mapping[str, Any], timeout_s: float | None) -> dict[str, Any]:
-    """Run one attempt and return its output context as a dict; raise ``TaskCallError`` on any failure."""
+    """Run one attempt and return its output context as a dict; raise ``TaskCallError`` on any failure of the
+    task (its exception, timeout, bad return value). A shutdown of this process propagates as it is."""
     ctx = Context(input_context)
+    returned = _invoke(definition, ctx, timeout_s)
     try:
-        returned = _invoke(definition, ctx, timeout_s)
         return _output_of(definition, ctx, returned)
-    # The user's code: every failure is a recorded task failure. That includes sys.exit() and a coroutine raising
-    # CancelledError (both BaseException): letting them escape would leave the attempt Running forever.
-    except (Exception, SystemExit, asyncio.CancelledError) as exc:
+    except Exception as exc:
         raise TaskCallError(exc) from exc
