@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import select
 import signal
@@ -35,18 +36,18 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
 # -- waiting ------------------------------------------------------------------------------------------------
-def wait_for(
-    predicate: Callable[[], T], timeout_s: float, *, what: str, interval_s: float = 0.1, on_timeout: Any = None
-) -> T:
+def wait_for(predicate: Callable[[], T], timeout_s: float, *, what: str, interval_s: float = 0.1) -> T:
     """Call ``predicate`` until it returns something truthy (returned); ``AssertionError`` after ``timeout_s``.
 
-    ``on_timeout`` (optional) is called before raising, e.g. to print service logs.
+    Errors from the predicate (a query while a service is briefly unavailable) are retried until the deadline,
+    except ``AssertionError``, which the predicate raises to give up at once (e.g. a service exited).
     """
     deadline = time.monotonic() + timeout_s
     last_error: BaseException | None = None
@@ -55,11 +56,11 @@ def wait_for(
             value = predicate()
             if value:
                 return value
-        except Exception as exc:  # a query against a briefly unavailable service: keep trying until the deadline
+        except AssertionError:
+            raise
+        except Exception as exc:
             last_error = exc
         if time.monotonic() >= deadline:
-            if on_timeout is not None:
-                on_timeout()
             extra = f" (last error: {last_error!r})" if last_error is not None else ""
             raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}{extra}")
         time.sleep(interval_s)
@@ -112,19 +113,13 @@ def execute_sql(pg_url: str, schema: str, *statements: str) -> None:
 
 def query(pg_url: str, schema: str, sql: str, **params: Any) -> list[Any]:
     """Rows of one query in ``schema`` (a short-lived connection: safe to call while services run)."""
-    engine = create_engine(sqlalchemy_url(pg_url), poolclass=_null_pool())
+    engine = create_engine(sqlalchemy_url(pg_url), poolclass=NullPool)
     try:
         with engine.connect() as conn:
             conn.execute(text(f'SET search_path TO "{schema}"'))
             return list(conn.execute(text(sql), params).all())
     finally:
         engine.dispose()
-
-
-def _null_pool() -> Any:
-    from sqlalchemy.pool import NullPool
-
-    return NullPool
 
 
 @contextlib.contextmanager
@@ -176,13 +171,12 @@ class ServiceProcess:
         return self.proc.wait(timeout=timeout_s)
 
     def stop(self, grace_s: float = 5.0) -> None:
-        """SIGTERM the group, then SIGKILL whatever is left after ``grace_s``; always reaps the leader."""
+        """SIGTERM the leader (as ``docker stop`` does), then SIGKILL the whole group after ``grace_s``."""
         if self.alive:
-            self.kill(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                pass
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=max(0.01, grace_s))
         # Children may outlive a leader that exited: the group is killed in any case.
         self.kill(signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -197,8 +191,10 @@ class Services:
         self.env = dict(env or {})
         self.processes: list[ServiceProcess] = []
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> ServiceProcess:
-        full_env = {**os.environ, **self.env, **(env or {})}
+    def start(self, name: str, argv: list[str], env: dict[str, str | None] | None = None) -> ServiceProcess:
+        """Start ``argv`` as service ``name``; ``env`` adds to (``None``: removes from) the shared environment."""
+        merged = {**os.environ, **self.env, **(env or {})}
+        full_env = {k: v for k, v in merged.items() if v is not None}
         full_env["PYTHONUNBUFFERED"] = "1"
         full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), full_env.get("PYTHONPATH")]))
         log_path = self.log_dir / f"{name}.log"
@@ -216,30 +212,43 @@ class Services:
         self.processes.append(service)
         return service
 
-    def cloacina(self, name: str, *args: str, env: dict[str, str] | None = None) -> ServiceProcess:
+    def cloacina(self, name: str, *args: str, env: dict[str, str | None] | None = None) -> ServiceProcess:
         """``python -m cloacina <args>`` as service ``name``."""
         return self.start(name, [sys.executable, "-m", "cloacina", *args], env)
 
-    def worker(self, name: str, app: str, *, concurrency: int = 1, pool: str = "prefork", **env: str) -> ServiceProcess:
+    def worker(
+        self, name: str, app: str, *, concurrency: int = 1, pool: str = "prefork", **env: str | None
+    ) -> ServiceProcess:
         return self.cloacina(
             name, "worker", "--app", app, "--concurrency", str(concurrency), "--pool", pool, "--hostname",
             f"{name}@%h", env=env,
         )  # fmt: skip
 
-    def poller(self, name: str, app: str, **env: str) -> ServiceProcess:
+    def poller(self, name: str, app: str, **env: str | None) -> ServiceProcess:
         return self.cloacina(name, "poller", "--app", app, env=env)
+
+    def log_of(self, name: str) -> str:
+        """Everything service ``name`` has written so far (all its incarnations)."""
+        return "".join(p.log_text() for p in self.processes if p.name == name)
 
     def by_pid(self, pid: int) -> ServiceProcess | None:
         return next((p for p in self.processes if p.pid == pid), None)
 
-    def stop_all(self) -> None:
+    def stop_all(self, grace_s: float = 1.0) -> None:
+        """SIGTERM every leader, give them ``grace_s`` together, then SIGKILL every process group."""
+        for service in self.processes:
+            if service.alive:
+                with contextlib.suppress(ProcessLookupError):
+                    service.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
         for service in self.processes:
             try:
-                service.stop(grace_s=3.0)
+                service.stop(grace_s=max(0.0, deadline - time.monotonic()))
             except Exception as exc:  # keep going: every process must be cleaned up
                 print(f"could not stop {service.name}: {exc!r}", file=sys.stderr)
 
     def dump_logs(self, tail_lines: int = 80) -> None:
+        """Print the last lines of every service's log (pytest shows them when the test failed)."""
         for service in self.processes:
             lines = service.log_text().splitlines()
             state = "running" if service.alive else f"exited {service.proc.returncode}"
@@ -264,14 +273,14 @@ def wait_for_poller_ready(service: ServiceProcess, timeout_s: float = 60.0) -> s
         for line in service.log_text().splitlines():
             if line.startswith("poller ") and line.endswith(" running"):
                 return line.split()[1]
-        if _exited(service):
-            raise AssertionError(f"poller {service.name} exited:\n{service.log_text()[-3000:]}")
+        _exited(service)
         return None
 
     return wait_for(poller_id, timeout_s, what=f"poller {service.name} to start")
 
 
 def _exited(service: ServiceProcess) -> bool:
+    """``False`` while ``service`` runs; an ``AssertionError`` with its output once it has exited."""
     if not service.alive:
         raise AssertionError(f"{service.name} exited with {service.proc.returncode}:\n{service.log_text()[-3000:]}")
     return False
@@ -317,6 +326,13 @@ class RedisServer:
         self.kill()
         time.sleep(down_s)
         self.start()
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
 
     def dbsize(self) -> int:
         import redis
@@ -421,3 +437,198 @@ def _close(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(OSError):
         sock.close()
+
+
+# -- a test deployment: schema, Redis, environment, evidence -------------------------------------------------
+# Short recovery settings (DESIGN §4 defaults are 5 s / 30 s / 30 s / 5 s / 10 s).
+FAST_RECOVERY = {
+    "CLOACINA_TASK_HEARTBEAT_INTERVAL_S": "0.5",
+    "CLOACINA_TASK_HEARTBEAT_TIMEOUT_S": "3",
+    "CLOACINA_STALE_RUN_S": "4",
+    "CLOACINA_SWEEP_INTERVAL_S": "1",
+    "CLOACINA_LEASE_TTL_S": "3",
+}
+INBOX_APP = "tests.dist_apps.inbox_app"
+TICKER_APP = "tests.dist_apps.ticker_app"
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One row of ``ev_executions``: a task function that started (and ended, unless it was killed)."""
+
+    id: int
+    item: int | None
+    run_key: str
+    task: str
+    pid: int
+    pgid: int
+    started_at: float
+    ended_at: float | None
+
+
+@dataclass
+class Cluster:
+    """One test's deployment: a migrated schema with the evidence tables, a Redis URL and the service processes."""
+
+    pg_url: str
+    schema: str
+    redis_url: str
+    services: Services
+
+    @property
+    def direct_db_url(self) -> str:
+        return service_db_url(self.pg_url, self.schema)
+
+    def route_services_through(self, address: tuple[str, int]) -> None:
+        """Services started from now on reach PostgreSQL at ``address`` (e.g. a :class:`TcpProxy`)."""
+        self.services.env["CLOACINA_DATABASE_URL"] = service_db_url(self.pg_url, self.schema, host_port=address)
+
+    def sql(self, statement: str, **params: Any) -> list[Any]:
+        return query(self.pg_url, self.schema, statement, **params)
+
+    def add_items(self, count: int, shards: int = 1) -> None:
+        execute_sql(
+            self.pg_url, self.schema, f"INSERT INTO ev_inbox SELECT g, g % {shards} FROM generate_series(1, {count}) g"
+        )
+
+    def pending_items(self) -> int:
+        return int(self.sql("SELECT count(*) FROM ev_inbox WHERE done_at IS NULL")[0][0])
+
+    def run_statuses(self) -> dict[str, int]:
+        return {r[0]: int(r[1]) for r in self.sql("SELECT status, count(*) FROM workflow_runs GROUP BY status")}
+
+    def active_runs(self) -> int:
+        statuses = self.run_statuses()
+        return statuses.get("Pending", 0) + statuses.get("Running", 0)
+
+    def executions(self) -> list[Execution]:
+        rows = self.sql(
+            "SELECT id, item, run_key, task, pid, pgid, started_at, ended_at FROM ev_executions ORDER BY started_at"
+        )
+        return [Execution(*r) for r in rows]
+
+    def in_flight(self, pgid: int, min_age_s: float = 0.0) -> list[Execution]:
+        """Executions by process group ``pgid`` that started at least ``min_age_s`` ago and have not ended."""
+        now = time.time()
+        return [
+            e for e in self.executions() if e.pgid == pgid and e.ended_at is None and now - e.started_at >= min_age_s
+        ]
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every workflow run with its status and its evidence key (``trigger|triggered_at``, as the tasks write)."""
+        import json
+
+        rows = self.sql("SELECT id, status, input_context, owner, cron_schedule_id FROM workflow_runs")
+        out = []
+        for run_id, status, input_context, owner, cron_id in rows:
+            ctx = json.loads(input_context)
+            key = str(ctx.get("scheduled_time")) if cron_id else f"{ctx.get('trigger_name')}|{ctx.get('triggered_at')}"
+            out.append({"id": run_id, "status": status, "item": ctx.get("item"), "key": key, "owner": owner})
+        return out
+
+    def attempts(self) -> list[Any]:
+        """(run_id, task_id, attempt, status, worker) of every task attempt, in attempt order."""
+        return self.sql(
+            "SELECT t.run_id, t.task_id, a.attempt, a.status, a.worker FROM task_attempts a "
+            "JOIN task_runs t ON t.id = a.task_run_id ORDER BY t.run_id, t.task_id, a.attempt"
+        )
+
+
+@contextlib.contextmanager
+def running_cluster(pg_url: str, redis_url: str, log_dir: Path, **env: str) -> Iterator[Cluster]:
+    """A migrated schema, a flushed Redis database, and a :class:`Services` whose processes are always cleaned up
+    (their log tails are printed at the end: pytest shows them when the test failed)."""
+    import redis
+
+    from tests.dist_apps.evidence import DDL
+
+    with fresh_schema(pg_url) as schema:
+        migrated_schema(pg_url, schema)
+        execute_sql(pg_url, schema, *DDL)
+        client = redis.Redis.from_url(redis_url)
+        try:
+            client.flushdb()
+        finally:
+            client.close()
+        direct = service_db_url(pg_url, schema)
+        base_env = {
+            "CLOACINA_DATABASE_URL": direct,
+            "CLOACINA_BROKER_URL": redis_url,
+            "CLOACINA_LOG_LEVEL": "INFO",
+            "DIST_EVIDENCE_URL": direct,
+            **FAST_RECOVERY,
+            **env,
+        }
+        services = Services(log_dir, base_env)
+        try:
+            yield Cluster(pg_url, schema, redis_url, services)
+        finally:
+            services.stop_all()
+            services.dump_logs()
+
+
+# -- evidence checks ----------------------------------------------------------------------------------------
+def by_task(executions: list[Execution]) -> dict[tuple[str, str], list[Execution]]:
+    """Executions grouped by (run key, task), each list in start order."""
+    grouped: dict[tuple[str, str], list[Execution]] = {}
+    for e in sorted(executions, key=lambda e: e.started_at):
+        grouped.setdefault((e.run_key, e.task), []).append(e)
+    return grouped
+
+
+def reexecution_problems(executions: list[Execution], killed_pgids: set[int]) -> list[str]:
+    """Why the evidence breaks "no task ran twice, except re-executions of tasks whose worker was killed".
+
+    For every (run, task): the last execution ended, and every earlier one ran in a killed process group (it was
+    cut off by the kill, or finished just before the kill without its completion being recorded).
+    """
+    problems = []
+    for (run_key, task), runs in by_task(executions).items():
+        if runs[-1].ended_at is None:
+            problems.append(f"{task} of {run_key}: the last execution never ended: {runs[-1]}")
+        for earlier in runs[:-1]:
+            if earlier.pgid not in killed_pgids:
+                problems.append(f"{task} of {run_key} ran again after an execution by a live worker: {runs}")
+    return problems
+
+
+def overlapping_runs(executions: list[Execution]) -> list[str]:
+    """Items whose runs overlapped in time (a run spans its first task's start to its last task's end)."""
+    spans: dict[int, dict[str, list[float]]] = {}
+    for e in executions:
+        if e.item is None:
+            continue
+        span = spans.setdefault(e.item, {}).setdefault(e.run_key, [e.started_at, e.ended_at or e.started_at])
+        span[0] = min(span[0], e.started_at)
+        span[1] = max(span[1], e.ended_at or e.started_at)
+    problems = []
+    for item, runs in spans.items():
+        ordered = sorted(runs.items(), key=lambda kv: kv[1][0])
+        for (key_a, (_, end_a)), (key_b, (start_b, _)) in itertools.pairwise(ordered):
+            if start_b < end_a:
+                problems.append(f"item {item}: run {key_b} started before run {key_a} ended")
+    return problems
+
+
+def rendezvous_owners(trigger_names: list[str], poller_ids: list[str]) -> dict[str, str]:
+    """Which poller owns which trigger (the pollers' own rendezvous hashing)."""
+    from cloacina.scheduling.leases import rendezvous_owner
+
+    return {name: str(rendezvous_owner(name, poller_ids)) for name in trigger_names}
+
+
+def too_close_polls(polls: list[Any], interval_s: float, factor: float = 0.9) -> list[str]:
+    """Consecutive polls of one trigger (across all pollers) closer than ``factor * interval_s``.
+
+    ``polls`` are (trigger, pid, at) rows.
+    """
+    by_trigger: dict[str, list[tuple[float, int]]] = {}
+    for trigger, pid, at in polls:
+        by_trigger.setdefault(trigger, []).append((at, pid))
+    problems = []
+    for trigger, times in by_trigger.items():
+        times.sort()
+        for (t1, p1), (t2, p2) in itertools.pairwise(times):
+            if t2 - t1 < factor * interval_s:
+                problems.append(f"{trigger}: polls {t2 - t1:.3f}s apart (pids {p1}, {p2})")
+    return problems

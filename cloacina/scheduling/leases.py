@@ -3,6 +3,8 @@
 - **Membership lease**: each poller holds the token-owned key ``cloacina:poller:<id>`` (TTL ``lease_ttl_s``,
   renewed every third of it) and is listed in the sorted set ``cloacina:pollers`` scored by lease expiry.
   A poller that dies drops out when its lease expires: others take its triggers over within one lease period.
+  (Each poller keeps the expiry it last read for every member and treats a member as gone from that moment,
+  rather than at its own next renewal, which would add up to a third of a lease.)
 - **Ownership**: rendezvous hashing over the live members; every poller computes the same owner for a trigger,
   so the triggers spread evenly and move minimally when membership changes.
 - **Poll claim**: before polling, the owner takes ``cloacina:poll:<trigger>`` with ``SET NX PX interval``.
@@ -42,7 +44,7 @@ class PollerMembership:
         self.poller_id = poller_id or uuid.uuid4().hex[:12]
         self.clock = clock
         self._token: str | None = None
-        self._members: list[str] = [self.poller_id]
+        self._expiries: dict[str, float] = {}  # member -> lease expiry (clock time) as last read from Redis
         self._lock = threading.Lock()
 
     @property
@@ -61,15 +63,19 @@ class PollerMembership:
         pipe = client.pipeline(transaction=False)
         pipe.zadd(MEMBERS_KEY, {self.poller_id: now + self.lease_ttl_s})
         pipe.zremrangebyscore(MEMBERS_KEY, "-inf", now)
-        pipe.zrangebyscore(MEMBERS_KEY, now, "+inf")
-        members = sorted(m.decode() if isinstance(m, bytes) else m for m in pipe.execute()[2])
+        pipe.zrangebyscore(MEMBERS_KEY, now, "+inf", withscores=True)
+        expiries = {(m.decode() if isinstance(m, bytes) else m): float(score) for m, score in pipe.execute()[2]}
         with self._lock:
-            self._members = members or [self.poller_id]
-        return self._members
+            self._expiries = expiries
+        return self.members()
 
     def members(self) -> list[str]:
+        """The live members: those whose lease, as last read, has not expired yet (always including us)."""
+        now = self.clock()
         with self._lock:
-            return list(self._members)
+            live = {m for m, expires in self._expiries.items() if expires > now}
+        live.add(self.poller_id)
+        return sorted(live)
 
     def owns(self, name: str) -> bool:
         return rendezvous_owner(name, self.members()) == self.poller_id

@@ -7,6 +7,9 @@
   messages (the broker restarted empty, or publishing failed): it is republished from its SQL state. Finished
   tasks are never re-run: republishing only covers unfinished tasks, and every delivery checks SQL first.
 - A run past its deadline (``workflow_timeout_seconds``) is failed.
+- After the database was unreachable, no attempt is declared lost until it has been back for
+  ``heartbeat_timeout_s``: during the outage live workers could not write heartbeats either, and taking that
+  silence for death would start a second copy of a task that is still running.
 
 Like the other services, all logic is in :meth:`Sweeper.run_once`; :meth:`start` loops it on a thread.
 """
@@ -17,7 +20,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from cloacina.execution.coordinator import RunCoordinator
 from cloacina.store.models import utcnow
@@ -62,6 +65,7 @@ class Sweeper:
         self.max_lost_attempts = max_lost_attempts
         self.clock = clock
         self.may_sweep = may_sweep
+        self._store_back_at: datetime | None = datetime.min.replace(tzinfo=UTC)  # no outage seen
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -70,7 +74,11 @@ class Sweeper:
         if not self.may_sweep():
             return report
         now = self.clock()
-        for lost in self.recovery.lost_attempts(now - timedelta(seconds=self.heartbeat_timeout_s)):
+        if self._store_back_at is None:
+            self._store_back_at = now
+        cutoff = now - timedelta(seconds=self.heartbeat_timeout_s)
+        heartbeats_trusted = self._store_back_at <= cutoff  # live workers had a full timeout to beat again
+        for lost in self.recovery.lost_attempts(cutoff) if heartbeats_trusted else []:
             outcome = self.recovery.requeue_lost(lost, now, self.max_lost_attempts)
             if outcome is None:
                 continue
@@ -110,11 +118,22 @@ class Sweeper:
             self._thread = threading.Thread(target=self._loop, name="cloacina-sweeper", daemon=True)
             self._thread.start()
 
+    def store_unavailable(self) -> None:
+        """The database could not be reached (so neither could heartbeats be written): once it is back, wait
+        ``heartbeat_timeout_s`` before declaring any attempt lost."""
+        self._store_back_at = None
+
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
+                # Every replica checks the database, not only the one whose turn it is to sweep, so that whichever
+                # sweeps first after an outage knows about it.
+                self.recovery.db.ping()
+                if self._store_back_at is None:
+                    self._store_back_at = self.clock()
                 self.run_once()
             except Exception as exc:  # e.g. the database is briefly unavailable: log, try again next interval
+                self.store_unavailable()
                 log.warning("sweep failed (will retry): %s", exc)
 
     def stop(self, wait_s: float = 5.0) -> None:
