@@ -1,13 +1,13 @@
 """Poller replicas: who polls which trigger, and at most one poll per interval across all replicas.
 
-- **Membership lease**: each poller holds the token-owned key ``cloacina:poller:<id>`` (TTL ``lease_ttl_s``,
-  renewed every third of it) and is listed in the sorted set ``cloacina:pollers`` scored by lease expiry.
+- **Membership lease**: each poller holds the token-owned key ``<namespace>:poller:<id>`` (TTL ``lease_ttl_s``,
+  renewed every third of it) and is listed in the sorted set ``<namespace>:pollers`` scored by lease expiry.
   A poller that dies drops out when its lease expires: others take its triggers over within one lease period.
   (Each poller keeps the expiry it last read for every member and treats a member as gone from that moment,
   rather than at its own next renewal, which would add up to a third of a lease.)
 - **Ownership**: rendezvous hashing over the live members; every poller computes the same owner for a trigger,
   so the triggers spread evenly and move minimally when membership changes.
-- **Poll claim**: before polling, the owner takes ``cloacina:poll:<trigger>`` with ``SET NX PX interval``.
+- **Poll claim**: before polling, the owner takes ``<namespace>:poll:<trigger>`` with ``SET NX PX interval``.
   During a membership change two pollers may briefly both think they own a trigger; the claim makes sure only
   one of them polls it in that interval.
 """
@@ -21,10 +21,9 @@ import time
 import uuid
 from collections.abc import Callable
 
-from cloacina.scheduling.redis_locks import KEY_PREFIX, TokenLocks
+from cloacina.scheduling.redis_locks import TokenLocks
 
 log = logging.getLogger("cloacina.leases")
-MEMBERS_KEY = f"{KEY_PREFIX}:pollers"
 
 
 def rendezvous_owner(name: str, members: list[str]) -> str | None:
@@ -48,8 +47,12 @@ class PollerMembership:
         self._lock = threading.Lock()
 
     @property
+    def members_key(self) -> str:
+        return self.locks.key("pollers")
+
+    @property
     def key(self) -> str:
-        return f"{KEY_PREFIX}:poller:{self.poller_id}"
+        return self.locks.key("poller", self.poller_id)
 
     def renew(self) -> list[str]:
         """Take or extend our lease, publish it, and refresh the member list. Returns the live members."""
@@ -61,9 +64,9 @@ class PollerMembership:
         now = self.clock()
         client = self.locks.client
         pipe = client.pipeline(transaction=False)
-        pipe.zadd(MEMBERS_KEY, {self.poller_id: now + self.lease_ttl_s})
-        pipe.zremrangebyscore(MEMBERS_KEY, "-inf", now)
-        pipe.zrangebyscore(MEMBERS_KEY, now, "+inf", withscores=True)
+        pipe.zadd(self.members_key, {self.poller_id: now + self.lease_ttl_s})
+        pipe.zremrangebyscore(self.members_key, "-inf", now)
+        pipe.zrangebyscore(self.members_key, now, "+inf", withscores=True)
         expiries = {(m.decode() if isinstance(m, bytes) else m): float(score) for m, score in pipe.execute()[2]}
         with self._lock:
             self._expiries = expiries
@@ -85,13 +88,13 @@ class PollerMembership:
         # A little under the interval, so the owner's own next poll (scheduled exactly one interval later) is
         # never refused because of clock jitter between its timer and Redis' expiry.
         ttl = max(1, int(interval_ms * 0.9))
-        return self.locks.acquire(f"{KEY_PREFIX}:poll:{trigger_name}", ttl, token=self.poller_id) is not None
+        return self.locks.acquire(self.locks.key("poll", trigger_name), ttl, token=self.poller_id) is not None
 
     def leave(self) -> None:
         """Give the lease back so others take over at once (graceful shutdown)."""
         try:
             if self._token is not None:
                 self.locks.release(self.key, self._token)
-            self.locks.client.zrem(MEMBERS_KEY, self.poller_id)
+            self.locks.client.zrem(self.members_key, self.poller_id)
         except Exception as exc:
             log.warning("could not leave the poller group cleanly: %s", exc)
