@@ -102,8 +102,9 @@ class CronScheduler:
         wake = now + timedelta(seconds=self.poll_interval_s)
         try:
             schedules = self.store.list_schedules(enabled_only=True, limit=None)
-        except Exception:
-            log.exception("cron: cannot read schedules; retrying in %gs", self.poll_interval_s)
+        except Exception as exc:
+            log.warning("cron: cannot read schedules (%s); retrying in %gs", _first_line(exc), self.poll_interval_s)
+            log.debug("cron: schedule read failure", exc_info=True)
             self._next_wake = wake
             return 0
         live = {s.id for s in schedules}
@@ -253,3 +254,8 @@ class CronScheduler:
 
     def __repr__(self) -> str:
         return f"CronScheduler(poll_interval_s={self.poll_interval_s:g}, running={self.is_running})"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

@@ -28,6 +28,7 @@ log = logging.getLogger("cloacina.store")
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+CONNECT_TIMEOUT_S = 10
 
 
 class Database:
@@ -79,6 +80,8 @@ class Database:
             return engine
         engine = create_engine(
             self.url.sqlalchemy_url,
+            # A database that drops packets must not hang a service forever: connects give up and are retried.
+            connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
             pool_size=pool_size,
             max_overflow=pool_size,
             pool_pre_ping=False,  # a dead connection invalidates the pool on first use; callers retry

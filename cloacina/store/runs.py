@@ -347,11 +347,16 @@ class RunStore(RunQueries):
         return self._step(run_id, None if retry_at is not None else workflow, mutate, end_run=False)
 
     def heartbeat(self, attempts: Iterable[tuple[str, str, int]]) -> int:
-        """Mark running attempts (run_id, task_id, attempt) as alive; returns how many rows were touched."""
+        """Mark running attempts (run_id, task_id, attempt) as alive; returns how many rows were touched.
+
+        Only task rows are touched, in a stable order, never the run row: a completion locks the run row and then
+        a task row, so a heartbeat taking them the other way round could deadlock with it. (A run with a running
+        task is never considered stale, so its own heartbeat need not move.)
+        """
         now = utcnow()
         touched = 0
         with self.db.connection() as s:
-            for run_id, task_id, attempt in attempts:
+            for run_id, task_id, attempt in sorted(attempts):
                 res = s.execute(
                     update(TaskRun)
                     .where(
@@ -363,7 +368,6 @@ class RunStore(RunQueries):
                     .values(heartbeat_at=now)
                 )
                 touched += res.rowcount
-                s.execute(update(WorkflowRun).where(WorkflowRun.id == run_id).values(heartbeat_at=now))
         return touched
 
     # -- compatibility with direct use (tests, tools) ----------------------------------------------------
