@@ -3,13 +3,12 @@
 A lock is ``SET key token NX PX ttl``; release and extend are Lua scripts that act only if the key still holds
 the caller's token, so a lock that expired and was taken by someone else is never deleted or extended by the
 previous owner (the bug class RQ's ``DEL``-based release has). Locks may be lost at any time (TTL, Redis
-restart): they only save work. Correctness comes from SQL (the partial unique index on active trigger runs).
+restart): they only save work. Correctness comes from SQL (the partial unique index on active trigger runs)::
 
->>> import redis  # doctest: +SKIP
->>> locks = TokenLocks(redis.Redis())  # doctest: +SKIP
->>> token = locks.acquire("cloacina:dedup:t:abc", ttl_ms=60_000)  # doctest: +SKIP
->>> locks.release("cloacina:dedup:t:abc", token)  # doctest: +SKIP
-True
+    import redis
+    locks = TokenLocks(redis.Redis())
+    token = locks.acquire("cloacina:dedup:t:abc", ttl_ms=60_000)
+    locks.release("cloacina:dedup:t:abc", token)
 """
 
 from __future__ import annotations
