@@ -10,6 +10,8 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -111,3 +113,23 @@ def make_runner(backend: Backend) -> Iterator[object]:
     yield factory
     for runner in runners:
         runner.shutdown()
+
+
+# -- distributed tests: a private Redis and a cluster on a migrated schema ----------------------------------------
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Any]:
+    """A private redis-server: test runs on one machine must not share broker queues, and tests may kill it."""
+    from tests.distributed_harness import RedisServer
+
+    with RedisServer(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, redis_server: Any) -> Iterator[Any]:
+    """Services (started by the test) on the private Redis and a fresh migrated PostgreSQL schema."""
+    from tests.distributed_harness import running_cluster
+
+    require_postgres()
+    with running_cluster(PG_URL, redis_server.url, tmp_path) as c:
+        yield c

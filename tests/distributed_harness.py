@@ -632,3 +632,8 @@ def too_close_polls(polls: list[Any], interval_s: float, factor: float = 0.9) ->
             if t2 - t1 < factor * interval_s:
                 problems.append(f"{trigger}: polls {t2 - t1:.3f}s apart (pids {p1}, {p2})")
     return problems
+
+
+def all_done(cluster: Cluster) -> bool:
+    """No inbox item is pending and no run is active."""
+    return cluster.pending_items() == 0 and cluster.active_runs() == 0

@@ -18,39 +18,23 @@ from __future__ import annotations
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import PG_URL, require_postgres
 from tests.distributed_harness import (
     FAST_RECOVERY,
     INBOX_APP,
     Cluster,
-    RedisServer,
+    all_done,
     overlapping_runs,
     reexecution_problems,
     rendezvous_owners,
-    running_cluster,
     wait_for,
     wait_for_poller_ready,
     wait_for_worker_ready,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    """A private Redis (test runs on one machine must not share broker queues) and a migrated schema."""
-    require_postgres()
-    with RedisServer(tmp_path) as redis_server, running_cluster(PG_URL, redis_server.url, tmp_path) as c:
-        yield c
-
-
-def _all_done(cluster: Cluster) -> bool:
-    return cluster.pending_items() == 0 and cluster.active_runs() == 0
 
 
 @pytest.mark.timeout(300)
@@ -81,7 +65,7 @@ def test_two_pollers_two_workers_sigkill_one_of_each_mid_stream(cluster: Cluster
     time.sleep(0.2)  # statements the worker sent before it died have landed
     cut_off = [e for e in cluster.executions() if e.pgid == doomed_worker.pid and e.ended_at is None]
 
-    wait_for(lambda: _all_done(cluster), 150, what="every item to complete", interval_s=0.5)
+    wait_for(lambda: all_done(cluster), 150, what="every item to complete", interval_s=0.5)
     assert survivor_worker.alive and survivor_poller.alive
 
     # Every item completed, in exactly one run; every run completed.

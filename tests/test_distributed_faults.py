@@ -16,43 +16,25 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import PG_URL, require_postgres
+from tests.conftest import PG_URL
 from tests.distributed_harness import (
     INBOX_APP,
     Cluster,
     RedisServer,
     ServiceProcess,
     TcpProxy,
+    all_done,
     reexecution_problems,
-    running_cluster,
     wait_for,
     wait_for_poller_ready,
     wait_for_worker_ready,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path) as server:
-        yield server
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, redis_server: RedisServer) -> Iterator[Cluster]:
-    require_postgres()
-    with running_cluster(PG_URL, redis_server.url, tmp_path) as c:
-        yield c
-
-
-def _all_done(cluster: Cluster) -> bool:
-    return cluster.pending_items() == 0 and cluster.active_runs() == 0
 
 
 def _assert_every_item_completed_once(cluster: Cluster, items: int) -> list[dict[str, object]]:
@@ -93,7 +75,7 @@ def test_redis_restart_with_data_loss_runs_are_republished_from_sql(
     keys_after = redis_server.dbsize()
     assert keys_after < keys_before, f"Redis kept its data ({keys_before} keys before, {keys_after} after)"
 
-    wait_for(lambda: _all_done(cluster), 150, what="every item to complete after the restart", interval_s=0.5)
+    wait_for(lambda: all_done(cluster), 150, what="every item to complete after the restart", interval_s=0.5)
     assert all(p.alive for p in cluster.services.processes), "a service died with Redis"
     runs = _assert_every_item_completed_once(cluster, items)
     assert active_at_restart <= {r["id"] for r in runs}
@@ -164,7 +146,7 @@ def test_database_outage_services_retry_with_backoff_and_carry_on(cluster: Clust
     )
     assert cluster.pending_items() > 0, "the outage should have hit mid-stream"
     wait_for_worker_ready(late_worker[0])
-    wait_for(lambda: _all_done(cluster), 150, what="every item to complete after the outage", interval_s=0.5)
+    wait_for(lambda: all_done(cluster), 150, what="every item to complete after the outage", interval_s=0.5)
     assert all(p.alive for p in cluster.services.processes), "a service crashed"
     _assert_every_item_completed_once(cluster, items)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,7 +29,6 @@ from tests.distributed_harness import (
     execute_sql,
     fresh_schema,
     rendezvous_owners,
-    running_cluster,
     service_db_url,
     too_close_polls,
     wait_for,
@@ -40,19 +38,6 @@ from tests.distributed_harness import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 LEASE_TTL_S = float(FAST_RECOVERY["CLOACINA_LEASE_TTL_S"])
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path) as server:
-        yield server
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, redis_server: RedisServer) -> Iterator[Cluster]:
-    require_postgres()
-    with running_cluster(PG_URL, redis_server.url, tmp_path) as c:
-        yield c
 
 
 @pytest.mark.timeout(180)
