@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
+
 import cloacina as cloaca
 from cloacina.definitions import registry
 from cloacina.execution.coordinator import UNRESOLVABLE_ATTEMPTS, RunCoordinator
@@ -39,4 +41,34 @@ def test_a_process_without_the_code_gives_the_task_back_then_fails_it(backend: A
     creator.advance(run_id)
     run = store.get_run(run_id)
     assert run is not None and str(run.status) == "Failed" and "only" in (run.error_message or "")
+    db.dispose()
+
+
+class _FlakyStore(RunStore):
+    """The real store, whose first completion write fails as if the database connection had just dropped."""
+
+    failures = 1
+
+    def complete_attempt(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise OperationalError("UPDATE task_runs ...", {}, Exception("server closed the connection"))
+        return super().complete_attempt(*args, **kwargs)
+
+
+def test_an_outcome_is_recorded_through_a_brief_database_outage(backend: Any) -> None:
+    with cloaca.WorkflowBuilder("flaky_write"):
+        cloaca.task(id="only")(lambda ctx: ctx)
+    db = Database(backend.url, schema=backend.schema)
+    db.upgrade()
+    store = _FlakyStore(db)
+    coordinator = RunCoordinator(store, lambda name, *_: registry.get_workflow(name))
+    run_id = coordinator.create_run(registry.get_workflow("flaky_write"), {"n": 1})
+    assert run_id is not None
+    assert coordinator.run_task(run_id, "only").kind == "completed"
+    assert store.failures == 0
+    attempts = store.get_attempts(run_id, "only")
+    assert [a.status for a in attempts] == ["Completed"]  # recorded, not run again
+    run = store.get_run(run_id)
+    assert run is not None and str(run.status) == "Completed"
     db.dispose()

@@ -18,11 +18,14 @@ import logging
 import os
 import random
 import socket
+import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
+
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from cloacina.context import Context
 from cloacina.definitions.retry import classify_error
@@ -35,6 +38,7 @@ from cloacina.store.models import utcnow
 from cloacina.store.runs import CronClaim, RunEnd, RunStore, StartedAttempt, Transition, TriggerClaim
 
 log = logging.getLogger("cloacina.run")
+RECORD_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0)  # how long to keep trying to record an outcome the task already has
 UNRESOLVABLE_ATTEMPTS = 3  # attempts a task gets when the executing process cannot load its code
 UNRESOLVABLE_RETRY_S = 5.0
 WorkflowResolver = Callable[[str, str, str | None], Workflow]  # (name, version, package fingerprint)
@@ -211,7 +215,7 @@ class RunCoordinator:
                 output = call_task(definition, started.input_context, timeout_s)
         except TaskCallError as failure:
             return self._record_failure(run_id, workflow, definition, started, failure.cause, fields)
-        transition = self.store.complete_attempt(run_id, task_id, started.attempt, output, workflow)
+        transition = _record(lambda: self.store.complete_attempt(run_id, task_id, started.attempt, output, workflow))
         if not transition.applied:
             return NodeOutcome("done")
         log.info("task completed", extra=fields)
@@ -233,8 +237,10 @@ class RunCoordinator:
         retry = definition.retry.should_retry(cause, attempt)
         delay_s = definition.retry.delay_ms(attempt, self._rng) / 1000 if retry else 0.0
         retry_at = utcnow() + timedelta(seconds=delay_s) if retry else None
-        transition = self.store.fail_attempt(
-            run_id, definition.task_id, attempt, message, classify_error(cause), retry_at, workflow
+        transition = _record(
+            lambda: self.store.fail_attempt(
+                run_id, definition.task_id, attempt, message, classify_error(cause), retry_at, workflow
+            )
         )
         if not transition.applied:
             return NodeOutcome("done")
@@ -274,3 +280,18 @@ class RunCoordinator:
             log.warning(
                 "%s callback of task %r raised %s", name, definition.task_id, describe_error(exc), exc_info=True
             )
+
+
+def _record(write: Callable[[], Transition]) -> Transition:
+    """Record a task's outcome, retrying through a brief database outage.
+
+    The task has already run: losing its result would make it run again. A write whose commit did reach the
+    database before the connection dropped is harmless to repeat: the guarded update then does not apply.
+    """
+    for delay in RECORD_RETRY_DELAYS_S:
+        try:
+            return write()
+        except (OperationalError, InterfaceError) as exc:
+            log.warning("recording a task outcome failed (%s); retrying in %.1fs", str(exc).splitlines()[0], delay)
+            time.sleep(delay)
+    return write()
