@@ -19,11 +19,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from cloacina.errors import DefinitionError
+from cloacina.paging import check_paging
 from cloacina.scheduling import cron_math
 from cloacina.scheduling.cron import CATCHUP_POLICIES, CronScheduler
 from cloacina.store.cron import CronScheduleRecord, CronStore
 from cloacina.store.models import utcnow
-from cloacina.trigger_api import _check_paging  # the same paging rules as the trigger API
 
 if TYPE_CHECKING:
     from cloacina.config import DefaultRunnerConfig
@@ -121,7 +121,7 @@ class CronAPI:
     ) -> list[dict[str, Any]]:
         """Schedules in id order: id, workflow_name, cron_expression, timezone, enabled, catchup_policy,
         next_run_at, last_run_at, created_at, updated_at."""
-        _check_paging(limit, offset)
+        check_paging(limit, offset)
         records = self._cron_store.list_schedules(enabled_only=enabled_only, limit=limit, offset=offset)
         return [_schedule_dict(r) for r in records]
 
@@ -191,7 +191,7 @@ class CronAPI:
         """Claimed due times of a schedule, newest first: id, schedule_id, scheduled_time, claimed_at, run_id,
         status (the run's status; ``None`` if the run was deleted)."""
         _check_schedule_id(schedule_id)
-        _check_paging(limit, 0)
+        check_paging(limit, 0)
         return [_iso_values(e.to_dict()) for e in self._cron_store.execution_history(schedule_id, limit)]
 
     def get_cron_execution_stats(self, since: datetime) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloacina.definitions import registry
 from cloacina.definitions.trigger import TriggerDefinition
+from cloacina.paging import check_paging
 
 if TYPE_CHECKING:
     from cloacina.scheduling.trigger_poller import TriggerScheduler
@@ -32,7 +33,7 @@ class TriggerAPI:
     ) -> list[dict[str, Any]]:
         """Every trigger schedule, by name: trigger_name, workflow_name, poll_interval_ms, allow_concurrent,
         enabled, last_poll_at, next_poll_at, last_fire_at, poll/fire/skip/dedup_skip/error counts, last_error."""
-        _check_paging(limit, offset)
+        check_paging(limit, offset)
         self._flush_trigger_stats()
         return self.triggers.list_schedules(enabled_only=enabled_only, limit=limit, offset=offset)
 
@@ -57,7 +58,7 @@ class TriggerAPI:
 
     def get_trigger_execution_history(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
         """Runs fired by ``name``, newest first: run_id, status, context_hash, started_at, completed_at."""
-        _check_paging(limit, 0)
+        check_paging(limit, 0)
         return self.triggers.execution_history(name, limit=limit)
 
     def _register_known_triggers(self) -> list[TriggerDefinition]:
@@ -70,10 +71,3 @@ class TriggerAPI:
                 definition.name, definition.workflow or "", definition.poll_interval_ms, definition.allow_concurrent
             )
         return found
-
-
-def _check_paging(limit: int, offset: int) -> None:
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-        raise ValueError(f"limit must be a positive integer, got {limit!r}")
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise ValueError(f"offset must be an integer >= 0, got {offset!r}")

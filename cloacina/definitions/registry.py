@@ -7,8 +7,9 @@ declared after it started. Re-registering a name replaces the old entry (module 
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from cloacina.errors import DefinitionError, WorkflowNotFoundError
@@ -147,6 +148,25 @@ def remove_trigger_listener(listener: Callable[[TriggerDefinition], None]) -> No
     with _lock:
         if listener in _trigger_listeners:
             _trigger_listeners.remove(listener)
+
+
+@contextlib.contextmanager
+def capture() -> Iterator[dict[str, Any]]:
+    """Let code register into the registry privately; yield the state from before; put it back afterwards.
+
+    The lock is held for the whole block, so no other thread sees or adds entries meanwhile, and trigger
+    listeners are detached, so a running scheduler is never handed what the block registers. Package loading
+    uses it to import a package's code and keep what it declared out of the global registry.
+    """
+    with _lock:
+        before = snapshot()
+        listeners = list(_trigger_listeners)
+        _trigger_listeners.clear()
+        try:
+            yield before
+        finally:
+            restore(before)
+            _trigger_listeners[:] = listeners
 
 
 def snapshot() -> dict[str, Any]:

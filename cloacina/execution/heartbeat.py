@@ -1,8 +1,8 @@
 """Heartbeats of running task attempts, written to SQL so a sweeper can tell a live task from a dead worker::
 
-    beats = AttemptHeartbeats(store=None, interval_s=5.0)
-    with beats.track("run-id", "task-id", 1):
-        run_the_task()
+beats = AttemptHeartbeats(store=None, interval_s=5.0)
+with beats.track("run-id", "task-id", 1):
+    run_the_task()
 """
 
 from __future__ import annotations

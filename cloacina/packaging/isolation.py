@@ -136,25 +136,6 @@ def _package_import_scope(prefix: str, names: set[str]) -> Iterator[None]:
             sys.modules.pop("cloaca", None)
 
 
-@contextlib.contextmanager
-def _captured_registry() -> Iterator[dict[str, Any]]:
-    """Hold the registry while a package registers into it; yield the snapshot taken before; restore it after.
-
-    The registry's lock is held for the whole import so no other thread sees (or adds to) the package's entries,
-    and the listeners are detached so a running scheduler is not handed unbound package triggers. (A
-    ``registry.capture()`` API would make these private accesses unnecessary.)
-    """
-    with registry._lock:
-        before = registry.snapshot()
-        listeners = list(registry._trigger_listeners)
-        registry._trigger_listeners.clear()
-        try:
-            yield before
-        finally:
-            registry.restore(before)
-            registry._trigger_listeners[:] = listeners
-
-
 def import_isolated(root: Path, validated: ValidatedArchive) -> ImportedCode:
     """Import the entry module of ``validated`` (extracted at ``root``) in isolation; see the module docstring."""
     manifest = validated.manifest
@@ -168,7 +149,7 @@ def import_isolated(root: Path, validated: ValidatedArchive) -> ImportedCode:
         spec.submodule_search_locations = [str(root)]
         sys.modules[prefix] = importlib.util.module_from_spec(spec)
         try:
-            with _captured_registry() as before, _package_import_scope(prefix, top_level_modules(validated.files)):
+            with registry.capture() as before, _package_import_scope(prefix, top_level_modules(validated.files)):
                 module = importlib.import_module(f"{prefix}.{entry}")
                 after = registry.snapshot()
                 workflows = {n: w for n, w in after["workflows"].items() if before["workflows"].get(n) is not w}
