@@ -115,8 +115,8 @@ def bench_cloacina(runs: int, concurrency: int, env: dict[str, str], logs: Path,
 
         config = cloaca.DefaultRunnerConfig(broker_url=REDIS_URL)
         runner = cloaca.DefaultRunner(db_url, config)
+        from cloacina.deployment.settings import CloacinaSettings
         from cloacina.dispatch.celery_app import create_app
-        from cloacina.settings import CloacinaSettings
 
         _wait_workers(create_app(CloacinaSettings(broker_url=REDIS_URL, database_url=db_url)), 2)
         for _ in range(10):

@@ -14,8 +14,8 @@
         print(runner.execute("hello", cloaca.Context({"name": "world"})).final_context.get("greeting"))
 """
 
-from cloacina.config import DefaultRunnerConfig
 from cloacina.context import Context, canonical_json, context_hash
+from cloacina.definitions.declare import WorkflowBuilder, task, trigger
 from cloacina.definitions.duration import parse_duration_ms
 from cloacina.definitions.registry import register_workflow_constructor
 from cloacina.definitions.retry import RetryPolicy
@@ -29,9 +29,8 @@ from cloacina.definitions.rules import (
     task_skipped,
     task_success,
 )
-from cloacina.definitions.task import task
-from cloacina.definitions.trigger import TriggerResult, trigger
-from cloacina.definitions.workflow import Workflow, WorkflowBuilder
+from cloacina.definitions.trigger import TriggerResult
+from cloacina.definitions.workflow import Workflow
 from cloacina.errors import (
     CloacinaError,
     DefinitionError,
@@ -44,8 +43,9 @@ from cloacina.errors import (
     TriggerPollError,
     WorkflowNotFoundError,
 )
-from cloacina.results import RunHandle, WorkflowResult
-from cloacina.runner import DefaultRunner
+from cloacina.runner.config import DefaultRunnerConfig
+from cloacina.runner.default_runner import DefaultRunner
+from cloacina.runner.results import RunHandle, WorkflowResult
 
 __version__ = "0.1.0"
 

@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -29,12 +28,13 @@ from click.testing import CliRunner, Result
 from rich.console import Console
 
 import cloacina as cloaca
-from cloacina.app_loader import AppLoadError, load_app
-from cloacina.cli import main
-from cloacina.cli_live import Event, LiveView, LogView, Totals
+from cloacina.cli.live_table import Event, LiveView, LogView, Totals
+from cloacina.cli.main import main
 from cloacina.context import context_hash
 from cloacina.definitions import registry
+from cloacina.definitions.app_loader import AppLoadError, load_app
 from cloacina.store.runs import TriggerClaim
+from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 REPO = Path(__file__).resolve().parents[1]
@@ -427,7 +427,7 @@ def _summary(output: str) -> dict[str, int]:
 
 
 def _cloacina(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cloacina.cli", *args]
+    return [sys.executable, "-m", "cloacina.cli.main", *args]
 
 
 @pytest.mark.slow
@@ -487,12 +487,12 @@ class _LineReader:
             self.lines.append(line.rstrip("\n"))
 
     def wait_for(self, pattern: str, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if any(re.search(pattern, line) for line in list(self.lines)):
-                return True
-            time.sleep(0.05)
-        return False
+        """Whether a line matching ``pattern`` arrived within ``timeout_s``."""
+        try:
+            wait_until(lambda: any(re.search(pattern, line) for line in list(self.lines)), timeout_s)
+        except AssertionError:
+            return False
+        return True
 
     def text(self) -> str:
         self._thread.join(30)
@@ -527,7 +527,7 @@ def test_signal_stops_gracefully_with_summary(tmp_path: Path, signum: int) -> No
 
 
 def test_python_dash_m_entry_points() -> None:
-    for module in ("cloacina", "cloacina.cli"):
+    for module in ("cloacina", "cloacina.cli.main"):
         proc = subprocess.run(
             [sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
         )

@@ -4,9 +4,9 @@ Docker cannot run here and there is no ``helm`` binary, so nothing is built, sta
 the files and hold them to the contracts they depend on:
 
 - the command line: every ``cloacina ...`` invocation in the files is one of the fixed contract's commands, and
-  each of those commands is registered in the real click group :data:`cloacina.cli.main` with the options used;
-- the settings: every ``CLOACINA_*`` name is a :class:`cloacina.settings.CloacinaSettings` field (or
-  ``CLOACINA_APP``, read by ``cloacina.dispatch.celery_app``), every other env name is on a documented list;
+  each of those commands is registered in the real click group :data:`cloacina.cli.main.main` with the options used;
+- the settings: every ``CLOACINA_*`` name is a :class:`cloacina.deployment.settings.CloacinaSettings` field (or
+  ``CLOACINA_APP``, read by ``cloacina.services.celery_worker_app``), every other env name is on a documented list;
 - the compose stack's shape (health checks, replicas, the migrate gate, credentials only from ``.env``);
 - the chart: Chart.yaml and values.yaml parse, every ``.Values`` path a template uses exists, every values key
   has a comment, template blocks are balanced. Templates are read as text: they are never rendered.
@@ -31,9 +31,9 @@ import pytest
 import yaml
 
 import cloacina as cloaca
-from cloacina.cli import main as cli_main
+from cloacina.cli.main import main as cli_main
 from cloacina.definitions import registry
-from cloacina.settings import CloacinaSettings
+from cloacina.deployment.settings import CloacinaSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -60,7 +60,7 @@ HEALTH_COMPONENTS = {"poller", "worker", "all"}
 SETTINGS_ENV = {f"CLOACINA_{name.upper()}" for name in CloacinaSettings.model_fields}
 # CLOACINA_* names that are not settings fields, and why they are legitimate.
 EXTRA_CLOACINA_ENV = {
-    "CLOACINA_APP": "the app to import; read by the entry-point scripts and by cloacina.dispatch.celery_app",
+    "CLOACINA_APP": "the app to import; read by the entry-point scripts and by cloacina.services.celery_worker_app",
 }
 # Non-cloacina environment variables the files may use, and why.
 DOCUMENTED_ENV = {
@@ -244,22 +244,10 @@ def test_health_components_are_the_contracts() -> None:
             assert component in HEALTH_COMPONENTS, f"{where}: --component {component}"
 
 
-def _xfail_if_unregistered(path: tuple[str, ...]) -> Any:
-    marks = []
-    if registered(path) is None:
-        marks.append(
-            pytest.mark.xfail(
-                strict=False,
-                reason=f"`cloacina {' '.join(path)}` is not registered in cloacina.cli.main yet (being implemented)",
-            )
-        )
-    return pytest.param(path, marks=marks, id="-".join(path))
-
-
-@pytest.mark.parametrize("path", [_xfail_if_unregistered(p) for p in CLI_CONTRACT])
+@pytest.mark.parametrize("path", [pytest.param(p, id="-".join(p)) for p in CLI_CONTRACT])
 def test_contract_command_is_registered_with_the_options_used(path: tuple[str, ...]) -> None:
     command = registered(path)
-    assert command is not None, f"`cloacina {' '.join(path)}` is not a command of cloacina.cli.main"
+    assert command is not None, f"`cloacina {' '.join(path)}` is not a command of cloacina.cli.main.main"
     if path == ("flower",):
         return  # options go to Flower itself
     declared = {opt for param in command.params for opt in getattr(param, "opts", [])}
@@ -282,7 +270,7 @@ def assert_env_name_known(name: str, where: str) -> None:
 
 
 def test_cloacina_app_is_really_read_by_the_code() -> None:
-    assert "CLOACINA_APP" in (ROOT / "cloacina" / "dispatch" / "celery_app.py").read_text()
+    assert "CLOACINA_APP" in (ROOT / "cloacina" / "services" / "celery_worker_app.py").read_text()
 
 
 def test_compose_env_names_are_settings_or_documented(services: dict[str, dict[str, Any]]) -> None:

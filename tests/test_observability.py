@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import multiprocessing
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,8 +22,8 @@ from click.testing import CliRunner
 from prometheus_client import generate_latest, values
 
 import cloacina as cloaca
-from cloacina.cli_health import health as health_command
-from cloacina.observability import health as H
+from cloacina.cli.health import health as health_command
+from cloacina.deployment.settings import CloacinaSettings
 from cloacina.observability.http import ObservabilityServer, start_http_server
 from cloacina.observability.logs import ServiceLogHandler, configure_logging, redact
 from cloacina.observability.metrics import (
@@ -31,13 +32,13 @@ from cloacina.observability.metrics import (
     instrument_scheduler,
     multiprocess_registry,
 )
-from cloacina.settings import CloacinaSettings
+from cloacina.services import health as H
 from cloacina.store.database import Database
-from tests.conftest import PG_URL, REDIS_URL
+from tests.conftest import PG_URL
+from tests.support import wait_until
 
 DEAD_REDIS = "redis://:hunter2@127.0.0.1:1/0"
-# Celery's ping broadcast is scoped to the Redis database; this one is kept free of workers.
-NO_WORKER_BROKER = REDIS_URL.rsplit("/", 1)[0] + "/13"
+# Celery's ping broadcast is scoped to the Redis database: the test's own database (``redis_url``) has no workers.
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
@@ -228,11 +229,12 @@ def test_fire_to_start_buckets_tick_and_exposition() -> None:
 
 @pytest.mark.timeout(30)
 def test_instrumented_scheduler_counts_fires_skips_errors_and_ticks() -> None:
+    release = threading.Event()
     with cloaca.WorkflowBuilder("obs_slow"):
 
         @cloaca.task(id="wait", retry_attempts=0)
         def wait(ctx: cloaca.Context) -> cloaca.Context:
-            time.sleep(1.0)
+            release.wait(15)  # the run stays active (so later fires are dedup skips) until the test has seen one
             return ctx
 
     @cloaca.trigger(workflow="obs_slow", poll_interval="100ms")
@@ -247,12 +249,15 @@ def test_instrumented_scheduler_counts_fires_skips_errors_and_ticks() -> None:
     with cloaca.DefaultRunner(":memory:", cloaca.DefaultRunnerConfig(trigger_base_poll_interval_ms=100)) as runner:
         assert runner.trigger_scheduler is not None
         instrument_scheduler(runner.trigger_scheduler, m)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not (
-            (m.value("cloacina_trigger_dedup_skips_total", trigger="obs_same") or 0) >= 1
-            and (m.value("cloacina_trigger_poll_errors_total", trigger="obs_broken") or 0) >= 1
-        ):
-            time.sleep(0.05)
+        try:
+            wait_until(
+                lambda: (m.value("cloacina_trigger_dedup_skips_total", trigger="obs_same") or 0) >= 1
+                and (m.value("cloacina_trigger_poll_errors_total", trigger="obs_broken") or 0) >= 1,
+                15,
+                message="a dedup skip and a poll error to be counted",
+            )
+        finally:
+            release.set()
     assert (m.value("cloacina_trigger_dedup_skips_total", trigger="obs_same") or 0) >= 1
     assert (m.value("cloacina_trigger_poll_errors_total", trigger="obs_broken") or 0) >= 1
     assert (m.seconds_since_tick() or 99) < 5
@@ -323,8 +328,8 @@ def test_server_health_that_raises_is_503_and_stop_frees_the_port(serve: Any) ->
 
 
 # -- health checks ---------------------------------------------------------------------------------------
-def test_check_redis_real_and_dead() -> None:
-    ok, detail = H.check_redis(REDIS_URL)
+def test_check_redis_real_and_dead(redis_url: str) -> None:
+    ok, detail = H.check_redis(redis_url)
     assert ok, detail
     assert "PONG" in detail
     started = time.monotonic()
@@ -369,18 +374,18 @@ def test_check_poller_healthy_unhealthy_dead(serve: Any) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_check_worker_without_workers_fails_within_timeout() -> None:
+def test_check_worker_without_workers_fails_within_timeout(redis_url: str) -> None:
     started = time.monotonic()
-    ok, detail = H.check_worker(NO_WORKER_BROKER, timeout_s=1.0)
+    ok, detail = H.check_worker(redis_url, timeout_s=1.0)
     assert not ok and "no worker answered" in detail
     assert time.monotonic() - started < 4.0
     ok, detail = H.check_worker(DEAD_REDIS, timeout_s=1.0)
     assert not ok and "hunter2" not in detail and "cannot reach the broker" in detail
 
 
-def test_poller_health_loop_and_connections() -> None:
+def test_poller_health_loop_and_connections(redis_url: str) -> None:
     m = Metrics()
-    health = H.poller_health(m, max_tick_age_s=10, redis_url=REDIS_URL)
+    health = H.poller_health(m, max_tick_age_s=10, redis_url=redis_url)
     ok, parts = health()
     assert not ok and "not completed a pass" in parts["loop"]["detail"] and parts["redis"]["ok"]
     m.tick()
@@ -394,8 +399,8 @@ def test_poller_health_loop_and_connections() -> None:
 
 
 @pytest.mark.timeout(30)
-def test_run_health_poller_and_worker(migrated_pg: str, serve: Any) -> None:
-    settings = CloacinaSettings(database_url=PG_URL, broker_url=NO_WORKER_BROKER)
+def test_run_health_poller_and_worker(migrated_pg: str, serve: Any, redis_url: str) -> None:
+    settings = CloacinaSettings(database_url=PG_URL, broker_url=redis_url)
     server = serve(lambda: (True, {}))
     ok, report = H.run_health("poller", settings, poller_url=server.url + "/healthz", schema=migrated_pg)
     assert ok, report
@@ -410,9 +415,11 @@ def test_run_health_poller_and_worker(migrated_pg: str, serve: Any) -> None:
 
 
 # -- CLI -------------------------------------------------------------------------------------------------
-def test_cli_health_poller_exit_codes(migrated_sqlite: str, serve: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_health_poller_exit_codes(
+    migrated_sqlite: str, serve: Any, monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
     monkeypatch.setenv("CLOACINA_DATABASE_URL", migrated_sqlite)
-    monkeypatch.setenv("CLOACINA_BROKER_URL", REDIS_URL)
+    monkeypatch.setenv("CLOACINA_BROKER_URL", redis_url)
     monkeypatch.delenv("CLOACINA_REDIS_URL", raising=False)
     state = {"ok": True}
     server = serve(lambda: (state["ok"], {"loop": {"ok": state["ok"], "detail": "stuck"}}))

@@ -26,7 +26,7 @@ from sqlalchemy import update
 
 import cloacina
 from cloacina import DefaultRunner, DefaultRunnerConfig, WorkflowNotFoundError
-from cloacina.cli import main
+from cloacina.cli.main import main
 from cloacina.definitions import registry
 from cloacina.definitions.packages import package_workflow
 from cloacina.packaging.archive import PackageError, read_archive

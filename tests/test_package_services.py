@@ -14,7 +14,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,35 +22,31 @@ from urllib.parse import quote
 
 import pytest
 from click.testing import CliRunner
-from conftest import IN_CI, PG_URL
+from conftest import PG_URL
 from package_fixtures import SEED_PACKAGE, build_ingest
 from sqlalchemy import text
 
 from cloacina import DefaultRunner, DefaultRunnerConfig
-from cloacina.cli import main
+from cloacina.cli.main import main
 from cloacina.packaging.archive import read_archive
 from cloacina.packaging.builder import build_package
 from cloacina.packaging.isolation import MODULE_PREFIX
 from cloacina.store.database import Database
 from cloacina.store.packages import PackageStore
+from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 T = TypeVar("T")
-# Redis is shared with other suites (databases 0 and 11-14 are taken): a database of its own plus a queue of its
-# own per test keep our messages away from their workers, and theirs from ours. Nothing is flushed.
-BROKER_URL = os.environ.get("CLOACINA_TEST_PACKAGE_BROKER_URL", "redis://localhost:6379/15")
 
 
-def wait_for(predicate: Callable[[], T], timeout_s: float, what: str, log: Path | None = None) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            tail = log.read_text(errors="replace")[-4000:] if log is not None and log.exists() else ""
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}\n{tail}")
-        time.sleep(0.1)
+def wait_logged(predicate: Callable[[], T], timeout_s: float, what: str, log: Path | None = None) -> T:
+    """:func:`tests.support.wait_until`, with the tail of ``log`` in the timeout message."""
+
+    def message() -> str:
+        tail = log.read_text(errors="replace")[-4000:] if log is not None and log.exists() else ""
+        return f"{what}\n{tail}"
+
+    return wait_until(predicate, timeout_s, interval_s=0.1, message=message)
 
 
 @contextlib.contextmanager
@@ -97,7 +92,7 @@ def test_daemon_deploys_a_copied_archive_runs_its_trigger_and_stops_it_on_remova
     env = clean_env(HOME=str(home), INBOX_PATH=str(inbox))
     db_file = home / ".cloacina" / "cloacina.db"
     with service([sys.executable, "-m", "cloacina", "daemon", "--rescan-interval", "2"], log, env, tmp_path) as proc:
-        wait_for(lambda: "cloacina daemon watching" in log.read_text(), 60, "the daemon to start", log)
+        wait_logged(lambda: "cloacina daemon watching" in log.read_text(), 60, "the daemon to start", log)
         assert (home / ".cloacina" / "packages").is_dir()
 
         monkeypatch.setenv("HOME", str(home))  # `package deploy` copies into ~/.cloacina/packages by default
@@ -106,14 +101,14 @@ def test_daemon_deploys_a_copied_archive_runs_its_trigger_and_stops_it_on_remova
         deployed = home / ".cloacina" / "packages" / "data-ingest-1.0.0.cloacina"
         assert f"to {deployed}" in result.output
 
-        wait_for(lambda: "package data-ingest 1.0.0 deployed" in log.read_text(), 60, "the deployment", log)
+        wait_logged(lambda: "package data-ingest 1.0.0 deployed" in log.read_text(), 60, "the deployment", log)
         completed = "SELECT final_context, package_fingerprint FROM workflow_runs WHERE status = 'Completed'"
-        ((context, fingerprint), *_) = wait_for(lambda: query(db_file, completed), 60, "a completed run", log)
+        ((context, fingerprint), *_) = wait_logged(lambda: query(db_file, completed), 60, "a completed run", log)
         assert fingerprint == read_archive(archive).fingerprint and "orders_20260328.parquet" in str(context)
         assert query(db_file, "SELECT active FROM packages") == [(1,)]
 
         deployed.unlink()
-        wait_for(lambda: "package data-ingest 1.0.0 removed" in log.read_text(), 60, "the removal", log)
+        wait_logged(lambda: "package data-ingest 1.0.0 removed" in log.read_text(), 60, "the removal", log)
         assert query(db_file, "SELECT enabled FROM trigger_schedules WHERE trigger_name = 'inbox_watcher'") == [(0,)]
         assert query(db_file, "SELECT active FROM packages") == [(0,)]
 
@@ -122,20 +117,7 @@ def test_daemon_deploys_a_copied_archive_runs_its_trigger_and_stops_it_on_remova
     assert "cloacina daemon stopped" in log.read_text()
 
 
-# -- a worker on another machine ------------------------------------------------------------------------------
-def _redis_or_skip() -> object:
-    import redis
-
-    client = redis.Redis.from_url(BROKER_URL, socket_connect_timeout=1)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        if IN_CI:
-            pytest.fail(f"Redis is not answering at {BROKER_URL} (required in CI)")
-        pytest.skip(f"Redis is not answering at {BROKER_URL}")
-    return client
-
-
+# -- a worker on another machine (each test has a Redis database of its own: ``redis_url``) --------------------
 def service_db_url(schema: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -145,9 +127,8 @@ def service_db_url(schema: str) -> str:
 
 @pytest.mark.postgres
 def test_a_worker_that_never_imported_the_package_loads_it_from_the_registry(
-    tmp_path: Path, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, pg_schema: str, monkeypatch: pytest.MonkeyPatch, redis_url: str
 ) -> None:
-    client = _redis_or_skip()
     queue = f"cloacina-packages-{uuid.uuid4().hex[:12]}"
     monkeypatch.setenv("CLOACINA_QUEUE", queue)  # the runner below publishes there (settings read the env)
     migrating = Database(PG_URL, schema=pg_schema, pool_size=1)
@@ -164,7 +145,7 @@ def test_a_worker_that_never_imported_the_package_loads_it_from_the_registry(
     workdir.mkdir()
     env = clean_env(
         CLOACINA_DATABASE_URL=url,
-        CLOACINA_BROKER_URL=BROKER_URL,
+        CLOACINA_BROKER_URL=redis_url,
         CLOACINA_QUEUE=queue,
         CLOACINA_PACKAGE_CACHE=str(cache),
     )
@@ -184,8 +165,8 @@ def test_a_worker_that_never_imported_the_package_loads_it_from_the_registry(
         f"pkg-{uuid.uuid4().hex[:8]}@%h",
     ]
     with service(argv, log, env, workdir) as worker:
-        wait_for(lambda: " ready." in log.read_text(), 60, "the worker to be ready", log)
-        runner = DefaultRunner(url, DefaultRunnerConfig(broker_url=BROKER_URL))
+        wait_logged(lambda: " ready." in log.read_text(), 60, "the worker to be ready", log)
+        runner = DefaultRunner(url, DefaultRunnerConfig(broker_url=redis_url))
         try:
             workflow = runner.packages.load(fingerprint).workflows["data_ingest"]
             run_id = runner.coordinator.create_run(workflow, {"filename": "x.parquet"}, package_fingerprint=fingerprint)
@@ -199,14 +180,12 @@ def test_a_worker_that_never_imported_the_package_loads_it_from_the_registry(
         assert context.get("package_version") == "3.1.4" and context.get("valid") is True
         assert context.get("module") == f"{MODULE_PREFIX}{fingerprint[:16]}.data_ingest"
         assert str(context.get("module_file")).startswith(str(cache / fingerprint))  # loaded from the registry
-    client.delete(queue)  # type: ignore[attr-defined]
 
 
 @pytest.mark.postgres
 def test_daemon_with_a_broker_publishes_package_runs_to_a_worker(
-    tmp_path: Path, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, pg_schema: str, monkeypatch: pytest.MonkeyPatch, redis_url: str
 ) -> None:
-    client = _redis_or_skip()
     queue = f"cloacina-packages-{uuid.uuid4().hex[:12]}"
     migrating = Database(PG_URL, schema=pg_schema, pool_size=1)
     migrating.upgrade()
@@ -219,18 +198,18 @@ def test_daemon_with_a_broker_publishes_package_runs_to_a_worker(
     (inbox / f"{queue}.parquet").write_bytes(b"PAR1")
     archive = build_ingest(tmp_path, version="4.0.0", poll="500ms")
     env = clean_env(
-        CLOACINA_DATABASE_URL=url, CLOACINA_BROKER_URL=BROKER_URL, CLOACINA_QUEUE=queue, INBOX_PATH=str(inbox)
+        CLOACINA_DATABASE_URL=url, CLOACINA_BROKER_URL=redis_url, CLOACINA_QUEUE=queue, INBOX_PATH=str(inbox)
     )
     daemon_log, worker_log = tmp_path / "daemon.log", tmp_path / "worker.log"
     daemon_argv = [sys.executable, "-m", "cloacina", "daemon", "--watch", str(watch)]
     worker_argv = [sys.executable, "-m", "cloacina", "worker", "--pool", "solo", "--hostname", f"pkgd-{queue[-8:]}@%h"]
     with service(daemon_argv, daemon_log, env, tmp_path), service(worker_argv, worker_log, env, tmp_path) as worker:
-        wait_for(lambda: "(distributed (Celery))" in daemon_log.read_text(), 60, "the daemon", daemon_log)
-        wait_for(lambda: " ready." in worker_log.read_text(), 60, "the worker", worker_log)
+        wait_logged(lambda: "(distributed (Celery))" in daemon_log.read_text(), 60, "the daemon", daemon_log)
+        wait_logged(lambda: " ready." in worker_log.read_text(), 60, "the worker", worker_log)
         monkeypatch.setenv("HOME", str(tmp_path))
         result = CliRunner().invoke(main, ["package", "deploy", str(archive), "--to", str(watch)])
         assert result.exit_code == 0, result.output
-        wait_for(lambda: "package data-ingest 4.0.0 deployed" in daemon_log.read_text(), 60, "the deploy", daemon_log)
+        wait_logged(lambda: "package data-ingest 4.0.0 deployed" in daemon_log.read_text(), 60, "the deploy", daemon_log)
 
         registry_db = Database(url, pool_size=1)
         try:
@@ -240,19 +219,19 @@ def test_daemon_with_a_broker_publishes_package_runs_to_a_worker(
                     sql = "SELECT final_context FROM workflow_runs WHERE status = 'Completed'"
                     return list(s.execute(text(sql)).scalars())
 
-            (context, *_) = wait_for(completed, 60, "a run completed by the worker", worker_log)
+            (context, *_) = wait_logged(completed, 60, "a run completed by the worker", worker_log)
         finally:
             registry_db.dispose()
         values = json.loads(context) if isinstance(context, str) else context
         assert values["pid"] == worker.pid and values["package_version"] == "4.0.0"  # type: ignore[index]
-    client.delete(queue)  # type: ignore[attr-defined]
 
 
 @pytest.mark.postgres
-def test_plain_pollers_poll_triggers_of_packages_in_the_registry(tmp_path: Path, pg_schema: str) -> None:
+def test_plain_pollers_poll_triggers_of_packages_in_the_registry(
+    tmp_path: Path, pg_schema: str, redis_url: str
+) -> None:
     """`package deploy --db` stores a package; a `cloacina poller` started with no --app polls its trigger and a
     worker with no --app runs the workflow (both load the package from the registry)."""
-    client = _redis_or_skip()
     queue = f"cloacina-packages-{uuid.uuid4().hex[:12]}"
     migrating = Database(PG_URL, schema=pg_schema, pool_size=1)
     migrating.upgrade()
@@ -265,7 +244,7 @@ def test_plain_pollers_poll_triggers_of_packages_in_the_registry(tmp_path: Path,
     result = CliRunner().invoke(main, ["package", "deploy", str(archive), "--db", url])
     assert result.exit_code == 0, result.output
     env = clean_env(
-        CLOACINA_DATABASE_URL=url, CLOACINA_BROKER_URL=BROKER_URL, CLOACINA_QUEUE=queue, INBOX_PATH=str(inbox)
+        CLOACINA_DATABASE_URL=url, CLOACINA_BROKER_URL=redis_url, CLOACINA_QUEUE=queue, INBOX_PATH=str(inbox)
     )
     poller_log, worker_log = tmp_path / "poller.log", tmp_path / "worker.log"
     poller_argv = [sys.executable, "-m", "cloacina", "poller"]
@@ -279,8 +258,7 @@ def test_plain_pollers_poll_triggers_of_packages_in_the_registry(tmp_path: Path,
                     sql = "SELECT trigger_name FROM workflow_runs WHERE status = 'Completed'"
                     return list(s.execute(text(sql)).scalars())
 
-            names = wait_for(completed, 90, "a package run fired by the plain poller", poller_log)
+            names = wait_logged(completed, 90, "a package run fired by the plain poller", poller_log)
         finally:
             registry_db.dispose()
         assert names[0] == "inbox_watcher"
-    client.delete(queue)  # type: ignore[attr-defined]

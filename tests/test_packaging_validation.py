@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from cloacina.cli_package import package
+from cloacina.cli.package import package
 from cloacina.packaging.archive import (
     MAX_FILE_BYTES,
     MAX_FILES,

@@ -14,31 +14,20 @@ import tarfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from package_fixtures import SEED_PACKAGE, build_ingest, repackage, with_member
 
-from cloacina import DefaultRunner, DefaultRunnerConfig
+from cloacina import DefaultRunner, DefaultRunnerConfig, TriggerResult, trigger
 from cloacina.definitions import registry
 from cloacina.packaging.archive import MAX_FILE_BYTES, archive_bytes, read_archive, write_atomically
 from cloacina.packaging.builder import build_package
 from cloacina.packaging.isolation import MODULE_PREFIX
-from cloacina.packaging.reconciler import REGISTRY_SOURCE, Reconciler
+from cloacina.services.reconciler import REGISTRY_SOURCE, Reconciler
+from tests.support import PollCounter, wait_until
 
 pytestmark = pytest.mark.timeout(120)
-T = TypeVar("T")
-
-
-def wait_for(predicate: Callable[[], T], timeout_s: float, what: str) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +87,7 @@ def test_seed_package_deploys_and_its_inbox_watcher_runs_the_workflow(
     row = deployment.reconciler.store.get(fingerprint)
     assert row is not None and row["active"] and row["source_path"].endswith("data-ingest-1.0.0.cloacina")
 
-    (run,) = wait_for(deployment.completed_runs, 30, "a run fired by inbox_watcher (polls every 5s)")
+    (run,) = wait_until(deployment.completed_runs, 30, message="a run fired by inbox_watcher (polls every 5s)")
     assert run.package_fingerprint == fingerprint and run.workflow_name == "data_ingest"
     assert run.final_context["filename"] == "orders_20260328.parquet"
     assert run.final_context["valid"] is True and "loaded_at" in run.final_context
@@ -183,7 +172,7 @@ def test_rejected_archives_are_logged_and_change_nothing(
         assert [p.name for p in markers.iterdir()] and f"imported-{os.getpid()}" not in os.listdir(markers)
         bad_fp = read_archive(bad).fingerprint
         assert not [m for m in sys.modules if m.startswith(MODULE_PREFIX + bad_fp[:16])]
-    wait_for(deployment.completed_runs, 20, "the good version to keep firing")
+    wait_until(deployment.completed_runs, 20, message="the good version to keep firing")
 
 
 def test_removing_the_archive_disables_its_trigger_and_keeps_history(
@@ -191,7 +180,7 @@ def test_removing_the_archive_disables_its_trigger_and_keeps_history(
 ) -> None:
     path = deployment.drop("data-ingest-1.0.0.cloacina", builds["v1"])
     deployment.reconciler.reconcile_once()
-    wait_for(deployment.completed_runs, 20, "a first run")
+    wait_until(deployment.completed_runs, 20, message="a first run")
     path.unlink()
     report = deployment.reconciler.reconcile_once()
     assert report.removed == [f"data-ingest 1.0.0 ({path})"]
@@ -200,16 +189,25 @@ def test_removing_the_archive_disables_its_trigger_and_keeps_history(
     assert registry.get_trigger("inbox_watcher") is None
     assert "inbox_watcher" not in deployment.runner.trigger_scheduler.trigger_names  # type: ignore[union-attr]
     assert deployment.reconciler.store.list(active_only=True) == []
-    time.sleep(0.3)  # a poll in flight at removal may still finish
+    scheduler = deployment.runner.trigger_scheduler
+    assert scheduler is not None
+    polls = PollCounter(scheduler)
+
+    @trigger(workflow="data_ingest", name="canary", poll_interval="100ms")
+    def canary() -> TriggerResult:  # polled all along: it shows poll intervals going by in the scheduler
+        return TriggerResult.skip()
+
+    # A poll in flight at removal may still finish (and fire).
+    wait_until(lambda: "inbox_watcher" not in scheduler.polls_in_progress(), 10, message="the last poll to end")
     history = deployment.history()
     assert history  # kept
-    time.sleep(1.0)  # ten poll intervals: no new fire
+    polls.wait_for_more("canary", 10)  # ten poll intervals: no new fire
     assert len(deployment.history()) == len(history)
 
     deployment.drop("data-ingest-1.0.0.cloacina", builds["v1"])  # deployed again: enabled again
     assert deployment.reconciler.reconcile_once().deployed
     assert deployment.runner.triggers.get_schedule("inbox_watcher")["enabled"] is True  # type: ignore[index]
-    wait_for(lambda: len(deployment.history()) > len(history), 20, "fires after the redeploy")
+    wait_until(lambda: len(deployment.history()) > len(history), 20, message="fires after the redeploy")
 
 
 def test_a_new_version_replaces_the_triggers_and_running_runs_keep_their_version(
@@ -220,7 +218,7 @@ def test_a_new_version_replaces_the_triggers_and_running_runs_keep_their_version
     fp1, fp2 = read_archive(builds["v1"]).fingerprint, read_archive(builds["v2"]).fingerprint
     deployment.drop("data-ingest.cloacina", builds["v1"])
     deployment.reconciler.reconcile_once()
-    (first,) = wait_for(deployment.history, 20, "v1 to fire")
+    (first,) = wait_until(deployment.history, 20, message="v1 to fire")
 
     deployment.drop("data-ingest.cloacina", builds["v2"])  # the same file, overwritten with version 2
     report = deployment.reconciler.reconcile_once()
@@ -230,7 +228,9 @@ def test_a_new_version_replaces_the_triggers_and_running_runs_keep_their_version
     assert deployment.reconciler.store.get(fp2)["active"] is True  # type: ignore[index]
 
     gate.touch()
-    runs = wait_for(lambda: len(deployment.completed_runs()) >= 2 and deployment.completed_runs(), 30, "two runs")
+    runs = wait_until(
+        lambda: len(deployment.completed_runs()) >= 2 and deployment.completed_runs(), 30, message="two runs"
+    )
     by_id = {r.run_id: r for r in runs}
     old = by_id[first["run_id"]]
     assert old.package_fingerprint == fp1 and old.final_context["package_version"] == "1.0.0"
@@ -259,7 +259,7 @@ def test_registry_deployments_and_trigger_conflicts(deployment: Deployment, buil
     store.put(read_archive(builds["v2"]), None)  # what `cloacina package deploy --db` does
     report = deployment.reconciler.reconcile_once()
     assert report.deployed == [f"data-ingest 2.0.0 ({REGISTRY_SOURCE})"]
-    wait_for(deployment.completed_runs, 20, "a run of the registry package")
+    wait_until(deployment.completed_runs, 20, message="a run of the registry package")
 
     other = read_archive(builds["v1"])  # another package name, the same trigger name
     renamed = other.manifest.model_copy(

@@ -1,40 +1,62 @@
-"""The Celery application: configuration, the one task every canvas node runs, and canvas publishing.
+"""The Celery application: configuration, and the one task every canvas node runs.
 
 Settings that make recovery work (DESIGN §4): JSON only; ``acks_late`` + ``reject_on_worker_lost`` so a message
 is only acknowledged after its task finished; prefetch 1 so a worker never sits on messages another worker
 could run; a visibility timeout above the longest task. We do not rely on that timeout for recovery: task
 heartbeats in SQL and the sweeper re-run a killed worker's task within ``task_heartbeat_timeout_s``.
 
-Users who start Celery themselves::
-
-    CLOACINA_APP=myapp CLOACINA_BROKER_URL=redis://... celery -A cloacina.dispatch.celery_app:app worker
+A publishing process (poller, runner client) builds an app without a node runner; a worker process builds one
+with a factory for its :class:`NodeRunner`, which runs in each prefork child, created there on first use
+(children must not share the parent's database connections or Redis sockets).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
 
 import redis
 from celery import Celery, Task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from cloacina.backoff import Backoff
 from cloacina.dispatch.canvas import TASK_NAME
 from cloacina.dispatch.result_backend import backend_url
-from cloacina.settings import CloacinaSettings
+from cloacina.execution.coordinator import NodeOutcome
 
 log = logging.getLogger("cloacina.celery")
-WAIT_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+WAITING_BACKOFF = Backoff(initial_s=0.05, max_s=2.0)  # a duplicate delivery waits for its dependency
+STORE_DOWN_BACKOFF = Backoff(initial_s=0.5, max_s=30.0)  # the database or Redis is briefly unreachable
 
 
-def celery_config(settings: CloacinaSettings) -> dict[str, Any]:
+@dataclass(frozen=True)
+class CeleryOptions:
+    """What the Celery app needs to know of a deployment (mapped from its settings by the wiring)."""
+
+    broker_url: str
+    result_url: str  # Redis where chords count their header results
+    queue: str = "cloacina"
+    visibility_timeout_s: int = 3600
+    task_events: bool = True
+
+
+class NodeRunner(Protocol):
+    """Runs one delivery of a canvas node in a worker process."""
+
+    def run_node(self, run_id: str, task_id: str) -> NodeOutcome: ...
+
+
+def celery_config(options: CeleryOptions) -> dict[str, Any]:
     """The Celery configuration cloacina needs, as a dict (tests and docs read it too)."""
-    transport = {"visibility_timeout": settings.visibility_timeout_s}
+    transport = {"visibility_timeout": options.visibility_timeout_s}
     return {
-        "broker_url": settings.broker_url,
+        "broker_url": options.broker_url,
         # Chords count their header results in Redis; nodes outside chord headers store no result at all.
-        "result_backend": backend_url(settings.effective_redis_url or settings.broker_url or ""),
+        "result_backend": backend_url(options.result_url),
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -45,9 +67,9 @@ def celery_config(settings: CloacinaSettings) -> dict[str, Any]:
         "broker_transport_options": transport,
         "result_backend_transport_options": transport,
         "result_expires": 3600,
-        "task_default_queue": settings.queue,
-        "task_send_sent_event": True,
-        "worker_send_task_events": True,
+        "task_default_queue": options.queue,
+        "task_send_sent_event": options.task_events,
+        "worker_send_task_events": options.task_events,
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
@@ -56,33 +78,45 @@ def celery_config(settings: CloacinaSettings) -> dict[str, Any]:
     }
 
 
-_apps: dict[str, Celery] = {}
+class PerProcess:
+    """A value built by ``factory`` once in each process (after a prefork fork, in the child)."""
+
+    def __init__(self, factory: Callable[[], NodeRunner]) -> None:
+        self._factory = factory
+        self._values: dict[int, NodeRunner] = {}
+        self._lock = threading.Lock()
+
+    def get(self) -> NodeRunner:
+        pid = os.getpid()
+        value = self._values.get(pid)
+        if value is None:
+            with self._lock:
+                value = self._values.get(pid)
+                if value is None:
+                    value = self._values[pid] = self._factory()
+        return value
 
 
-def create_app(settings: CloacinaSettings | None = None) -> Celery:
-    """The Celery app for ``settings`` (default: the environment) with the node task registered; one per
-    distinct configuration per process."""
-    settings = settings or CloacinaSettings()
-    key = settings.model_dump_json()
-    if key not in _apps:
-        _apps[key] = _build_app(settings)
-    return _apps[key]
+class NodeTask(Task):  # type: ignore[misc]  # celery-types declares Task generic; we subclass it plainly
+    """Base class of the canvas-node task. Each app registers a subclass of its own that carries its runner."""
+
+    node_runner: ClassVar[PerProcess | None] = None
 
 
-def run_canvas_node(self: Task, workflow: str, task: str, run_id: str) -> None:
+def run_canvas_node(self: NodeTask, workflow: str, task: str, run_id: str) -> None:
     """Run one task of a workflow run (a canvas node). The SQL state machine decides what happens.
 
-    One module-level function serves every app in the process; it finds its settings through ``self.app``.
+    One module-level function serves every app in the process; its node runner comes from its task class.
     """
-    from cloacina.dispatch.worker_context import worker_context
-
     task_id = task
+    if self.node_runner is None:
+        raise RuntimeError("this Celery app publishes runs only; start a worker with `cloacina worker`")
     try:
-        outcome = worker_context(self.app).run_node(run_id, task_id)
+        outcome = self.node_runner.get().run_node(run_id, task_id)
     except (OperationalError, InterfaceError, redis.ConnectionError) as exc:
         # The database (or Redis) is briefly unavailable: keep the message and try again with backoff.
         # If the attempt itself had started, its heartbeat stops and the sweeper gives it back.
-        delay = min(30.0, 0.5 * 2 ** min(self.request.retries, 6))
+        delay = STORE_DOWN_BACKOFF.delay(self.request.retries)
         log.warning(
             "store unavailable running %s of run %s, retrying in %.1fs: %s",
             task_id,
@@ -95,38 +129,45 @@ def run_canvas_node(self: Task, workflow: str, task: str, run_id: str) -> None:
     if outcome.kind == "retry":
         raise self.retry(countdown=outcome.delay_s)
     if outcome.kind == "waiting":  # a dependency is still running (duplicate delivery, recovery)
-        step = WAIT_BACKOFF_S[min(self.request.retries, len(WAIT_BACKOFF_S) - 1)]
-        raise self.retry(countdown=max(step, outcome.delay_s))
+        raise self.retry(countdown=max(WAITING_BACKOFF.delay(self.request.retries), outcome.delay_s))
     return None
 
 
-def _build_app(settings: CloacinaSettings) -> Celery:
-    if not settings.broker_url:
+_publisher_apps: dict[CeleryOptions, Celery] = {}
+_publisher_apps_lock = threading.Lock()
+
+
+def publisher_app(options: CeleryOptions) -> Celery:
+    """The app a process publishes with: one per distinct configuration per process (it holds broker pools)."""
+    with _publisher_apps_lock:
+        app = _publisher_apps.get(options)
+        if app is None:
+            app = _publisher_apps[options] = create_app(options)
+        return app
+
+
+def create_app(options: CeleryOptions, node_runner: Callable[[], NodeRunner] | None = None) -> Celery:
+    """A Celery app for ``options`` with the node task registered; ``node_runner`` builds the runner of each
+    worker process (``None`` for an app that only publishes)."""
+    if not options.broker_url:
         raise ValueError("CLOACINA_BROKER_URL is not set: distributed mode needs a Redis broker URL")
     app = Celery("cloacina", set_as_current=False)
-    app.conf.update(celery_config(settings))
-    app.cloacina_settings = settings  # type: ignore[attr-defined]
-
-    app.task(name=TASK_NAME, bind=True, max_retries=None, acks_late=True, ignore_result=True)(run_canvas_node)
+    app.conf.update(celery_config(options))
+    runner = PerProcess(node_runner) if node_runner is not None else None
+    base = type("CloacinaNodeTask", (NodeTask,), {"node_runner": runner})
+    app.task(name=TASK_NAME, base=base, bind=True, max_retries=None, acks_late=True, ignore_result=True)(
+        run_canvas_node
+    )
     return app
 
 
-def _default_app() -> Celery | None:
-    """The module-level ``app`` for ``celery -A cloacina.dispatch.celery_app:app``; imports $CLOACINA_APP."""
-    settings = CloacinaSettings()
-    if not settings.broker_url:
-        return None
-    user_app = os.environ.get("CLOACINA_APP")
-    if user_app:
-        from cloacina.app_loader import load_app
-
-        load_app(user_app)
-    return create_app(settings)
-
-
-def __getattr__(name: str) -> Any:
-    if name == "app":
-        value = _default_app()
-        globals()["app"] = value
-        return value
-    raise AttributeError(name)
+def ping_workers(options: CeleryOptions, timeout_s: float) -> list[str]:
+    """Names of the workers that answer a ``ping`` broadcast within ``timeout_s`` (raises if the broker is down)."""
+    app = create_app(options)
+    app.conf.broker_connection_timeout = timeout_s
+    app.conf.broker_connection_max_retries = 0
+    try:
+        replies = app.control.ping(timeout=timeout_s)
+        return sorted(name for reply in replies for name in reply)
+    finally:
+        app.close()

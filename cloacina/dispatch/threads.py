@@ -1,4 +1,8 @@
-"""Embedded dispatcher: a bounded thread pool for task attempts plus one timer thread for delayed work."""
+"""Embedded dispatcher: a bounded thread pool for task attempts plus one timer thread for delayed work.
+
+It implements :class:`~cloacina.execution.dispatcher.Dispatcher`: Ready tasks run on the pool, a retry is
+re-submitted after its delay, and a run's deadline is a timer.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from cloacina.dispatch.base import TaskHandler
+from cloacina.timestamps import utcnow
 
 if TYPE_CHECKING:
-    from cloacina.execution.coordinator import RunCoordinator
+    from cloacina.definitions.workflow import Workflow
+    from cloacina.execution.dispatcher import RunDriver
 
 log = logging.getLogger("cloacina.dispatch")
 
@@ -65,30 +70,44 @@ class ThreadDispatcher:
     def __init__(self, max_workers: int) -> None:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cloacina-worker")
         self._timer = TimerThread()
-        self._handler: TaskHandler | None = None
+        self._coordinator: RunDriver | None = None
         self._closed = False
         self._inflight = 0
         self._delayed = 0
         self._idle = threading.Condition()
 
-    def bind(self, handler: TaskHandler) -> None:
-        self._handler = handler
+    # -- the Dispatcher interface ---------------------------------------------------------------------------
+    def attach(self, coordinator: RunDriver) -> None:
+        self._coordinator = coordinator
 
-    def serve(self, coordinator: RunCoordinator) -> None:
-        """Execute ``coordinator``'s Ready tasks on this pool, re-submitting retries after their delay."""
+    def start_run(self, run_id: str, workflow: Workflow) -> None:
+        self._attached().advance(run_id, workflow)  # plans the roots; they come back through tasks_ready
 
-        def handle(run_id: str, task_id: str) -> None:
-            outcome = coordinator.run_task(run_id, task_id)
-            if outcome.kind == "retry":
-                self.submit(run_id, task_id, outcome.delay_s)
+    def tasks_ready(self, run_id: str, task_ids: tuple[str, ...]) -> None:
+        for task_id in task_ids:
+            self.submit(run_id, task_id)
 
-        def dispatch_ready(run_id: str, task_ids: tuple[str, ...]) -> None:
-            for task_id in task_ids:
-                self.submit(run_id, task_id)
+    def resume_run(self, run_id: str) -> None:
+        """Plan the run, then submit every Ready task (not only newly Ready ones), each when it is due."""
+        coordinator = self._attached()
+        coordinator.advance(run_id)
+        for task_id, record in coordinator.store.get_tasks(run_id).items():
+            if str(record.status) == "Ready":
+                delay = 0.0
+                if record.next_attempt_at is not None:
+                    delay = max(0.0, (record.next_attempt_at - utcnow()).total_seconds())
+                self.submit(run_id, task_id, delay)
 
-        self.bind(handle)
-        coordinator.dispatch_ready = dispatch_ready
+    def watch_deadline(self, run_id: str, deadline_s: float) -> None:
+        coordinator = self._attached()
+        self._timer.call_later(deadline_s, lambda: coordinator.expire_run(run_id, deadline_s))
 
+    def _attached(self) -> RunDriver:
+        if self._coordinator is None:
+            raise RuntimeError("ThreadDispatcher is not attached to a coordinator")
+        return self._coordinator
+
+    # -- the pool ---------------------------------------------------------------------------------------------
     def submit(self, run_id: str, task_id: str, delay_s: float = 0.0) -> None:
         if delay_s > 0:
             with self._idle:
@@ -116,8 +135,9 @@ class ThreadDispatcher:
 
     def _run(self, run_id: str, task_id: str) -> None:
         try:
-            assert self._handler is not None, "ThreadDispatcher.bind() was not called"
-            self._handler(run_id, task_id)
+            outcome = self._attached().run_task(run_id, task_id)
+            if outcome.kind == "retry":
+                self.submit(run_id, task_id, outcome.delay_s)
         except Exception:
             log.exception("task %s of run %s could not be executed", task_id, run_id)
         finally:
@@ -127,9 +147,6 @@ class ThreadDispatcher:
         with self._idle:
             self._inflight -= 1
             self._idle.notify_all()
-
-    def call_later(self, delay_s: float, fn: Callable[[], None]) -> None:
-        self._timer.call_later(delay_s, fn)
 
     def shutdown(self, wait_s: float = 5.0) -> None:
         """Drain: keep running (and accepting) the follow-up tasks of runs in flight for up to ``wait_s``, then

@@ -6,10 +6,10 @@ Flow of one run::
                                    ^                                             │
                                    └──────────────── newly Ready tasks <─────────┘
 
-The coordinator does no dispatching of its own. Embedded mode passes ``dispatch_ready`` (submit Ready tasks to
-the thread pool) and re-submits retries after their delay. Distributed mode passes ``publish_run`` (compile the
-run's canvas and send it to Celery) and lets each canvas node call :meth:`run_node`, which turns a retry into a
-Celery retry. Rules, skips, retries, callbacks and ``final_context`` are the same code in both modes.
+The coordinator does no dispatching of its own: it talks to a :class:`~cloacina.execution.dispatcher.Dispatcher`.
+Embedded, a thread pool runs Ready tasks and re-submits retries after their delay. Distributed, new runs are
+published as Celery canvases whose nodes call :meth:`run_node`, which turns a retry into a Celery retry. Rules,
+skips, retries, callbacks and ``final_context`` are the same code in both modes.
 """
 
 from __future__ import annotations
@@ -21,42 +21,33 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from cloacina.backoff import Backoff
 from cloacina.context import Context
 from cloacina.definitions.retry import classify_error
 from cloacina.definitions.task import TaskDefinition
 from cloacina.definitions.workflow import Workflow
 from cloacina.engine.planner import final_context
 from cloacina.engine.states import RunStatus, TaskStatus
+from cloacina.execution.dispatcher import Dispatcher, NodeOutcome, PlanOnly
 from cloacina.execution.task_call import TaskCallError, call_task, describe_error
 from cloacina.store.models import utcnow
 from cloacina.store.runs import CronClaim, RunEnd, RunStore, StartedAttempt, Transition, TriggerClaim
 
 log = logging.getLogger("cloacina.run")
-RECORD_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0)  # how long to keep trying to record an outcome the task already has
+# How long to keep trying to record an outcome the task already has: 0.5 + 1 + 2 + 4 s.
+RECORD_RETRY = Backoff(initial_s=0.5, max_s=4.0)
+RECORD_RETRIES = 4
 UNRESOLVABLE_ATTEMPTS = 3  # attempts a task gets when the executing process cannot load its code
 UNRESOLVABLE_RETRY_S = 5.0
 WorkflowResolver = Callable[[str, str, str | None], Workflow]  # (name, version, package fingerprint)
 RunFinishedListener = Callable[[RunEnd], None]
+__all__ = ["NodeOutcome", "RunCoordinator", "WorkflowResolver"]
 AttemptTracker = Callable[[str, str, int], AbstractContextManager[Any]]
-
-
-@dataclass(frozen=True)
-class NodeOutcome:
-    """What happened to one delivery of a task.
-
-    ``completed``/``failed``: this delivery ran the final attempt. ``retry``: run it again after ``delay_s``.
-    ``done``: nothing to do (already finished, skipped, taken by another delivery). ``waiting``: a dependency
-    or another delivery of this task is still running; try again later.
-    """
-
-    kind: Literal["completed", "failed", "retry", "done", "waiting"]
-    delay_s: float = 0.0
 
 
 class RunCoordinator:
@@ -70,16 +61,15 @@ class RunCoordinator:
         default_task_timeout_s: float | None = 300.0,
         worker_name: str | None = None,
         rng: random.Random | None = None,
-        dispatch_ready: Callable[[str, tuple[str, ...]], None] | None = None,
-        publish_run: Callable[[str, Workflow], None] | None = None,
+        dispatcher: Dispatcher | None = None,
         track_attempt: AttemptTracker | None = None,
     ) -> None:
         self.store = store
         self.resolve_workflow = resolve_workflow
         self.default_task_timeout_s = default_task_timeout_s
         self.worker_name = worker_name or f"{socket.gethostname()}:{os.getpid()}"
-        self.dispatch_ready = dispatch_ready
-        self.publish_run = publish_run
+        self.dispatcher: Dispatcher = dispatcher if dispatcher is not None else PlanOnly()
+        self.dispatcher.attach(self)
         self.track_attempt = track_attempt
         self._rng = rng or random.Random()
         self._listeners: list[RunFinishedListener] = []
@@ -118,14 +108,11 @@ class RunCoordinator:
             "run created",
             extra={"run_id": run_id, "workflow": workflow.name, "trigger": trigger.trigger_name if trigger else None},
         )
-        if self.publish_run is not None:
-            self.publish_run(run_id, workflow)
-        else:
-            self.advance(run_id, workflow)
+        self.dispatcher.start_run(run_id, workflow)
         return run_id
 
     def advance(self, run_id: str, workflow: Workflow | None = None) -> Transition:
-        """Plan the run and hand newly Ready tasks to ``dispatch_ready``."""
+        """Plan the run and hand newly Ready tasks to the dispatcher."""
         if workflow is None:
             run = self.store.get_run(run_id)
             if run is None or run.status.is_terminal:
@@ -134,8 +121,8 @@ class RunCoordinator:
         return self._after(run_id, self.store.advance(run_id, workflow))
 
     def _after(self, run_id: str, transition: Transition, workflow: Workflow | None = None) -> Transition:
-        if transition.ready and self.dispatch_ready is not None:
-            self.dispatch_ready(run_id, transition.ready)
+        if transition.ready:
+            self.dispatcher.tasks_ready(run_id, transition.ready)
         if transition.all_done and transition.ended is None and workflow is not None:
             transition = self.store.advance(run_id, workflow)  # every task is done: end the run now
         if transition.ended is not None:
@@ -288,7 +275,7 @@ def _record(write: Callable[[], Transition]) -> Transition:
     The task has already run: losing its result would make it run again. A write whose commit did reach the
     database before the connection dropped is harmless to repeat: the guarded update then does not apply.
     """
-    for delay in RECORD_RETRY_DELAYS_S:
+    for delay in RECORD_RETRY.delays(RECORD_RETRIES):
         try:
             return write()
         except (OperationalError, InterfaceError) as exc:

@@ -92,6 +92,14 @@ class ValidatedArchive:
         return self.manifest.package.fingerprint
 
     @property
+    def name(self) -> str:
+        return self.manifest.package.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.package.version
+
+    @property
     def size_bytes(self) -> int:
         return len(self.archive)
 

@@ -21,23 +21,31 @@ from __future__ import annotations
 
 import builtins
 import json
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from cloacina.store.database import Database
-from cloacina.store.models import Package, utcnow
-
-if TYPE_CHECKING:
-    from cloacina.packaging.archive import ValidatedArchive
+from cloacina.store.models import Package
+from cloacina.timestamps import iso, utcnow
 
 
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).isoformat()
+class StorableArchive(Protocol):
+    """What the registry stores of a validated archive (:class:`cloacina.packaging.archive.ValidatedArchive`)."""
+
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def manifest_bytes(self) -> bytes: ...
+    @property
+    def archive(self) -> bytes: ...
+    @property
+    def size_bytes(self) -> int: ...
 
 
 def _package_dict(row: Package) -> dict[str, Any]:
@@ -49,8 +57,8 @@ def _package_dict(row: Package) -> dict[str, Any]:
         "size_bytes": row.size_bytes,
         "source_path": row.source_path,
         "active": bool(row.active),
-        "created_at": _iso(row.created_at),
-        "updated_at": _iso(row.updated_at),
+        "created_at": iso(row.created_at),
+        "updated_at": iso(row.updated_at),
     }
 
 
@@ -74,7 +82,7 @@ class PackageStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def put(self, validated: ValidatedArchive, source_path: str | None = None, *, active: bool = True) -> bool:
+    def put(self, validated: StorableArchive, source_path: str | None = None, *, active: bool = True) -> bool:
         """Store a validated archive; ``True`` if its fingerprint was new, ``False`` if it only updated the row."""
         fingerprint = validated.fingerprint
         for _ in range(3):  # two daemons may store the same new package at once; the loser updates
@@ -87,12 +95,11 @@ class PackageStore:
                         row.active = active
                         row.updated_at = now
                         return False
-                    package = validated.manifest.package
                     s.add(
                         Package(
                             fingerprint=fingerprint,
-                            name=package.name,
-                            version=package.version,
+                            name=validated.name,
+                            version=validated.version,
                             manifest=validated.manifest_bytes.decode("utf-8"),
                             archive=validated.archive,
                             size_bytes=validated.size_bytes,

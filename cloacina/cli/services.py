@@ -1,23 +1,21 @@
 """Service commands: ``cloacina worker``, ``cloacina poller`` and ``cloacina flower``.
 
-Configuration comes from ``CLOACINA_*`` environment variables (:class:`cloacina.settings.CloacinaSettings`);
+Configuration comes from ``CLOACINA_*`` environment variables (:class:`cloacina.deployment.settings.CloacinaSettings`);
 the options here override the few that differ per process. Both services refuse to start on an unmigrated
 database (run ``cloacina db upgrade``) and wait, with backoff, while the database or Redis is unreachable.
 """
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import threading
 from typing import Any
 
 import click
 
-from cloacina.app_loader import load_app
+from cloacina.definitions.app_loader import load_app
+from cloacina.deployment.settings import CloacinaSettings
 from cloacina.errors import SchemaNotMigratedError
-from cloacina.settings import CloacinaSettings
 
 APP_ENV_VAR = "CLOACINA_APP"
 
@@ -47,16 +45,15 @@ def _require_broker(settings: CloacinaSettings) -> None:
 
 
 def _wait_for_database(settings: CloacinaSettings) -> None:
-    from cloacina.scheduling.poller_service import wait_until_ready
-    from cloacina.store.database import Database
+    from cloacina.deployment.wiring import Deployment
 
-    db = Database(settings.database_url, pool_size=1)
+    deployment = Deployment(settings, role="tool")
     try:
-        wait_until_ready("database", db.check_migrated, threading.Event())
+        deployment.prepare_schema(migrate=False, stop=threading.Event())
     except SchemaNotMigratedError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
-        db.dispose()
+        deployment.close()
 
 
 app_option = click.option(
@@ -88,40 +85,17 @@ def worker_command(
 ) -> None:
     """Run a Celery worker that executes workflow tasks (extra arguments go to ``celery worker``)."""
     from cloacina.observability.logs import configure_logging
+    from cloacina.services.worker import run_worker, worker_argv
 
     settings = _settings(db_url)
     _require_broker(settings)
     configure_logging(settings.log_format, settings.log_level)
-    metrics = None
-    if settings.metrics_port is not None:
-        from cloacina.observability.metrics import enable_multiprocess
-
-        enable_multiprocess()  # before any metric exists and before Celery forks its children
     _load(app_spec)
     _wait_for_database(settings)
-    from cloacina.dispatch.celery_app import create_app
-
-    app = create_app(settings)
-    if settings.metrics_port is not None:
-        from celery.signals import worker_process_shutdown
-
-        from cloacina.observability.http import start_http_server
-        from cloacina.observability.metrics import Metrics, mark_process_dead, multiprocess_registry
-
-        metrics = Metrics()
-        start_http_server(settings.metrics_port, multiprocess_registry(), lambda: (True, {"component": "worker"}))
-        worker_process_shutdown.connect(lambda **_: mark_process_dead(os.getpid()), weak=False)
-    app.cloacina_metrics = metrics  # type: ignore[attr-defined]
-    argv = [
-        "worker",
-        f"--pool={pool}",
-        f"--queues={queues or settings.queue}",
-        f"--hostname={hostname or f'cloacina@{socket.gethostname()}-{os.getpid()}'}",
-        f"--loglevel={settings.log_level}",
-    ]
-    if concurrency:
-        argv.append(f"--concurrency={concurrency}")
-    app.worker_main([*argv, *celery_args])
+    argv = worker_argv(
+        settings, pool=pool, queues=queues, hostname=hostname, concurrency=concurrency, extra=celery_args
+    )
+    run_worker(settings, argv)
 
 
 @click.command("poller")
@@ -130,15 +104,13 @@ def worker_command(
 def poller_command(app_spec: str | None, db_url: str | None) -> None:
     """Poll triggers and cron schedules and publish their runs to the workers (run 2+ replicas)."""
     from cloacina.observability.logs import configure_logging
-    from cloacina.observability.metrics import Metrics
-    from cloacina.scheduling.poller_service import PollerService
+    from cloacina.services.poller import PollerService
 
     settings = _settings(db_url)
     _require_broker(settings)
     configure_logging(settings.log_format, settings.log_level)
     _load(app_spec)
-    metrics = Metrics()
-    service = PollerService(settings, metrics=metrics)
+    service = PollerService(settings)
 
     def stop(signum: int, _frame: Any) -> None:
         service.stop_event.set()
@@ -151,7 +123,7 @@ def poller_command(app_spec: str | None, db_url: str | None) -> None:
         if settings.metrics_port is not None:
             from cloacina.observability.http import start_http_server
 
-            server = start_http_server(settings.metrics_port, metrics.registry, service.health)
+            server = start_http_server(settings.metrics_port, service.metrics.registry, service.health)
         click.echo(f"poller {service.membership.poller_id} running", err=True)
         while not service.stop_event.wait(1.0):
             pass
@@ -167,8 +139,9 @@ def poller_command(app_spec: str | None, db_url: str | None) -> None:
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
 def flower_command(flower_args: tuple[str, ...]) -> None:
     """Run Flower against the configured broker, e.g. ``cloacina flower --basic-auth=user:pass --port=5555``."""
+    from cloacina.deployment.wiring import celery_options
+    from cloacina.dispatch.celery_services import run_flower
+
     settings = _settings(None)
     _require_broker(settings)
-    from cloacina.dispatch.celery_app import create_app
-
-    create_app(settings).start(argv=["flower", *flower_args])
+    run_flower(celery_options(settings), flower_args)

@@ -14,7 +14,7 @@ import os
 
 import click
 
-from cloacina.cli_common import cli_errors, db_option, parse_db, sqlite_path
+from cloacina.cli.common import cli_errors, db_option, parse_db, sqlite_path
 from cloacina.store.database import Database
 
 

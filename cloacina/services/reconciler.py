@@ -47,7 +47,7 @@ from cloacina.store.packages import PackageStore
 from cloacina.store.triggers import TriggerStore
 
 if TYPE_CHECKING:
-    from cloacina.runner import DefaultRunner
+    from cloacina.runner.default_runner import DefaultRunner
 
 log = logging.getLogger("cloacina.reconciler")
 ARCHIVE_SUFFIX = ".cloacina"

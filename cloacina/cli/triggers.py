@@ -17,7 +17,7 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from cloacina.cli_common import (
+from cloacina.cli.common import (
     console,
     db_option,
     duration_ms,
@@ -32,7 +32,7 @@ from cloacina.cli_common import (
     styled_status,
 )
 from cloacina.definitions.duration import format_duration_ms
-from cloacina.runner import DefaultRunner
+from cloacina.runner.default_runner import DefaultRunner
 
 
 @click.group("triggers")

@@ -8,9 +8,9 @@
     $ rm ~/.cloacina/packages/data-ingest-1.0.0.cloacina           # its triggers stop (history kept)
 
 Embedded (default): a ``DefaultRunner`` polls the package triggers and executes runs in this process. With
-``CLOACINA_BROKER_URL`` set it runs a distributed poller instead (:class:`~cloacina.scheduling.poller_service.
+``CLOACINA_BROKER_URL`` set it runs a distributed poller instead (:class:`~cloacina.services.poller.
 PollerService`) and runs go to Celery workers, which fetch the packages from the database registry.
-SIGINT or SIGTERM stops it after the pass in progress. See :mod:`cloacina.packaging.reconciler`.
+SIGINT or SIGTERM stops it after the pass in progress. See :mod:`cloacina.services.reconciler`.
 """
 
 from __future__ import annotations
@@ -22,11 +22,16 @@ import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from cloacina.cli_common import cli_errors
+from cloacina.cli.common import cli_errors
+
+if TYPE_CHECKING:
+    from cloacina.packaging.loader import PackageLoader
+    from cloacina.scheduling.trigger_poller import TriggerScheduler
+    from cloacina.store.triggers import TriggerStore
 
 DATABASE_ENV_VAR = "CLOACINA_DATABASE_URL"
 
@@ -59,7 +64,7 @@ def daemon_db_option(func: Any) -> Any:
 
 def prepare_sqlite_dir(db_url: str) -> None:
     """Create the folder of a file-backed SQLite database (the default lives in ~/.cloacina)."""
-    from cloacina.cli_common import sqlite_path
+    from cloacina.cli.common import sqlite_path
     from cloacina.store.urls import parse_database_url
 
     path = sqlite_path(parse_database_url(db_url))
@@ -68,37 +73,31 @@ def prepare_sqlite_dir(db_url: str) -> None:
 
 
 @contextlib.contextmanager
-def _engine(db_url: str) -> Iterator[tuple[Any, Any, Any]]:
+def _engine(db_url: str) -> Iterator[tuple[PackageLoader, TriggerScheduler | None, TriggerStore]]:
     """(loader, scheduler, trigger_store) of an embedded runner, or of a distributed poller with a broker."""
-    from cloacina.packaging.loader import PackageLoader, install_resolver, uninstall_resolver
-    from cloacina.runner import DefaultRunner
-    from cloacina.store.packages import PackageStore
+    from cloacina.deployment.settings import CloacinaSettings
+    from cloacina.deployment.wiring import Deployment
+    from cloacina.runner.default_runner import DefaultRunner
+    from cloacina.services.poller import PollerService
 
-    broker_url = os.environ.get("CLOACINA_BROKER_URL")
-    if not broker_url:
+    settings = CloacinaSettings(database_url=db_url)
+    if not settings.broker_url:
         runner = DefaultRunner(db_url)
         try:
             yield runner.packages, runner.trigger_scheduler, runner.triggers
         finally:
             runner.shutdown()
         return
-    from cloacina.scheduling.poller_service import PollerService
-    from cloacina.settings import CloacinaSettings
-    from cloacina.store.database import Database
-
-    db = Database(db_url, pool_size=1)
+    migrator = Deployment(settings, role="tool")
     try:
-        db.upgrade()  # as the embedded runner does; the poller itself refuses an unmigrated database
+        migrator.prepare_schema(migrate=True)  # as the embedded runner does; the poller refuses an unmigrated db
     finally:
-        db.dispose()
-    service = PollerService(CloacinaSettings(database_url=db_url, broker_url=broker_url))
+        migrator.close()
+    service = PollerService(settings)
     service.start()
-    loader = PackageLoader(PackageStore(service.db))
-    install_resolver(loader)  # the poller publishes (and republishes) package runs
-    try:
-        yield loader, service.triggers, service.triggers.store
+    try:  # the poller publishes (and republishes) package runs; its loader resolves them
+        yield service.deployment.packages, service.triggers, service.deployment.triggers
     finally:
-        uninstall_resolver(loader)
         service.stop()
 
 
@@ -119,7 +118,7 @@ def daemon_command(
     watch_dirs: tuple[Path, ...], db_url: str | None, verify_timeout_s: float, rescan_interval_s: float
 ) -> None:
     """Deploy the packages in the watched folders and run their triggers until SIGINT or SIGTERM."""
-    from cloacina.packaging.reconciler import Reconciler
+    from cloacina.services.reconciler import Reconciler
     from cloacina.store.packages import PackageStore
 
     dirs = [d.expanduser() for d in watch_dirs] or [default_watch_dir()]

@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 import click
@@ -30,11 +30,13 @@ from rich.table import Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from cloacina.app_loader import AppLoadError
-from cloacina.config import DefaultRunnerConfig
+from cloacina.definitions.app_loader import AppLoadError
 from cloacina.errors import CloacinaError
-from cloacina.runner import DefaultRunner
+from cloacina.observability.logs import configure_logging as install_log_handler
+from cloacina.runner.config import DefaultRunnerConfig
+from cloacina.runner.default_runner import DefaultRunner
 from cloacina.store.urls import DatabaseURL, parse_database_url
+from cloacina.timestamps import as_utc, iso
 
 DEFAULT_DATABASE_URL = "sqlite://cloacina.db"
 DATABASE_ENV_VAR = "CLOACINA_DATABASE_URL"
@@ -142,14 +144,6 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=_json_default, ensure_ascii=False))
 
 
-def iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:  # SQLite returns naive datetimes; the store writes UTC
-        value = value.replace(tzinfo=UTC)
-    return value.isoformat()
-
-
 def _as_datetime(value: datetime | str | None) -> datetime | None:
     if value is None or value == "":
         return None
@@ -158,7 +152,7 @@ def _as_datetime(value: datetime | str | None) -> datetime | None:
             value = datetime.fromisoformat(value)
         except ValueError:
             return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return as_utc(value)
 
 
 def fmt_time(value: datetime | str | None, *, full: bool = False) -> str:
@@ -241,29 +235,9 @@ def shorten(text: str | None, width: int = 80) -> str:
 
 
 # -- logging ---------------------------------------------------------------------------------------------
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever ``sys.stderr`` is at the time of each record (test runners and rich swap it)."""
-
-    def __init__(self) -> None:
-        super().__init__(sys.stderr)
-
-    @property  # type: ignore[override]
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value: Any) -> None:
-        pass
-
-
 def configure_logging(verbosity: int) -> None:
-    """WARNING by default, INFO with ``-v``, DEBUG with ``-vv``; one handler, on stderr."""
+    """WARNING by default, INFO with ``-v``, DEBUG with ``-vv``: the services' text lines (passwords redacted) on
+    whatever ``sys.stderr`` is at each record. A service command (``worker``, ``poller``) then replaces the
+    handler with the format its settings ask for."""
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if isinstance(handler, _StderrHandler):
-            root.removeHandler(handler)
-    handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(level)
+    install_log_handler("text", level)

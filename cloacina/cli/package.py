@@ -14,7 +14,7 @@
 ``inspect`` never imports it. ``deploy`` copies atomically into a watched folder (``--to``, default the
 daemon's) or stores the archive in a database's package registry (``--db``), where a running daemon picks it up
 at its next rescan and marks older versions inactive. Register with ``main.add_command(package)`` in
-:mod:`cloacina.cli`.
+:mod:`cloacina.cli.main`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import click
 
-from cloacina.cli_common import cli_errors, console, emit_json, fmt_bool, fmt_time, new_table, shorten, sqlite_path
-from cloacina.cli_daemon import daemon_db_option, default_database_url, default_watch_dir, prepare_sqlite_dir
+from cloacina.cli.common import cli_errors, console, emit_json, fmt_bool, fmt_time, new_table, shorten, sqlite_path
+from cloacina.cli.daemon import daemon_db_option, default_database_url, default_watch_dir, prepare_sqlite_dir
 from cloacina.packaging.archive import PackageError, ValidatedArchive, read_archive, write_atomically
 from cloacina.packaging.builder import build_package
 from cloacina.packaging.manifest import Manifest, manifest_json_schema

@@ -20,37 +20,28 @@ are left to the ``cloacina poller`` replicas.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from cloacina.config import DefaultRunnerConfig
 from cloacina.context import Context, coerce_context
-from cloacina.cron_api import CronAPI, start_cron_service
 from cloacina.definitions import registry
-from cloacina.definitions.packages import package_workflow
 from cloacina.definitions.workflow import Workflow
-from cloacina.dispatch.threads import ThreadDispatcher
-from cloacina.errors import StoreError
+from cloacina.deployment.wiring import Deployment
 from cloacina.execution.coordinator import RunCoordinator
-from cloacina.execution.heartbeat import AttemptHeartbeats
-from cloacina.packaging.loader import PackageLoader, PackageNotFoundError, install_resolver, uninstall_resolver
-from cloacina.results import RunHandle, WorkflowResult
+from cloacina.packaging.loader import PackageLoader
+from cloacina.runner.config import DefaultRunnerConfig
+from cloacina.runner.cron_api import CronAPI
+from cloacina.runner.results import RunHandle, WorkflowResult
+from cloacina.runner.trigger_api import TriggerAPI
 from cloacina.scheduling.cron import CronScheduler
-from cloacina.scheduling.sweeper import Sweeper
 from cloacina.scheduling.trigger_poller import TriggerScheduler
 from cloacina.store.database import Database
-from cloacina.store.packages import PackageStore
-from cloacina.store.recovery import RecoveryStore
 from cloacina.store.runs import RunEnd, RunStore
 from cloacina.store.triggers import TriggerStore
-from cloacina.trigger_api import TriggerAPI
 
 log = logging.getLogger("cloacina.runner")
-HEARTBEAT_INTERVAL_S = 5.0
-SWEEP_INTERVAL_S = 5.0
 
 
 class DefaultRunner(TriggerAPI, CronAPI):
@@ -65,63 +56,43 @@ class DefaultRunner(TriggerAPI, CronAPI):
         if config is not None and not isinstance(config, DefaultRunnerConfig):
             raise TypeError(f"config must be a DefaultRunnerConfig, got {type(config).__name__}")
         self.config = config or DefaultRunnerConfig()
-        self.broker_url = self.config.broker_url or os.environ.get("CLOACINA_BROKER_URL") or None
-        self.db = Database(db_url, schema=schema, pool_size=self.config.db_pool_size)
+        self.settings = self.config.to_settings(db_url, schema=schema)
+        self.deployment = Deployment(self.settings, role="runner")
         try:
-            self.db.upgrade()
-        except Exception as exc:
-            self.db.dispose()
-            if isinstance(exc, StoreError):
-                raise
-            raise StoreError(f"cannot prepare database {self.db.url.display}: {exc}") from exc
-        self.runs = RunStore(self.db)
-        self.triggers = TriggerStore(self.db)
-        # Workflows of .cloacina packages, by fingerprint: the registry table is read only when a run or a
-        # trigger names a package this process has not loaded yet.
-        self.packages = PackageLoader(PackageStore(self.db))
-        install_resolver(self.packages)
-        self._workflows: dict[str, Workflow] = {}
+            self.deployment.prepare_schema(migrate=True)
+        except Exception:
+            self.deployment.close()
+            raise
+        self.broker_url = self.settings.broker_url
         self._waiters: dict[str, threading.Event] = {}
         self._waiters_lock = threading.Lock()
         self._closed = False
         self.trigger_scheduler: TriggerScheduler | None = None
-        self._cron_scheduler: CronScheduler | None = None
+        self.cron_scheduler: CronScheduler | None = None
         self._services: list[Any] = []
-        self.dispatcher = ThreadDispatcher(self.config.max_concurrent_tasks)
-        # Beat well inside the recovery window, so a live task is never mistaken for a lost one.
-        beat_s = min(HEARTBEAT_INTERVAL_S, self.config.recovery_stale_after_seconds / 3)
-        self.heartbeats = AttemptHeartbeats(self.runs, beat_s)
-        self._publisher: Any = None
-        if self.broker_url:
-            self.coordinator = self._distributed_coordinator(self.broker_url)
-        else:
-            self.coordinator = RunCoordinator(
-                self.runs,
-                self._resolve_workflow,
-                default_task_timeout_s=self.config.task_timeout_seconds,
-                track_attempt=self.heartbeats.track,
-            )
-            self.dispatcher.serve(self.coordinator)
         self.coordinator.add_run_finished_listener(self._on_run_finished)
         self._start_services()
 
-    def _distributed_coordinator(self, broker_url: str) -> RunCoordinator:
-        from cloacina.dispatch.celery_app import create_app
-        from cloacina.dispatch.publisher import CanvasPublisher
-        from cloacina.settings import CloacinaSettings
+    # -- the deployment's parts, by the names the management APIs and tests use --------------------------------
+    @property
+    def db(self) -> Database:
+        return self.deployment.db
 
-        settings = CloacinaSettings(
-            database_url=self.db.url.sqlalchemy_url.replace("+psycopg", ""),
-            broker_url=broker_url,
-            redis_url=self.config.redis_url,
-        )
-        self._publisher = CanvasPublisher(create_app(settings), self.runs, self._resolve_workflow, settings.queue)
-        return RunCoordinator(
-            self.runs,
-            self._resolve_workflow,
-            default_task_timeout_s=self.config.task_timeout_seconds,
-            publish_run=self._publisher.publish_run,
-        )
+    @property
+    def runs(self) -> RunStore:
+        return self.deployment.runs
+
+    @property
+    def triggers(self) -> TriggerStore:
+        return self.deployment.triggers
+
+    @property
+    def packages(self) -> PackageLoader:
+        return self.deployment.packages
+
+    @property
+    def coordinator(self) -> RunCoordinator:
+        return self.deployment.coordinator
 
     # -- construction helpers (cloaca API) --------------------------------------------------------------
     @classmethod
@@ -146,15 +117,7 @@ class DefaultRunner(TriggerAPI, CronAPI):
             log.info("runner is a client of the distributed deployment; triggers and cron run in the pollers")
             return
         if self.config.enable_trigger_scheduling:
-            scheduler = TriggerScheduler(
-                self.triggers,
-                self.coordinator,
-                self._workflow,
-                poll_timeout_s=self.config.trigger_poll_timeout_seconds,
-                refresh_interval_s=self.config.trigger_base_poll_interval_ms / 1000,
-                poll_workers=self.config.trigger_poll_workers,
-                run_deadline_s=self.config.workflow_timeout_seconds,
-            )
+            scheduler = self.deployment.trigger_scheduler()
             for definition in known:
                 scheduler.add(definition)
             registry.add_trigger_listener(scheduler.add)
@@ -162,18 +125,11 @@ class DefaultRunner(TriggerAPI, CronAPI):
             self.trigger_scheduler = scheduler
             self._services.append(_ListenerRemover(scheduler))
         if self.config.enable_cron_scheduling:
-            self._cron_scheduler = start_cron_service(self)
-            self._services.append(self._cron_scheduler)
+            self.cron_scheduler = self.deployment.cron_scheduler()
+            self.cron_scheduler.start()
+            self._services.append(self.cron_scheduler)
         if self.config.enable_recovery and not self.db.url.is_memory:
-            stale_s = self.config.recovery_stale_after_seconds
-            sweeper = Sweeper(
-                RecoveryStore(self.db),
-                self.coordinator,
-                self._resume_run,
-                heartbeat_timeout_s=stale_s,
-                stale_run_s=stale_s,
-                interval_s=min(SWEEP_INTERVAL_S, stale_s / 2),
-            )
+            sweeper = self.deployment.sweeper()
             try:
                 report = sweeper.run_once()  # adopt what a previous, dead runner left unfinished
                 if report:
@@ -185,41 +141,7 @@ class DefaultRunner(TriggerAPI, CronAPI):
 
     # -- workflows --------------------------------------------------------------------------------------
     def _workflow(self, workflow: str | Workflow) -> Workflow:
-        if isinstance(workflow, Workflow):
-            self._workflows[workflow.name] = workflow
-            return workflow
-        if not isinstance(workflow, str):
-            raise TypeError(f"workflow must be a name or a Workflow, got {type(workflow).__name__}")
-        if workflow in self._workflows:
-            return self._workflows[workflow]
-        return registry.get_workflow(workflow)
-
-    def _resolve_workflow(self, name: str, version: str, package_fingerprint: str | None = None) -> Workflow:
-        if package_fingerprint is not None:
-            try:
-                return self.packages.workflow(package_fingerprint, name)
-            except PackageNotFoundError:  # not in our registry: another loader of this process may know it
-                return package_workflow(package_fingerprint, name)
-        workflow = self._workflows.get(name) or registry.get_workflow(name)
-        if workflow.version != version:
-            log.warning(
-                "workflow %r changed since the run started (run has %s, code has %s); using the code",
-                name,
-                version,
-                workflow.version,
-            )
-        return workflow
-
-    # -- embedded execution -----------------------------------------------------------------------------
-    def _resume_run(self, run_id: str) -> None:
-        """Recovery: plan the run, then hand every Ready task (not only new ones) to the thread pool."""
-        self.coordinator.advance(run_id)
-        for task_id, record in self.runs.get_tasks(run_id).items():
-            if str(record.status) == "Ready":
-                delay = 0.0
-                if record.next_attempt_at is not None:
-                    delay = max(0.0, record.next_attempt_at.timestamp() - time.time())
-                self.dispatcher.submit(run_id, task_id, delay)
+        return self.deployment.workflows.get(workflow)
 
     # -- execution API ----------------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -234,8 +156,8 @@ class DefaultRunner(TriggerAPI, CronAPI):
         deadline_s = self.config.workflow_timeout_seconds
         run_id = self.coordinator.create_run(wf, ctx.to_dict(), deadline_s=deadline_s)
         assert run_id is not None  # no dedup claim, so creation cannot be refused
-        if deadline_s and not self.broker_url:  # distributed runs are expired by the pollers' sweeper
-            self.dispatcher.call_later(deadline_s, lambda: self.coordinator.expire_run(run_id, deadline_s))
+        if deadline_s:
+            self.deployment.dispatcher.watch_deadline(run_id, deadline_s)
         return run_id
 
     def execute(
@@ -308,10 +230,7 @@ class DefaultRunner(TriggerAPI, CronAPI):
                 service.stop()
             except Exception:
                 log.exception("error stopping %s", service)
-        self.dispatcher.shutdown(wait_s)
-        self.heartbeats.stop()
-        uninstall_resolver(self.packages)
-        self.db.dispose()
+        self.deployment.close(wait_s)
 
     def __repr__(self) -> str:
         return f"DefaultRunner({self.db.url.display!r})"

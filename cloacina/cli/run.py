@@ -1,7 +1,7 @@
 """``cloacina run APP``: run an app in this process and watch its triggers fire and its runs finish.
 
 The runner's threads (trigger polls, task workers) only put raw events on a queue; the main thread turns them
-into :class:`cloacina.cli_live.Event` values, counts and prints them. Signals only set a flag, so shutdown
+into :class:`cloacina.cli.live_table.Event` values, counts and prints them. Signals only set a flag, so shutdown
 always happens on the main thread, in order: stop polling triggers, wait (up to ``--grace``) for the runs they
 started, shut the runner down, print the events that came in meanwhile, then the summary.
 """
@@ -22,17 +22,17 @@ from typing import Any
 
 import click
 
-from cloacina.app_loader import load_app
-from cloacina.cli_common import cli_errors, console, db_option, duration_ms, parse_db
-from cloacina.cli_live import Event, LiveView, LogView, Totals, View
-from cloacina.config import DefaultRunnerConfig
+from cloacina.cli.common import cli_errors, console, db_option, duration_ms, parse_db
+from cloacina.cli.live_table import Event, LiveView, LogView, Totals, View
 from cloacina.definitions import registry
+from cloacina.definitions.app_loader import load_app
 from cloacina.definitions.duration import parse_duration_ms
 from cloacina.engine.states import RunStatus
-from cloacina.runner import DefaultRunner
+from cloacina.runner.config import DefaultRunnerConfig
+from cloacina.runner.default_runner import DefaultRunner
 from cloacina.store.runs import RunEnd
 
-log = logging.getLogger("cloacina.cli")
+log = logging.getLogger("cloacina.cli.main")
 RawEvent = tuple[Any, ...]
 
 

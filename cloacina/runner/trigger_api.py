@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloacina.definitions import registry
 from cloacina.definitions.trigger import TriggerDefinition
-from cloacina.paging import check_paging
+from cloacina.runner.paging import check_paging
 
 if TYPE_CHECKING:
     from cloacina.scheduling.trigger_poller import TriggerScheduler

@@ -142,8 +142,9 @@ def _summary(body: bytes, healthy: bool) -> str:
 
 def check_worker(broker_url: str, timeout_s: float = 5.0, settings: Any | None = None) -> CheckResult:
     """Broadcast a Celery ``ping`` on ``broker_url``; healthy if at least one worker answers within ``timeout_s``."""
-    from cloacina.dispatch.celery_app import create_app
-    from cloacina.settings import CloacinaSettings
+    from cloacina.deployment.settings import CloacinaSettings
+    from cloacina.deployment.wiring import celery_options
+    from cloacina.dispatch.celery_app import ping_workers
 
     shown = redact(broker_url)
     try:
@@ -151,16 +152,14 @@ def check_worker(broker_url: str, timeout_s: float = 5.0, settings: Any | None =
             settings = settings.model_copy(update={"broker_url": broker_url})
         else:
             settings = CloacinaSettings(broker_url=broker_url, database_url=":memory:")
-        app = create_app(settings)
+        options = celery_options(settings)
     except Exception as exc:
         return False, f"{shown}: {_describe(exc)}"
-    app.conf.broker_connection_timeout = timeout_s
-    app.conf.broker_connection_max_retries = 0
     outcome: dict[str, Any] = {}
 
     def ping() -> None:
         try:
-            outcome["replies"] = app.control.ping(timeout=timeout_s)
+            outcome["names"] = ping_workers(options, timeout_s)
         except Exception as exc:
             outcome["error"] = exc
 
@@ -168,18 +167,14 @@ def check_worker(broker_url: str, timeout_s: float = 5.0, settings: Any | None =
     thread = threading.Thread(target=ping, name="cloacina-health-ping", daemon=True)
     thread.start()
     thread.join(timeout_s + 2.0)
-    try:
-        if "error" in outcome:
-            return False, f"{shown}: cannot reach the broker ({_describe(outcome['error'])})"
-        if "replies" not in outcome:
-            return False, f"{shown}: the broker did not answer within {timeout_s + 2.0:g}s"
-        names = sorted(name for reply in outcome["replies"] for name in reply)
-        if not names:
-            return False, f"{shown}: no worker answered the ping within {timeout_s:g}s"
-        return True, f"{shown}: {len(names)} worker(s) answered: {', '.join(names)}"
-    finally:
-        if not thread.is_alive():
-            app.close()
+    if "error" in outcome:
+        return False, f"{shown}: cannot reach the broker ({_describe(outcome['error'])})"
+    if "names" not in outcome:
+        return False, f"{shown}: the broker did not answer within {timeout_s + 2.0:g}s"
+    names = outcome["names"]
+    if not names:
+        return False, f"{shown}: no worker answered the ping within {timeout_s:g}s"
+    return True, f"{shown}: {len(names)} worker(s) answered: {', '.join(names)}"
 
 
 # -- putting them together -------------------------------------------------------------------------------

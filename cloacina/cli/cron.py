@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from cloacina.cli_common import console, db_option, emit_json, fmt_time, json_option, management_runner, new_table
+from cloacina.cli.common import console, db_option, emit_json, fmt_time, json_option, management_runner, new_table
 
 
 @click.group("cron")

@@ -14,11 +14,12 @@ Every detail printed is password-free.
 from __future__ import annotations
 
 import json
+from typing import cast
 
 import click
 
-from cloacina.observability.health import COMPONENTS, default_poller_url, run_health
 from cloacina.observability.logs import redact
+from cloacina.services.health import COMPONENTS, Component, default_poller_url, run_health
 
 
 @click.command("health")
@@ -41,10 +42,10 @@ from cloacina.observability.logs import redact
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def health(component: str, poller_url: str | None, timeout_s: float, db_url: str | None, as_json: bool) -> None:
     """Check the component's liveness and its connections; exit 0 if healthy, 1 if not."""
-    from cloacina.settings import CloacinaSettings
+    from cloacina.deployment.settings import CloacinaSettings
 
     try:
-        settings = CloacinaSettings(**({"database_url": db_url} if db_url else {}))
+        settings = CloacinaSettings(database_url=db_url) if db_url else CloacinaSettings()
     except Exception as exc:
         message = redact(" ".join(str(exc).split()))
         if as_json:
@@ -53,7 +54,7 @@ def health(component: str, poller_url: str | None, timeout_s: float, db_url: str
             click.echo(f"unhealthy: bad settings: {message}", err=True)
         raise click.exceptions.Exit(1) from None
     ok, report = run_health(
-        component,  # type: ignore[arg-type]
+        cast(Component, component),  # click.Choice(COMPONENTS) admits nothing else
         settings,
         poller_url=poller_url or default_poller_url(settings),
         timeout_s=timeout_s,

@@ -9,7 +9,7 @@
 
 - :class:`LiveView`: a rich ``Live`` table of the latest events under a line of totals (on a terminal).
 
-Both get events only on the main thread; scheduler threads merely enqueue them (see :mod:`cloacina.cli_run`).
+Both get events only on the main thread; scheduler threads merely enqueue them (see :mod:`cloacina.cli.run`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from cloacina.cli_common import fmt_duration_ms
+from cloacina.cli.common import fmt_duration_ms
 
 KINDS = ("fire", "dedup_skip", "poll_error", "completed", "failed")
 _STYLES = {"fire": "cyan", "dedup_skip": "yellow", "poll_error": "red", "completed": "green", "failed": "bold red"}
@@ -80,8 +80,8 @@ class Totals:
     unfinished: set[str] = field(default_factory=set)
 
     def add(self, event: Event) -> None:
-        polled = event.kind in ("fire", "dedup_skip", "poll_error") and event.trigger is not None
-        per = self.per_trigger.setdefault(event.trigger, TriggerTotals()) if polled else TriggerTotals()
+        polled = event.trigger if event.kind in ("fire", "dedup_skip", "poll_error") else None
+        per = self.per_trigger.setdefault(polled, TriggerTotals()) if polled is not None else TriggerTotals()
         if event.kind == "fire":
             self.fires += 1
             per.fires += 1

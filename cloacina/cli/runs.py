@@ -15,14 +15,13 @@ from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 
-from cloacina.cli_common import (
+from cloacina.cli.common import (
     console,
     db_option,
     duration_ms,
     emit_json,
     fmt_duration_ms,
     fmt_time,
-    iso,
     json_option,
     management_runner,
     new_table,
@@ -31,6 +30,7 @@ from cloacina.cli_common import (
 )
 from cloacina.engine.states import RunStatus
 from cloacina.store.runs import AttemptRecord, RunRecord, TaskRecord
+from cloacina.timestamps import iso
 
 RUN_STATUSES = [s.value for s in RunStatus]
 

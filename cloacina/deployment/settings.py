@@ -1,4 +1,8 @@
-"""Service settings from the environment (``CLOACINA_*``), built once and passed down.
+"""The settings of a deployment: one object, read from the environment (``CLOACINA_*``) or built from a
+``DefaultRunnerConfig`` (:meth:`cloacina.runner.config.DefaultRunnerConfig.to_settings`), and passed to the wiring
+(:mod:`cloacina.deployment.wiring`) by every process: runner, poller, worker, daemon.
+
+Naming rule: a duration carries its unit in its name (``_s``, ``_ms``); a count says what it counts.
 
 >>> s = CloacinaSettings(database_url="postgresql://db/x", broker_url="redis://localhost:6379/0")
 >>> s.effective_redis_url
@@ -22,9 +26,15 @@ from cloacina.store.urls import parse_database_url
 class CloacinaSettings(BaseSettings):
     """Configuration of the poller, worker and CLI. Every field reads ``CLOACINA_<FIELD>`` from the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="CLOACINA_", extra="ignore", validate_default=True)
+    model_config = SettingsConfigDict(
+        env_prefix="CLOACINA_", extra="ignore", validate_default=True, allow_inf_nan=False
+    )
 
     database_url: str = Field("sqlite://cloacina.db", description="Run store (PostgreSQL in production).")
+    database_schema: str | None = Field(None, description="PostgreSQL schema of the tables (one per tenant).")
+    db_pool_size: int | None = Field(
+        None, ge=1, le=200, description="Database connections per process; default: what the process's role needs."
+    )
     broker_url: str | None = Field(None, description="Celery broker URL (Redis), e.g. redis://redis:6379/0.")
     redis_url: str | None = Field(None, description="Redis for locks and leases; defaults to broker_url.")
     queue: str = Field("cloacina", description="Celery queue the workflow tasks go to.")
@@ -33,7 +43,9 @@ class CloacinaSettings(BaseSettings):
     )
 
     # tasks and recovery
+    max_concurrent_tasks: int = Field(4, ge=1, le=1024, description="Task attempts running at once (embedded).")
     task_timeout_s: float = Field(300.0, gt=0, description="Default timeout of one task attempt.")
+    workflow_timeout_s: float | None = Field(None, gt=0, description="A run still going after this fails.")
     visibility_timeout_s: int = Field(3600, gt=0, description="Redis visibility timeout; above the longest task.")
     task_heartbeat_interval_s: float = Field(5.0, gt=0, description="How often a running task's heartbeat is written.")
     task_heartbeat_timeout_s: float = Field(30.0, gt=0, description="A running task silent this long is lost.")
@@ -44,9 +56,18 @@ class CloacinaSettings(BaseSettings):
     lock_ttl_s: float = Field(60.0, gt=0, description="TTL of a dedup lock; renewed while the run is active.")
     lease_ttl_s: float = Field(10.0, gt=0, description="Poller membership lease; takeover happens within it.")
     trigger_poll_timeout_s: float = Field(30.0, gt=0, description="A poll running longer is abandoned.")
-    trigger_poll_workers: int = Field(8, ge=1, description="Threads that run trigger polls in a poller.")
+    trigger_poll_workers: int = Field(8, ge=1, le=512, description="Threads that run trigger polls.")
+    trigger_refresh_interval_s: float = Field(
+        1.0, ge=0.01, le=3600, description="How often trigger schedule rows are re-read (enabled flags)."
+    )
+
+    # cron
+    cron_poll_interval_s: float = Field(5.0, gt=0, description="How often cron schedule rows are re-read.")
+    cron_catchup_policy: Literal["skip", "run_all"] = Field("skip", description="Default for missed cron times.")
+    cron_max_catchup_executions: int = Field(100, ge=1, description="Cap on missed times run by run_all.")
 
     # observability
+    task_events: bool = Field(True, description="Celery task events (Flower's task view needs them).")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Serve /metrics and /healthz on this port.")
     log_format: Literal["text", "json"] = Field("text", description="Log line format.")
     log_level: str = Field("INFO", description="Root log level of services.")

@@ -19,27 +19,22 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from cloacina.errors import DefinitionError
-from cloacina.paging import check_paging
+from cloacina.runner.paging import check_paging
 from cloacina.scheduling import cron_math
 from cloacina.scheduling.cron import CATCHUP_POLICIES, CronScheduler
 from cloacina.store.cron import CronScheduleRecord, CronStore
-from cloacina.store.models import utcnow
+from cloacina.timestamps import iso_values, utcnow
 
 if TYPE_CHECKING:
-    from cloacina.config import DefaultRunnerConfig
     from cloacina.definitions.workflow import Workflow
-    from cloacina.execution.coordinator import RunCoordinator
-    from cloacina.store.database import Database
+    from cloacina.deployment.wiring import Deployment
+    from cloacina.runner.config import DefaultRunnerConfig
 
 log = logging.getLogger("cloacina.cron")
 
 
-def _iso_values(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in record.items()}
-
-
 def _schedule_dict(record: CronScheduleRecord) -> dict[str, Any]:
-    return _iso_values(record.to_dict())
+    return iso_values(record.to_dict())
 
 
 def _check_schedule_id(schedule_id: int) -> None:
@@ -53,25 +48,20 @@ def _check_policy(policy: str) -> None:
 
 
 class CronAPI:
-    """Mixed into DefaultRunner; uses ``self.db``, ``self.config``, ``self._workflow`` and ``self._cron_scheduler``
-    (``None`` when ``enable_cron_scheduling`` is off: schedules are then stored but fired by other processes)."""
+    """Mixed into DefaultRunner; uses its public ``deployment``, ``config`` and ``cron_scheduler`` (``None`` when
+    ``enable_cron_scheduling`` is off: schedules are then stored but fired by other processes)."""
 
-    if TYPE_CHECKING:
-        db: Database
-        config: DefaultRunnerConfig
-        coordinator: RunCoordinator
-        _cron_scheduler: CronScheduler | None
-
-        def _workflow(self, workflow: str | Workflow) -> Workflow: ...
+    deployment: Deployment
+    config: DefaultRunnerConfig
+    cron_scheduler: CronScheduler | None
 
     @property
     def _cron_store(self) -> CronStore:
-        return CronStore(self.db)
+        return self.deployment.cron
 
     def _notify_cron(self) -> None:
-        scheduler = getattr(self, "_cron_scheduler", None)
-        if scheduler is not None:
-            scheduler.notify()
+        if self.cron_scheduler is not None:
+            self.cron_scheduler.notify()
 
     def _require_schedule(self, schedule_id: int) -> CronScheduleRecord:
         _check_schedule_id(schedule_id)
@@ -95,7 +85,7 @@ class CronAPI:
         app that registers its schedules at every start does not multiply them); a ``catchup_policy`` given
         explicitly is applied to it. ``ValueError`` names an unknown workflow, a bad expression or time zone.
         """
-        name = self._workflow(workflow).name  # raises WorkflowNotFoundError (a ValueError) naming it
+        name = self.deployment.workflows.get(workflow).name  # raises WorkflowNotFoundError (a ValueError) naming it
         spec = cron_math.validate_cron(cron_expression, timezone)
         policy = catchup_policy if catchup_policy is not None else self.config.cron_catchup_policy
         _check_policy(policy)
@@ -192,7 +182,7 @@ class CronAPI:
         status (the run's status; ``None`` if the run was deleted)."""
         _check_schedule_id(schedule_id)
         check_paging(limit, 0)
-        return [_iso_values(e.to_dict()) for e in self._cron_store.execution_history(schedule_id, limit)]
+        return [iso_values(e.to_dict()) for e in self._cron_store.execution_history(schedule_id, limit)]
 
     def get_cron_execution_stats(self, since: datetime) -> dict[str, Any]:
         """Executions claimed since ``since`` (an aware datetime), over all schedules: total_executions,
@@ -202,19 +192,5 @@ class CronAPI:
             raise TypeError(f"since must be a datetime, got {type(since).__name__}")
         if since.tzinfo is None or since.utcoffset() is None:
             raise ValueError("since must be an aware datetime, e.g. datetime.now(UTC) - timedelta(days=1)")
-        return _iso_values(self._cron_store.execution_stats(since).to_dict())
+        return iso_values(self._cron_store.execution_stats(since).to_dict())
 
-
-def start_cron_service(runner: Any) -> CronScheduler:
-    """Create and start the cron scheduler of ``runner`` (a DefaultRunner); the caller keeps and stops it."""
-    config = runner.config
-    scheduler = CronScheduler(
-        CronStore(runner.db),
-        runner.coordinator,
-        runner._workflow,
-        poll_interval_s=config.cron_poll_interval_seconds,
-        max_catchup_executions=config.cron_max_catchup_executions,
-        run_deadline_s=config.workflow_timeout_seconds,
-    )
-    scheduler.start()
-    return scheduler

@@ -14,7 +14,7 @@ app's own code raised, the original exception type, message and location:
 >>> load_app("no/such/app.py")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-cloacina.app_loader.AppLoadError: app file 'no/such/app.py' not found (looked for .../no/such/app.py)
+cloacina.definitions.app_loader.AppLoadError: app file 'no/such/app.py' not found (looked for .../no/such/app.py)
 """
 
 from __future__ import annotations
