@@ -116,9 +116,10 @@ def bench_cloacina(runs: int, concurrency: int, env: dict[str, str], logs: Path,
         config = cloaca.DefaultRunnerConfig(broker_url=REDIS_URL)
         runner = cloaca.DefaultRunner(db_url, config)
         from cloacina.deployment.settings import CloacinaSettings
-        from cloacina.dispatch.celery_app import create_app
+        from cloacina.deployment.wiring import celery_options
+        from cloacina.dispatch.celery_app import publisher_app
 
-        _wait_workers(create_app(CloacinaSettings(broker_url=REDIS_URL, database_url=db_url)), 2)
+        _wait_workers(publisher_app(celery_options(CloacinaSettings(broker_url=REDIS_URL, database_url=db_url))), 2)
         for _ in range(10):
             runner.execute("bench_chain3", {}, timeout=30)
         start = time.perf_counter()

@@ -57,14 +57,14 @@ class Context:
 
     __slots__ = ("_data",)
 
-    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, data: Mapping[str, Any] | Context | None = None) -> None:
         self._data: dict[str, Any] = {}
         if data is not None:
-            if isinstance(data, Context):
-                data = data._data
-            if not isinstance(data, Mapping):
-                raise TypeError(f"Context data must be a mapping, got {type(data).__name__}")
-            for key, value in data.items():
+            # ``object``: callers without type checking (task code, the cloaca API) may pass anything.
+            source: object = data._data if isinstance(data, Context) else data
+            if not isinstance(source, Mapping):
+                raise TypeError(f"Context data must be a mapping, got {type(source).__name__}")
+            for key, value in source.items():
                 self.set(key, value)
 
     # -- cloaca API -------------------------------------------------------------------------------------

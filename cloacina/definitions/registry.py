@@ -1,8 +1,12 @@
 """Process-wide registries of workflows, loose tasks and triggers, filled by the decorators.
 
-Registration happens at import time (``with WorkflowBuilder(...)``, ``@task``, ``@trigger``), which is how the
-cloaca API works. Runners read the registries; listeners let a running scheduler pick up triggers that are
-declared after it started. Re-registering a name replaces the old entry (module reloads, package upgrades).
+Registration happens at import time (``with WorkflowBuilder(...)``, ``@task``, ``@trigger``, all in
+:mod:`cloacina.definitions.declare`), which is how the cloaca API works. Runners read the registries; listeners
+let a running scheduler pick up triggers that are declared after it started. Re-registering a name replaces the
+old entry (module reloads, package upgrades).
+
+The registry imports the definition modules, never the other way round: the builder scope knows an open builder
+only as a :class:`TaskCollector`.
 """
 
 from __future__ import annotations
@@ -10,39 +14,48 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from cloacina.definitions.naming import check_name
+from cloacina.definitions.task import TaskDefinition
+from cloacina.definitions.trigger import TriggerDefinition
+from cloacina.definitions.workflow import Workflow
 from cloacina.errors import DefinitionError, WorkflowNotFoundError
 
-if TYPE_CHECKING:
-    from cloacina.definitions.task import TaskDefinition
-    from cloacina.definitions.trigger import TriggerDefinition
-    from cloacina.definitions.workflow import Workflow, WorkflowBuilder
+
+class TaskCollector(Protocol):
+    """What an open ``WorkflowBuilder`` is to the registry: something a ``@task`` declared inside it joins."""
+
+    def add_task(self, task: TaskDefinition, /) -> object: ...
+
+
+TriggerListener = Callable[[TriggerDefinition], object]
+"""Called with every trigger registered after it was added (its return value is ignored)."""
 
 _lock = threading.RLock()
 _workflows: dict[str, Workflow] = {}
 _constructors: dict[str, Callable[[], Workflow]] = {}
 _tasks: dict[str, TaskDefinition] = {}
 _triggers: dict[str, TriggerDefinition] = {}
-_trigger_listeners: list[Callable[[TriggerDefinition], None]] = []
+_trigger_listeners: list[TriggerListener] = []
 _scope = threading.local()
 
 
 # -- builder scope (where @task registers) ---------------------------------------------------------------
-def push_builder(builder: WorkflowBuilder) -> None:
+def push_builder(builder: TaskCollector) -> None:
     stack = getattr(_scope, "stack", None)
     if stack is None:
         stack = _scope.stack = []
     stack.append(builder)
 
 
-def pop_builder(builder: WorkflowBuilder) -> None:
+def pop_builder(builder: TaskCollector) -> None:
     stack = getattr(_scope, "stack", [])
     if stack and stack[-1] is builder:
         stack.pop()
 
 
-def current_builder() -> WorkflowBuilder | None:
+def current_builder() -> TaskCollector | None:
     stack = getattr(_scope, "stack", None)
     return stack[-1] if stack else None
 
@@ -73,8 +86,6 @@ def register_workflow(workflow: Workflow) -> None:
 
 def register_workflow_constructor(name: str, constructor: Callable[[], Workflow]) -> None:
     """Register a zero-argument function that builds the workflow ``name`` when it is first needed."""
-    from cloacina.definitions.naming import check_name
-
     check_name(name, "workflow name")
     if not callable(constructor):
         raise DefinitionError(f"constructor for workflow {name!r} must be callable")
@@ -85,8 +96,6 @@ def register_workflow_constructor(name: str, constructor: Callable[[], Workflow]
 
 def get_workflow(name: str) -> Workflow:
     """The workflow registered as ``name``; ``WorkflowNotFoundError`` (a ``ValueError``) if there is none."""
-    from cloacina.definitions.workflow import Workflow
-
     with _lock:
         found = _workflows.get(name)
         constructor = _constructors.get(name)
@@ -139,12 +148,12 @@ def triggers() -> list[TriggerDefinition]:
         return list(_triggers.values())
 
 
-def add_trigger_listener(listener: Callable[[TriggerDefinition], None]) -> None:
+def add_trigger_listener(listener: TriggerListener) -> None:
     with _lock:
         _trigger_listeners.append(listener)
 
 
-def remove_trigger_listener(listener: Callable[[TriggerDefinition], None]) -> None:
+def remove_trigger_listener(listener: TriggerListener) -> None:
     with _lock:
         if listener in _trigger_listeners:
             _trigger_listeners.remove(listener)

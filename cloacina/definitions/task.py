@@ -1,17 +1,13 @@
-"""``@task``: turn a function ``f(context) -> context`` into a task definition inside a workflow.
+"""``TaskDefinition``: a function ``f(context) -> context`` with its id, dependencies, retry policy and rule.
 
-Inside ``with WorkflowBuilder(...)`` the task joins that builder; outside one it joins the global task
-registry, from where ``builder.add_task("id")`` can pick it up. The function is returned unchanged (so it stays
-callable and testable) with the definition attached as ``fn.__cloacina_task__``.
+:func:`make_task_definition` validates the options of ``@task`` (in :mod:`cloacina.definitions.declare`,
+which also registers the result) and builds the definition.
 
->>> from cloacina import WorkflowBuilder, task
->>> with WorkflowBuilder("doc_example") as builder:
-...     @task(id="hello", retry_attempts=0)
-...     def hello(context):
-...         context.set("greeting", "hi")
-...         return context
->>> builder.build().task_ids
-('hello',)
+>>> def hello(context):
+...     return context
+>>> definition = make_task_definition(hello, {"dependencies": ["extract"], "retry_attempts": 0})
+>>> definition.task_id, definition.dependencies, definition.retry.max_retries
+('hello', ('extract',), 0)
 """
 
 from __future__ import annotations
@@ -21,7 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloacina.definitions import registry
 from cloacina.definitions.naming import check_name
 from cloacina.definitions.retry import RetryPolicy
 from cloacina.definitions.rules import Rule
@@ -122,8 +117,7 @@ def make_task_definition(fn: TaskFunction, options: dict[str, Any]) -> TaskDefin
         )
     if not callable(fn):
         raise DefinitionError(f"@task decorates a function, got {type(fn).__name__}")
-    task_id = options["id"] if options.get("id") is not None else getattr(fn, "__name__", None)
-    check_name(task_id, "task id")
+    task_id = check_name(options["id"] if options.get("id") is not None else getattr(fn, "__name__", None), "task id")
     deps_in = options.get("dependencies") or ()
     if isinstance(deps_in, str) or not isinstance(deps_in, Sequence):
         raise DefinitionError(f"task {task_id!r}: dependencies must be a list, got {deps_in!r}")
@@ -154,25 +148,3 @@ def make_task_definition(fn: TaskFunction, options: dict[str, Any]) -> TaskDefin
         timeout_s=float(timeout) if timeout is not None else None,
         description=options.get("description") or inspect.getdoc(fn) or "",
     )
-
-
-def task(fn: TaskFunction | None = None, /, **options: Any) -> Any:
-    """Declare a task. Options: ``id``, ``dependencies``, ``retry_attempts``, ``retry_backoff``
-    (fixed | linear | exponential), ``retry_delay_ms``, ``retry_max_delay_ms``, ``retry_condition``
-    (never | transient | all), ``retry_jitter``, ``retry`` (a RetryPolicy), ``on_success(task_id, ctx)``,
-    ``on_failure(task_id, error, ctx)``, ``trigger_rules``, ``timeout_seconds``, ``description``.
-    """
-
-    def decorate(func: TaskFunction) -> TaskFunction:
-        definition = make_task_definition(func, options)
-        registry.add_task_to_current_scope(definition)
-        try:
-            func.__cloacina_task__ = definition  # type: ignore[attr-defined]
-            func.task_id = definition.task_id  # type: ignore[attr-defined]
-        except (AttributeError, TypeError):  # builtins or callables without a __dict__
-            pass
-        return func
-
-    if fn is not None:
-        return decorate(fn)
-    return decorate

@@ -1,4 +1,5 @@
-"""``@trigger`` and ``TriggerResult``: a poll function that tells the scheduler to skip or to fire a workflow.
+"""``TriggerResult`` and ``TriggerDefinition``: a poll function that tells the scheduler to skip or to fire a
+workflow (declared with ``@trigger``, in :mod:`cloacina.definitions.declare`).
 
 >>> import cloacina as cloaca
 >>> @cloaca.trigger(workflow="doc_wf", poll_interval="100ms")
@@ -12,17 +13,13 @@ TriggerResult.Fire(<context>)
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from cloacina.context import Context, coerce_context
-from cloacina.definitions import registry
-from cloacina.definitions.duration import parse_duration_ms
-from cloacina.definitions.naming import check_name
-from cloacina.errors import DefinitionError, TriggerPollError
+from cloacina.errors import TriggerPollError
 
 
 class TriggerResult:
@@ -97,43 +94,3 @@ class TriggerDefinition:
     @property
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.function)
-
-
-def trigger(
-    workflow: str | None = None,
-    name: str | None = None,
-    poll_interval: str = "5s",
-    allow_concurrent: bool = False,
-) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
-    """Register the decorated function as a trigger polled every ``poll_interval`` ("100ms", "5s", "1m", "1h").
-
-    ``workflow`` names the workflow to fire; it may be omitted only in a package whose manifest binds it.
-    With ``allow_concurrent=False`` a fire is skipped while a run fired with the same context is active.
-    The function is returned unchanged, so it can still be called directly.
-    """
-    interval_ms = parse_duration_ms(poll_interval, what="poll_interval")
-    if workflow is not None:
-        check_name(workflow, "workflow name")
-    if name is not None:
-        check_name(name, "trigger name")
-    if not isinstance(allow_concurrent, bool):
-        raise DefinitionError(f"allow_concurrent must be True or False, got {allow_concurrent!r}")
-
-    def decorate(fn: Callable[[], Any]) -> Callable[[], Any]:
-        if not callable(fn):
-            raise DefinitionError(f"@trigger decorates a function, got {type(fn).__name__}")
-        trigger_name = check_name(name or getattr(fn, "__name__", None), "trigger name")
-        definition = TriggerDefinition(
-            name=trigger_name,
-            function=fn,
-            workflow=workflow,
-            poll_interval_ms=interval_ms,
-            allow_concurrent=allow_concurrent,
-            poll_interval=poll_interval,
-        )
-        registry.register_trigger(definition)
-        with contextlib.suppress(AttributeError, TypeError):  # builtins have no __dict__
-            fn.__cloacina_trigger__ = definition  # type: ignore[attr-defined]
-        return fn
-
-    return decorate

@@ -1,4 +1,5 @@
-"""``WorkflowBuilder`` and ``Workflow``: a named DAG of tasks, validated once when the builder closes.
+"""``Workflow``: a named DAG of tasks, validated once by :func:`build_workflow` (``WorkflowBuilder``, in
+:mod:`cloacina.definitions.declare`, calls it when its ``with`` block closes).
 
 Validation rejects, with a ``ValueError`` naming the culprit: an empty workflow, a duplicate task id, a
 dependency on an unknown task, a cycle (the message shows it), and a trigger rule that reads a task which is
@@ -22,14 +23,11 @@ not upstream of the rule's task (its status could not be known when the rule is 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType, TracebackType
-from typing import Any
+from types import MappingProxyType
 
 from cloacina.context import canonical_json
-from cloacina.definitions import registry
-from cloacina.definitions.naming import check_name
 from cloacina.definitions.task import TaskDefinition
 from cloacina.errors import DefinitionError
 
@@ -171,60 +169,3 @@ def build_workflow(
                 )
     object.__setattr__(wf, "version", _content_version(name, wf.tasks))
     return wf
-
-
-class WorkflowBuilder:
-    """Collects tasks into a workflow; as a context manager it validates and registers it on exit.
-
-    ``@task`` functions defined inside the ``with`` block join this builder automatically.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.name = check_name(name, "workflow name")
-        self._description = ""
-        self._tags: dict[str, str] = {}
-        self._tasks: dict[str, TaskDefinition] = {}
-
-    def description(self, text: str) -> WorkflowBuilder:
-        if not isinstance(text, str):
-            raise DefinitionError(f"workflow {self.name!r}: description must be a string")
-        self._description = text
-        return self
-
-    def tag(self, key: str, value: str) -> WorkflowBuilder:
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise DefinitionError(f"workflow {self.name!r}: tag key and value must be strings")
-        self._tags[key] = value
-        return self
-
-    def add_task(self, task: str | TaskDefinition | Callable[..., Any]) -> WorkflowBuilder:
-        """Add a task by definition, by decorated function, or by the id of a task registered globally."""
-        if isinstance(task, TaskDefinition):
-            definition = task
-        elif isinstance(task, str):
-            definition = registry.get_task(task)
-        else:
-            definition = getattr(task, "__cloacina_task__", None)
-            if not isinstance(definition, TaskDefinition):
-                raise DefinitionError(f"workflow {self.name!r}: add_task() takes a task id or a @task function")
-        if definition.task_id in self._tasks:
-            raise DefinitionError(
-                f"workflow {self.name!r}: duplicate task id {definition.task_id!r}",
-                subject=definition.task_id,
-            )
-        self._tasks[definition.task_id] = definition
-        return self
-
-    def build(self) -> Workflow:
-        return build_workflow(self.name, self._tasks, self._description, self._tags)
-
-    def __enter__(self) -> WorkflowBuilder:
-        registry.push_builder(self)
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        registry.pop_builder(self)
-        if exc_type is None:
-            registry.register_workflow(self.build())

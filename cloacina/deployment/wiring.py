@@ -63,6 +63,10 @@ def celery_options(settings: CloacinaSettings) -> CeleryOptions:
     )
 
 
+def _always() -> bool:
+    return True
+
+
 class Deployment:
     """The objects of one process, built from ``settings`` for ``role``.
 
@@ -75,10 +79,10 @@ class Deployment:
         self.settings = settings
         self.role = role
         self.owner = owner
-        pool_size = settings.db_pool_size or DEFAULT_POOL_SIZE[role]
-        if role == "poller":
-            pool_size = max(pool_size, settings.trigger_poll_workers)
-        self.db = Database(settings.database_url, schema=settings.database_schema, pool_size=pool_size)
+        self.pool_size = settings.db_pool_size or DEFAULT_POOL_SIZE[role]
+        if role == "poller":  # every poll thread may record its statistics at once
+            self.pool_size = max(self.pool_size, settings.trigger_poll_workers)
+        self.db = Database(settings.database_url, schema=settings.database_schema, pool_size=self.pool_size)
         self.runs = RunStore(self.db)
         self.triggers = TriggerStore(self.db)
         self.cron = CronStore(self.db)
@@ -181,7 +185,7 @@ class Deployment:
             heartbeat_timeout_s=s.task_heartbeat_timeout_s,
             stale_run_s=s.stale_run_s,
             interval_s=min(s.sweep_interval_s, s.stale_run_s / 2),
-            **({"may_sweep": may_sweep} if may_sweep is not None else {}),
+            may_sweep=may_sweep if may_sweep is not None else _always,
         )
 
     # -- end --------------------------------------------------------------------------------------------------

@@ -97,7 +97,7 @@ class PerProcess:
         return value
 
 
-class NodeTask(Task):  # type: ignore[misc]  # celery-types declares Task generic; we subclass it plainly
+class NodeTask(Task[Any, None]):
     """Base class of the canvas-node task. Each app registers a subclass of its own that carries its runner."""
 
     node_runner: ClassVar[PerProcess | None] = None
@@ -167,7 +167,7 @@ def ping_workers(options: CeleryOptions, timeout_s: float) -> list[str]:
     app.conf.broker_connection_timeout = timeout_s
     app.conf.broker_connection_max_retries = 0
     try:
-        replies = app.control.ping(timeout=timeout_s)
+        replies = app.control.ping(timeout=timeout_s) or []
         return sorted(name for reply in replies for name in reply)
     finally:
         app.close()

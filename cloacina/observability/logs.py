@@ -149,19 +149,13 @@ class ServiceLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().emit(record)
 
 
-def _is_replaced(handler: logging.Handler) -> bool:
-    """Our handler, or the CLI's stderr handler (``cloacina -v``), which a service's logging supersedes."""
-    cls = type(handler)
-    return isinstance(handler, ServiceLogHandler) or (
-        cls.__name__ == "_StderrHandler" and cls.__module__ == "cloacina.cli_common"
-    )
-
-
 def configure_logging(fmt: str = "text", level: str | int = "INFO", *, stream: IO[str] | None = None) -> None:
     """Install one root handler printing ``fmt`` ("text" or "json") at ``level``; safe to call again.
 
-    A second call replaces the handler of the first (and the CLI's own stderr handler), so records are never
-    printed twice; other handlers (pytest's capture, a user's) are left alone.
+    This is the one place that installs cloacina's log handler: services call it with their settings, and the
+    command line (``cloacina -v``) through :func:`cloacina.cli.common.configure_logging`. A second call replaces
+    the handler of the first, so records are never printed twice; other handlers (pytest's capture, a user's) are
+    left alone.
 
     Typical service start-up::
 
@@ -177,9 +171,9 @@ def configure_logging(fmt: str = "text", level: str | int = "INFO", *, stream: I
         level = resolved
     root = logging.getLogger()
     for handler in list(root.handlers):
-        if _is_replaced(handler):
+        if isinstance(handler, ServiceLogHandler):
             root.removeHandler(handler)
-            if isinstance(handler, ServiceLogHandler) and not handler._follow_stderr:
+            if not handler._follow_stderr:
                 handler.flush()
     handler = ServiceLogHandler(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())

@@ -42,7 +42,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.multiprocess import mark_process_dead as _mark_process_dead
+from prometheus_client.multiprocess import mark_process_dead as _untyped_mark_process_dead
+
+# prometheus_client ships type information but leaves these three unannotated; their signatures, stated once.
+_get_value_class: Callable[[], Any] = values.get_value_class
+_multiprocess_collector: Callable[[CollectorRegistry, str], MultiProcessCollector] = MultiProcessCollector
+_mark_process_dead: Callable[[int, str], None] = _untyped_mark_process_dead
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 FIRE_TO_START_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -189,7 +194,7 @@ def enable_multiprocess(path: str | None = None) -> str:
     os.environ[MULTIPROC_ENV] = path
     # prometheus_client picks its value class when it is imported; choose again now that the variable is set
     # (the library reads ``values.ValueClass`` at every metric's creation for exactly this).
-    values.ValueClass = values.get_value_class()
+    values.ValueClass = _get_value_class()
     return path
 
 
@@ -209,7 +214,7 @@ def multiprocess_registry(fallback: CollectorRegistry | None = None) -> Collecto
             return fallback
         raise RuntimeError(f"{MULTIPROC_ENV} is not set: call enable_multiprocess() before the worker forks")
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=path)
+    _multiprocess_collector(registry, path)
     return registry
 
 

@@ -157,7 +157,7 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
-def _tail(data: bytes) -> str:
+def _tail(data: bytes | bytearray) -> str:
     text = data.decode("utf-8", errors="replace").strip()
     return text[-_STDERR_TAIL_BYTES:] if text else "(no output on stderr)"
 

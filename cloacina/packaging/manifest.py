@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cloacina.definitions.duration import parse_duration_ms
 from cloacina.definitions.naming import check_name
 
-FORMAT_VERSION = 1
+FORMAT_VERSION: Final = 1
 MANIFEST_NAME = "manifest.json"
 
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_!\-]{0,99}$")

@@ -193,4 +193,3 @@ class CronAPI:
         if since.tzinfo is None or since.utcoffset() is None:
             raise ValueError("since must be an aware datetime, e.g. datetime.now(UTC) - timedelta(days=1)")
         return iso_values(self._cron_store.execution_stats(since).to_dict())
-

@@ -25,6 +25,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from cloacina.backoff import Backoff
 from cloacina.context import Context, coerce_context
 from cloacina.definitions import registry
 from cloacina.definitions.workflow import Workflow
@@ -42,6 +43,7 @@ from cloacina.store.runs import RunEnd, RunStore
 from cloacina.store.triggers import TriggerStore
 
 log = logging.getLogger("cloacina.runner")
+WAIT_POLL_BACKOFF = Backoff(initial_s=0.002, max_s=0.25)  # wait_for_run's polls of a run finished elsewhere
 
 
 class DefaultRunner(TriggerAPI, CronAPI):
@@ -188,9 +190,8 @@ class DefaultRunner(TriggerAPI, CronAPI):
         deadline = None if timeout is None else time.monotonic() + timeout
         # Runs finished in this process set the event at once; runs finished elsewhere (Celery workers, another
         # runner on the same database) are noticed by polling, quickly at first, then every 0.25 s.
-        poll_s = 0.002
         try:
-            while True:
+            for poll_s in WAIT_POLL_BACKOFF.delays():
                 run = self.runs.get_run(run_id)
                 if run is None:
                     raise KeyError(f"unknown run {run_id!r}")
@@ -200,7 +201,7 @@ class DefaultRunner(TriggerAPI, CronAPI):
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"run {run_id} is still {run.status} after {timeout}s")
                 event.wait(poll_s if remaining is None else min(remaining, poll_s))
-                poll_s = min(0.25, poll_s * 2)
+            raise AssertionError("unreachable: the backoff never ends")
         finally:
             with self._waiters_lock:
                 self._waiters.pop(run_id, None)

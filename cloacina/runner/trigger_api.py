@@ -16,16 +16,17 @@ from cloacina.definitions.trigger import TriggerDefinition
 from cloacina.runner.paging import check_paging
 
 if TYPE_CHECKING:
+    from cloacina.deployment.wiring import Deployment
     from cloacina.scheduling.trigger_poller import TriggerScheduler
-    from cloacina.store.triggers import TriggerStore
 
 log = logging.getLogger("cloacina.trigger")
 
 
 class TriggerAPI:
-    """Mixed into DefaultRunner; needs ``self.triggers`` (TriggerStore) and ``self.trigger_scheduler``."""
+    """Mixed into DefaultRunner; uses its public ``deployment`` and ``trigger_scheduler`` (``None`` when trigger
+    scheduling is off or runs in the pollers)."""
 
-    triggers: TriggerStore
+    deployment: Deployment
     trigger_scheduler: TriggerScheduler | None
 
     def list_trigger_schedules(
@@ -35,12 +36,12 @@ class TriggerAPI:
         enabled, last_poll_at, next_poll_at, last_fire_at, poll/fire/skip/dedup_skip/error counts, last_error."""
         check_paging(limit, offset)
         self._flush_trigger_stats()
-        return self.triggers.list_schedules(enabled_only=enabled_only, limit=limit, offset=offset)
+        return self.deployment.triggers.list_schedules(enabled_only=enabled_only, limit=limit, offset=offset)
 
     def get_trigger_schedule(self, name: str) -> dict[str, Any] | None:
         """The schedule of trigger ``name``, or ``None`` if there is none."""
         self._flush_trigger_stats()
-        return self.triggers.get_schedule(name)
+        return self.deployment.triggers.get_schedule(name)
 
     def _flush_trigger_stats(self) -> None:
         if self.trigger_scheduler is not None:
@@ -50,8 +51,8 @@ class TriggerAPI:
         """Enable or disable polling of ``name``; survives restarts. ``ValueError`` if the trigger is unknown."""
         if not isinstance(enabled, bool):
             raise TypeError(f"enabled must be True or False, got {enabled!r}")
-        if not self.triggers.set_enabled(name, enabled):
-            known = ", ".join(s["trigger_name"] for s in self.triggers.list_schedules(limit=50)) or "none"
+        if not self.deployment.triggers.set_enabled(name, enabled):
+            known = ", ".join(s["trigger_name"] for s in self.deployment.triggers.list_schedules(limit=50)) or "none"
             raise ValueError(f"unknown trigger {name!r}; known triggers: {known}")
         if self.trigger_scheduler is not None:
             self.trigger_scheduler.set_enabled(name, enabled)
@@ -59,7 +60,7 @@ class TriggerAPI:
     def get_trigger_execution_history(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
         """Runs fired by ``name``, newest first: run_id, status, context_hash, started_at, completed_at."""
         check_paging(limit, 0)
-        return self.triggers.execution_history(name, limit=limit)
+        return self.deployment.triggers.execution_history(name, limit=limit)
 
     def _register_known_triggers(self) -> list[TriggerDefinition]:
         """Write a schedule row for every trigger declared so far (without polling them)."""
@@ -67,7 +68,7 @@ class TriggerAPI:
         for unbound in (d for d in registry.triggers() if d.workflow is None):
             log.error("trigger %r names no workflow; add workflow=... or bind it in a package manifest", unbound.name)
         for definition in found:
-            self.triggers.upsert_schedule(
+            self.deployment.triggers.upsert_schedule(
                 definition.name, definition.workflow or "", definition.poll_interval_ms, definition.allow_concurrent
             )
         return found

@@ -25,8 +25,9 @@ from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from cloacina.engine.states import RunStatus
-from cloacina.store.database import Database
-from cloacina.store.models import CronExecution, CronSchedule, WorkflowRun, utcnow
+from cloacina.store.database import Database, rowcount
+from cloacina.store.models import CronExecution, CronSchedule, WorkflowRun
+from cloacina.timestamps import utcnow
 
 _UNSET: Any = object()
 
@@ -222,7 +223,7 @@ class CronStore:
             values["next_run_at"] = next_run_at
         with self.db.session() as s:
             res = s.execute(update(CronSchedule).where(CronSchedule.id == schedule_id).values(**values))
-            if res.rowcount != 1:
+            if rowcount(res) != 1:
                 return None
             row = s.get(CronSchedule, schedule_id, populate_existing=True)
             assert row is not None
@@ -235,14 +236,14 @@ class CronStore:
             values["next_run_at"] = next_run_at
         with self.db.session() as s:
             res = s.execute(update(CronSchedule).where(CronSchedule.id == schedule_id).values(**values))
-            return res.rowcount == 1
+            return rowcount(res) == 1
 
     def delete_schedule(self, schedule_id: int) -> bool:
         """Delete a schedule and (by cascade) its execution history; its runs are kept."""
         with self.db.session() as s:
             s.execute(delete(CronExecution).where(CronExecution.schedule_id == schedule_id))
             res = s.execute(delete(CronSchedule).where(CronSchedule.id == schedule_id))
-            return res.rowcount == 1
+            return rowcount(res) == 1
 
     def advance_schedule(
         self,
@@ -267,7 +268,7 @@ class CronStore:
         )
         with self.db.session() as s:
             res = s.execute(update(CronSchedule).where(CronSchedule.id == schedule_id, guard).values(**values))
-            return res.rowcount == 1
+            return rowcount(res) == 1
 
     # -- executions -------------------------------------------------------------------------------------
     def execution_history(self, schedule_id: int, limit: int = 100) -> list[CronExecutionRecord]:

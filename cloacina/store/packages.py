@@ -9,7 +9,7 @@ schedule the package's triggers; inactive versions stay so that runs started on 
 Only archives that passed :func:`~cloacina.packaging.verify.verify_archive` belong here; readers re-validate
 the bytes anyway before importing them.
 
->>> from cloacina.store.database import Database
+>>> from cloacina.store.database import Database, rowcount
 >>> db = Database(":memory:")
 >>> db.upgrade()
 >>> store = PackageStore(db)
@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from cloacina.store.database import Database
+from cloacina.store.database import Database, rowcount
 from cloacina.store.models import Package
 from cloacina.timestamps import iso, utcnow
 
@@ -148,7 +148,7 @@ class PackageStore:
                 .where(Package.fingerprint == fingerprint)
                 .values(active=bool(active), updated_at=utcnow())
             )
-            return result.rowcount == 1
+            return rowcount(result) == 1
 
     def deactivate_others(self, name: str, keep: str) -> builtins.list[str]:
         """Mark every active version of package ``name`` except fingerprint ``keep`` inactive; their fingerprints."""

@@ -12,7 +12,7 @@ from datetime import datetime
 from sqlalchemy import and_, exists, func, select, update
 
 from cloacina.engine.states import RunStatus, TaskStatus
-from cloacina.store.database import Database
+from cloacina.store.database import Database, rowcount
 from cloacina.store.models import TaskAttempt, TaskRun, WorkflowRun
 
 _ACTIVE = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
@@ -83,7 +83,7 @@ class RecoveryStore:
                 )
                 .values(**values)
             )
-            if res.rowcount != 1:
+            if rowcount(res) != 1:
                 return None
             s.execute(
                 update(TaskAttempt)
@@ -130,7 +130,7 @@ class RecoveryStore:
                 )
                 .values(heartbeat_at=now)
             )
-            return res.rowcount == 1
+            return rowcount(res) == 1
 
     def expired_runs(self, now: datetime, limit: int = 200) -> list[tuple[str, float]]:
         """Active runs past their deadline, with the timeout they had (seconds)."""
@@ -140,4 +140,8 @@ class RecoveryStore:
                 .where(WorkflowRun.status.in_(_ACTIVE), WorkflowRun.deadline_at < now)
                 .limit(limit)
             ).all()
-            return [(r[0], (r[2] - r[1]).total_seconds()) for r in rows]
+            return [
+                (run_id, (deadline - created).total_seconds())
+                for run_id, created, deadline in rows
+                if deadline is not None  # never NULL past the WHERE; this tells the type checker
+            ]

@@ -3,20 +3,20 @@
 Building a SQLAlchemy statement costs more than executing a cached one; these are built once, with bound
 parameters (named ``b_*`` where SQLAlchemy reserves the column's own name), and executed on a plain
 Connection. Semantics are documented where they are used, in
-:mod:`cloacina.store.runs`.
+:mod:`cloacina.store.runs` and :mod:`cloacina.store.run_planning`.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, func, insert, or_, select, update
+from sqlalchemy import BindParameter, bindparam, func, insert, or_, select, update
 
 from cloacina.engine.states import RunStatus, TaskStatus
 from cloacina.store.models import TaskAttempt, TaskRun, TriggerExecution, UTCDateTime, WorkflowRun
 
 ACTIVE_RUN = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
 _NOW = bindparam("now", type_=UTCDateTime())
-_RUN = bindparam("b_run")
-_TASK = bindparam("b_task")
+_RUN: BindParameter[str] = bindparam("b_run")
+_TASK: BindParameter[str] = bindparam("b_task")
 
 RUN_FOR_START = select(
     WorkflowRun.status,

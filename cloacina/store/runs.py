@@ -8,7 +8,10 @@ other:
 - Planning what comes next happens in the same transaction as the task outcome that caused it, under a lock
   on the run's row (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite is serialised per process and locked per
   database). Two tasks of a fan-in finishing together therefore plan one after the other, and the second
-  always sees the first: the fan-in task is scheduled exactly once.
+  always sees the first: the fan-in task is scheduled exactly once (:mod:`cloacina.store.run_planning`).
+
+The records these methods take and return live in :mod:`cloacina.store.run_records` and are re-exported here;
+the read-only queries are in :mod:`cloacina.store.run_queries`.
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from sqlalchemy.exc import IntegrityError
 
 from cloacina.context import canonical_json
 from cloacina.definitions.workflow import Workflow
-from cloacina.engine.planner import Decision, TaskView, final_context, plan, run_outcome
+from cloacina.engine.planner import Decision
 from cloacina.engine.states import RunStatus, SkipReason, TaskStatus
 from cloacina.store import run_statements as sql
 from cloacina.store.database import Database
-from cloacina.store.models import CronExecution, TaskRun, TriggerExecution, WorkflowRun, utcnow
+from cloacina.store.models import CronExecution, TaskRun, TriggerExecution, WorkflowRun
+from cloacina.store.run_planning import end_run_locked, plan_locked
 from cloacina.store.run_queries import RunQueries
 from cloacina.store.run_records import (
     AttemptRecord,
@@ -41,6 +45,7 @@ from cloacina.store.run_records import (
     TriggerClaim,
     loads,
 )
+from cloacina.timestamps import utcnow
 
 __all__ = [
     "AttemptRecord",
@@ -53,12 +58,6 @@ __all__ = [
     "Transition",
     "TriggerClaim",
 ]
-
-
-def failed_tasks_message(views: Mapping[str, Any]) -> str | None:
-    """``task failed: a: ValueError: ...; b: ...`` for the run's error message, from (status, error) pairs."""
-    failed = [f"{tid}: {err}" for tid, (status, err) in views.items() if status == TaskStatus.FAILED]
-    return ("task failed: " + "; ".join(failed)) if failed else None
 
 
 class RunStore(RunQueries):
@@ -146,67 +145,7 @@ class RunStore(RunQueries):
             raise
         return run_id
 
-    # -- the planning step (run row locked) -----------------------------------------------------------------
-    def _plan_locked(
-        self, c: Connection, run_id: str, run_input: str, workflow: Workflow, now: datetime, end_run: bool = True
-    ) -> Transition:
-        """Plan and apply what can happen next; end the run if everything is terminal and ``end_run``.
-        The caller holds the run's lock (see ``LOCK_RUN``)."""
-        rows = c.execute(sql.TASKS_FOR_PLAN, {"b_run": run_id}).all()
-        views = {r.task_id: TaskView(TaskStatus(r.status), loads(r.output_context), r.skip_reason) for r in rows}
-        ready: list[str] = []
-        for d in plan(workflow, loads(run_input) or {}, views):
-            if d.task_id not in views:
-                continue
-            params = {"b_run": run_id, "b_task": d.task_id, "input": canonical_json(d.input_context), "now": now}
-            if d.action == "run":
-                applied = c.execute(sql.DECIDE_READY, params).rowcount == 1
-            else:
-                applied = c.execute(sql.DECIDE_SKIP, {**params, "reason": d.skip_reason}).rowcount == 1
-            if not applied:
-                continue
-            if d.action == "run":
-                ready.append(d.task_id)
-                views[d.task_id] = TaskView(TaskStatus.READY)
-            else:
-                views[d.task_id] = TaskView(TaskStatus.SKIPPED, d.input_context, d.skip_reason)
-        outcome = run_outcome(views)
-        if outcome is None:
-            return Transition(True, tuple(ready))
-        if not end_run:
-            return Transition(True, tuple(ready), all_done=True)
-        errors = {r.task_id: (TaskStatus(r.status), r.error_message) for r in rows}
-        message = failed_tasks_message(errors) if outcome == RunStatus.FAILED else None
-        ended = self._end_run_locked(c, run_id, outcome, final_context(workflow, views), message, now)
-        return Transition(True, tuple(ready), ended)
-
-    @staticmethod
-    def _end_run_locked(
-        c: Connection,
-        run_id: str,
-        status: RunStatus,
-        final: Mapping[str, Any] | None,
-        message: str | None,
-        now: datetime,
-        *,
-        fail_running: bool = False,
-    ) -> RunEnd:
-        final_json = canonical_json(dict(final)) if final is not None else None
-        c.execute(
-            sql.END_RUN,
-            {"b_run": run_id, "new_status": status.value, "error": message, "final": final_json, "now": now},
-        )
-        execution = c.execute(sql.FREE_DEDUP_KEY, {"b_run": run_id, "now": now}).first()
-        c.execute(sql.SKIP_UNSTARTED, {"b_run": run_id, "now": now})
-        if fail_running:  # only a run ended from outside (timeout) has tasks still running; their late results lose
-            c.execute(
-                sql.FAIL_RUNNING,
-                {"b_run": run_id, "now": now, "error": f"run ended ({message}) while the task was running"},
-            )
-        if execution is None:
-            return RunEnd(run_id, status)
-        return RunEnd(run_id, status, execution.trigger_name, execution.context_hash, execution.lock_token)
-
+    # -- the planning step (run row locked; see run_planning) -------------------------------------------
     def _step(
         self,
         run_id: str,
@@ -222,7 +161,7 @@ class RunStore(RunQueries):
                 return Transition(False)
             if workflow is None:
                 return Transition(True)
-            return self._plan_locked(c, run_id, locked.input_context, workflow, now, end_run)
+            return plan_locked(c, run_id, locked.input_context, workflow, now, end_run)
 
     def advance(self, run_id: str, workflow: Workflow) -> Transition:
         """Plan the run (after creation, after a task's callbacks, by recovery): newly Ready tasks, skips, and the
@@ -412,4 +351,4 @@ class RunStore(RunQueries):
         with self.db.connection() as c:
             if c.execute(sql.LOCK_RUN, {"b_run": run_id, "now": now}).one_or_none() is None:
                 return None
-            return self._end_run_locked(c, run_id, status, final_context, error_message, now, fail_running=True)
+            return end_run_locked(c, run_id, status, final_context, error_message, now, fail_running=True)

@@ -15,13 +15,9 @@ from typing import Any
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from cloacina.store.database import Database
-from cloacina.store.models import TriggerExecution, TriggerSchedule, WorkflowRun, utcnow
-
-
-def iso(value: datetime | None) -> str | None:
-    """ISO-8601 text of an aware timestamp (the form the management API returns)."""
-    return value.isoformat() if value is not None else None
+from cloacina.store.database import Database, rowcount
+from cloacina.store.models import TriggerExecution, TriggerSchedule, WorkflowRun
+from cloacina.timestamps import iso, utcnow
 
 
 @dataclass
@@ -182,7 +178,7 @@ class TriggerStore:
                 .where(TriggerSchedule.trigger_name == trigger_name)
                 .values(enabled=bool(enabled), updated_at=utcnow())
             )
-            return res.rowcount == 1
+            return rowcount(res) == 1
 
     def flush_poll_stats(self, stats: Mapping[str, PollStats]) -> None:
         """Add accumulated counters to their schedule rows: one prepared UPDATE executed for all of them, in one

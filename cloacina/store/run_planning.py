@@ -1,0 +1,95 @@
+"""The planning step of a run: what can happen next, applied in the transaction that changed one of its tasks.
+
+:class:`cloacina.store.runs.RunStore` calls these with the run's row locked (``LOCK_RUN``), so two tasks of a
+fan-in finishing together plan one after the other and the second always sees the first. The planner itself
+(:mod:`cloacina.engine.planner`) is pure; here its decisions become guarded updates, of which only those that
+still find the task ``NotStarted`` apply.
+
+>>> from cloacina.engine.states import TaskStatus
+>>> failed_tasks_message({"a": (TaskStatus.FAILED, "ValueError: bad"), "b": (TaskStatus.COMPLETED, None)})
+'task failed: a: ValueError: bad'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from cloacina.context import canonical_json
+from cloacina.definitions.workflow import Workflow
+from cloacina.engine.planner import TaskView, final_context, plan, run_outcome
+from cloacina.engine.states import RunStatus, TaskStatus
+from cloacina.store import run_statements as sql
+from cloacina.store.run_records import RunEnd, Transition, loads
+
+
+def failed_tasks_message(views: Mapping[str, Any]) -> str | None:
+    """``task failed: a: ValueError: ...; b: ...`` for the run's error message, from (status, error) pairs."""
+    failed = [f"{tid}: {err}" for tid, (status, err) in views.items() if status == TaskStatus.FAILED]
+    return ("task failed: " + "; ".join(failed)) if failed else None
+
+
+def plan_locked(
+    c: Connection, run_id: str, run_input: str, workflow: Workflow, now: datetime, end_run: bool = True
+) -> Transition:
+    """Plan and apply what can happen next; end the run if everything is terminal and ``end_run``.
+    The caller holds the run's lock (see ``LOCK_RUN``)."""
+    rows = c.execute(sql.TASKS_FOR_PLAN, {"b_run": run_id}).all()
+    views = {r.task_id: TaskView(TaskStatus(r.status), loads(r.output_context), r.skip_reason) for r in rows}
+    ready: list[str] = []
+    for d in plan(workflow, loads(run_input) or {}, views):
+        if d.task_id not in views:
+            continue
+        params = {"b_run": run_id, "b_task": d.task_id, "input": canonical_json(d.input_context), "now": now}
+        if d.action == "run":
+            applied = c.execute(sql.DECIDE_READY, params).rowcount == 1
+        else:
+            applied = c.execute(sql.DECIDE_SKIP, {**params, "reason": d.skip_reason}).rowcount == 1
+        if not applied:
+            continue
+        if d.action == "run":
+            ready.append(d.task_id)
+            views[d.task_id] = TaskView(TaskStatus.READY)
+        else:
+            views[d.task_id] = TaskView(TaskStatus.SKIPPED, d.input_context, d.skip_reason)
+    outcome = run_outcome(views)
+    if outcome is None:
+        return Transition(True, tuple(ready))
+    if not end_run:
+        return Transition(True, tuple(ready), all_done=True)
+    errors = {r.task_id: (TaskStatus(r.status), r.error_message) for r in rows}
+    message = failed_tasks_message(errors) if outcome == RunStatus.FAILED else None
+    ended = end_run_locked(c, run_id, outcome, final_context(workflow, views), message, now)
+    return Transition(True, tuple(ready), ended)
+
+
+def end_run_locked(
+    c: Connection,
+    run_id: str,
+    status: RunStatus,
+    final: Mapping[str, Any] | None,
+    message: str | None,
+    now: datetime,
+    *,
+    fail_running: bool = False,
+) -> RunEnd:
+    """End the run (its row locked by the caller): free its dedup key, skip what never started and, with
+    ``fail_running``, fail what is still running."""
+    final_json = canonical_json(dict(final)) if final is not None else None
+    c.execute(
+        sql.END_RUN,
+        {"b_run": run_id, "new_status": status.value, "error": message, "final": final_json, "now": now},
+    )
+    execution = c.execute(sql.FREE_DEDUP_KEY, {"b_run": run_id, "now": now}).first()
+    c.execute(sql.SKIP_UNSTARTED, {"b_run": run_id, "now": now})
+    if fail_running:  # only a run ended from outside (timeout) has tasks still running; their late results lose
+        c.execute(
+            sql.FAIL_RUNNING,
+            {"b_run": run_id, "now": now, "error": f"run ended ({message}) while the task was running"},
+        )
+    if execution is None:
+        return RunEnd(run_id, status)
+    return RunEnd(run_id, status, execution.trigger_name, execution.context_hash, execution.lock_token)
