@@ -46,6 +46,9 @@ class CloacinaSettings(BaseSettings):
     max_concurrent_tasks: int = Field(4, ge=1, le=1024, description="Task attempts running at once (embedded).")
     task_timeout_s: float = Field(300.0, gt=0, description="Default timeout of one task attempt.")
     workflow_timeout_s: float | None = Field(None, gt=0, description="A run still going after this fails.")
+    fuse_stretches: bool = Field(
+        True, description="Run each sequential stretch of a DAG as one Celery message (one node per stretch)."
+    )
     visibility_timeout_s: int = Field(3600, gt=0, description="Redis visibility timeout; above the longest task.")
     task_heartbeat_interval_s: float = Field(5.0, gt=0, description="How often a running task's heartbeat is written.")
     task_heartbeat_timeout_s: float = Field(30.0, gt=0, description="A running task silent this long is lost.")

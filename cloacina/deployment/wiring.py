@@ -26,6 +26,7 @@ from cloacina.deployment.settings import CloacinaSettings
 from cloacina.deployment.workflows import WorkflowCatalog
 from cloacina.dispatch.celery_app import CeleryOptions, publisher_app
 from cloacina.dispatch.celery_dispatcher import CeleryDispatcher
+from cloacina.dispatch.run_notices import RunEndNotices
 from cloacina.dispatch.threads import ThreadDispatcher
 from cloacina.errors import StoreError
 from cloacina.execution.coordinator import RunCoordinator
@@ -123,7 +124,9 @@ class Deployment:
         if self.role == "worker" or self.role == "tool":
             return PlanOnly()  # workers run the nodes Celery delivers; tools execute nothing
         if self.distributed:
-            return CeleryDispatcher(publisher_app(self.celery_options), self.settings.queue)
+            return CeleryDispatcher(
+                publisher_app(self.celery_options), self.settings.queue, fuse=self.settings.fuse_stretches
+            )
         return ThreadDispatcher(self.settings.max_concurrent_tasks)
 
     @cached_property
@@ -150,6 +153,11 @@ class Deployment:
         if not redis_url:
             raise ValueError("no Redis configured: set CLOACINA_BROKER_URL (or CLOACINA_REDIS_URL)")
         return TokenLocks.from_url(redis_url, self.settings.effective_redis_namespace)
+
+    @cached_property
+    def run_notices(self) -> RunEndNotices:
+        """Run-ended notices on the deployment's Redis (``ValueError`` without a Redis URL)."""
+        return RunEndNotices(self.locks.client, self.settings.effective_redis_namespace)
 
     # -- loops ------------------------------------------------------------------------------------------------
     def trigger_scheduler(self, *, gate: PollGate | None = None) -> TriggerScheduler:
@@ -198,6 +206,8 @@ class Deployment:
             self.dispatcher.shutdown(wait_s)
         if "heartbeats" in self.__dict__:
             self.heartbeats.stop()
+        if "run_notices" in self.__dict__:
+            self.run_notices.stop()
         if "locks" in self.__dict__:
             self.locks.client.close()
         uninstall_resolver(self.packages)

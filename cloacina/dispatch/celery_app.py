@@ -103,33 +103,42 @@ class NodeTask(Task[Any, None]):
     node_runner: ClassVar[PerProcess | None] = None
 
 
-def run_canvas_node(self: NodeTask, workflow: str, task: str, run_id: str) -> None:
-    """Run one task of a workflow run (a canvas node). The SQL state machine decides what happens.
+def run_canvas_node(
+    self: NodeTask, workflow: str, run_id: str, tasks: list[str] | None = None, task: str | None = None
+) -> None:
+    """Run a stretch of a workflow run (a canvas node): its tasks back to back, each through the SQL state
+    machine, which decides what happens to it.
 
-    One module-level function serves every app in the process; its node runner comes from its task class.
+    A task that must wait (a retry delay, a dependency still running elsewhere, the store briefly unreachable)
+    hands itself and the rest of the stretch back to Celery with a countdown: a worker slot never sleeps.
+    ``task`` is the single-task form of messages published before stretches existed.
     """
-    task_id = task
     if self.node_runner is None:
         raise RuntimeError("this Celery app publishes runs only; start a worker with `cloacina worker`")
-    try:
-        outcome = self.node_runner.get().run_node(run_id, task_id)
-    except (OperationalError, InterfaceError, redis.ConnectionError) as exc:
-        # The database (or Redis) is briefly unavailable: keep the message and try again with backoff.
-        # If the attempt itself had started, its heartbeat stops and the sweeper gives it back.
-        delay = STORE_DOWN_BACKOFF.delay(self.request.retries)
-        log.warning(
-            "store unavailable running %s of run %s, retrying in %.1fs: %s",
-            task_id,
-            run_id,
-            delay,
-            str(exc).splitlines()[0],
-            extra={"run_id": run_id, "task": task_id},
-        )
-        raise self.retry(countdown=delay) from None
-    if outcome.kind == "retry":
-        raise self.retry(countdown=outcome.delay_s)
-    if outcome.kind == "waiting":  # a dependency is still running (duplicate delivery, recovery)
-        raise self.retry(countdown=max(WAITING_BACKOFF.delay(self.request.retries), outcome.delay_s))
+    runner = self.node_runner.get()
+    task_ids = list(tasks) if tasks else [task] if task else []
+    for index, task_id in enumerate(task_ids):
+        rest = {"workflow": workflow, "run_id": run_id, "tasks": task_ids[index:]}
+        try:
+            outcome = runner.run_node(run_id, task_id)
+        except (OperationalError, InterfaceError, redis.ConnectionError) as exc:
+            # The database (or Redis) is briefly unavailable: keep the message and try again with backoff.
+            # If the attempt itself had started, its heartbeat stops and the sweeper gives it back.
+            delay = STORE_DOWN_BACKOFF.delay(self.request.retries)
+            log.warning(
+                "store unavailable running %s of run %s, retrying in %.1fs: %s",
+                task_id,
+                run_id,
+                delay,
+                str(exc).splitlines()[0],
+                extra={"run_id": run_id, "task": task_id},
+            )
+            raise self.retry(kwargs=rest, countdown=delay) from None
+        if outcome.kind == "retry":
+            raise self.retry(kwargs=rest, countdown=outcome.delay_s)
+        if outcome.kind == "waiting":  # a dependency is still running (duplicate delivery, recovery)
+            delay = max(WAITING_BACKOFF.delay(self.request.retries), outcome.delay_s)
+            raise self.retry(kwargs=rest, countdown=delay)
     return None
 
 

@@ -1,7 +1,9 @@
 """The distributed :class:`~cloacina.execution.dispatcher.Dispatcher`: runs go to Celery as canvases.
 
-A new run is published whole; Ready tasks need no message of their own (the canvas already holds their nodes);
-a recovered run is republished for its unfinished part only. Deadlines are enforced by the pollers' sweeper.
+A new run is published whole, each sequential stretch of its DAG one message (unless fusion is off); Ready tasks
+need no message of their own (the canvas already holds their nodes); a recovered run is republished for its
+unfinished part only, so it resumes at the first unfinished task of a stretch. Deadlines are enforced by the
+pollers' sweeper.
 """
 
 from __future__ import annotations
@@ -20,18 +22,19 @@ log = logging.getLogger("cloacina.publish")
 class CeleryDispatcher:
     """Sends run canvases to the broker. A failed publish is logged; the sweeper republishes the run later."""
 
-    def __init__(self, app: Celery, queue: str) -> None:
+    def __init__(self, app: Celery, queue: str, *, fuse: bool = True) -> None:
         self.app = app
         self.queue = queue
+        self.fuse = fuse
         self._coordinator: RunDriver | None = None
 
     def attach(self, coordinator: RunDriver) -> None:
         self._coordinator = coordinator
 
-    def start_run(self, run_id: str, workflow: Workflow) -> None:
+    def start_run(self, run_id: str, workflow: Workflow, ready: tuple[str, ...]) -> None:
         """Publish the canvas of a new run."""
         try:
-            canvas = compile_canvas(self.app, workflow, run_id, queue=self.queue)
+            canvas = compile_canvas(self.app, workflow, run_id, queue=self.queue, fuse=self.fuse)
             if canvas is not None:
                 canvas.apply_async()
         except Exception as exc:  # broker down: the run stays Pending in SQL and the sweeper republishes it
@@ -52,7 +55,7 @@ class CeleryDispatcher:
         run, tasks = loaded
         workflow = coordinator.resolve_workflow(run.workflow_name, run.workflow_version, run.package_fingerprint)
         finished = {tid for tid, rec in tasks.items() if rec.status.is_terminal}
-        canvas = compile_canvas(self.app, workflow, run_id, queue=self.queue, finished=finished)
+        canvas = compile_canvas(self.app, workflow, run_id, queue=self.queue, finished=finished, fuse=self.fuse)
         if canvas is not None:
             canvas.apply_async()
 

@@ -80,8 +80,8 @@ class ThreadDispatcher:
     def attach(self, coordinator: RunDriver) -> None:
         self._coordinator = coordinator
 
-    def start_run(self, run_id: str, workflow: Workflow) -> None:
-        self._attached().advance(run_id, workflow)  # plans the roots; they come back through tasks_ready
+    def start_run(self, run_id: str, workflow: Workflow, ready: tuple[str, ...]) -> None:
+        self.tasks_ready(run_id, ready)
 
     def tasks_ready(self, run_id: str, task_ids: tuple[str, ...]) -> None:
         for task_id in task_ids:

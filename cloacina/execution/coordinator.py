@@ -2,9 +2,9 @@
 
 Flow of one run::
 
-    create_run ──> advance ──> Ready tasks ──executor──> run_task ──> complete / fail (+ plan, same txn)
-                                   ^                                             │
-                                   └──────────────── newly Ready tasks <─────────┘
+    create_run (+ plan the roots, same txn) ──> Ready tasks ──executor──> run_task ──> complete / fail
+                                                   ^                                  (+ plan, same txn)
+                                                   └──────────── newly Ready tasks <──────────┘
 
 The coordinator does no dispatching of its own: it talks to a :class:`~cloacina.execution.dispatcher.Dispatcher`.
 Embedded, a thread pool runs Ready tasks and re-submits retries after their delay. Distributed, new runs are
@@ -93,7 +93,7 @@ class RunCoordinator:
         package_fingerprint: str | None = None,
     ) -> str | None:
         """Record a new run and start it; ``None`` if its trigger or cron claim was refused."""
-        run_id = self.store.create_run(
+        opened = self.store.open_run(
             workflow,
             input_context,
             trigger=trigger,
@@ -102,13 +102,17 @@ class RunCoordinator:
             owner=self.worker_name,
             package_fingerprint=package_fingerprint,
         )
-        if run_id is None:
+        if opened is None:
             return None
+        run_id, planned = opened.run_id, opened.transition
         log.info(
             "run created",
             extra={"run_id": run_id, "workflow": workflow.name, "trigger": trigger.trigger_name if trigger else None},
         )
-        self.dispatcher.start_run(run_id, workflow)
+        if planned.ended is not None:  # every task was skipped by its rule
+            self._notify(planned.ended)
+            return run_id
+        self.dispatcher.start_run(run_id, workflow, planned.ready)
         return run_id
 
     def advance(self, run_id: str, workflow: Workflow | None = None) -> Transition:

@@ -51,8 +51,8 @@ class Dispatcher(Protocol):
     def attach(self, coordinator: RunDriver) -> None:
         """Bind to the coordinator that created this run's rows (called once, by the coordinator)."""
 
-    def start_run(self, run_id: str, workflow: Workflow) -> None:
-        """A run was just created in the store: start executing it."""
+    def start_run(self, run_id: str, workflow: Workflow, ready: tuple[str, ...]) -> None:
+        """A run was just created in the store, its root tasks ``ready`` already: start executing it."""
 
     def tasks_ready(self, run_id: str, task_ids: tuple[str, ...]) -> None:
         """Planning made these tasks Ready (after a completion, or when a run is planned)."""
@@ -69,7 +69,7 @@ class Dispatcher(Protocol):
 
 class PlanOnly:
     """The dispatcher of a process that executes nothing on its own (a worker runs canvas nodes it is given,
-    tests drive attempts by hand): a new run is planned, so its root tasks are Ready, and left in the store."""
+    tests drive attempts by hand): a new run, its roots Ready, is left in the store."""
 
     def __init__(self) -> None:
         self._coordinator: RunDriver | None = None
@@ -77,9 +77,8 @@ class PlanOnly:
     def attach(self, coordinator: RunDriver) -> None:
         self._coordinator = coordinator
 
-    def start_run(self, run_id: str, workflow: Workflow) -> None:
-        if self._coordinator is not None:
-            self._coordinator.advance(run_id, workflow)
+    def start_run(self, run_id: str, workflow: Workflow, ready: tuple[str, ...]) -> None:
+        return None
 
     def tasks_ready(self, run_id: str, task_ids: tuple[str, ...]) -> None:
         return None

@@ -30,6 +30,7 @@ from cloacina.context import Context, coerce_context
 from cloacina.definitions import registry
 from cloacina.definitions.workflow import Workflow
 from cloacina.deployment.wiring import Deployment
+from cloacina.dispatch.run_notices import RunEndNotices
 from cloacina.execution.coordinator import RunCoordinator
 from cloacina.packaging.loader import PackageLoader
 from cloacina.runner.config import DefaultRunnerConfig
@@ -44,6 +45,7 @@ from cloacina.store.triggers import TriggerStore
 
 log = logging.getLogger("cloacina.runner")
 WAIT_POLL_BACKOFF = Backoff(initial_s=0.002, max_s=0.25)  # wait_for_run's polls of a run finished elsewhere
+NOTICE_FALLBACK_POLL_S = 1.0  # while run-ended notices are heard, the database is only a fallback
 
 
 class DefaultRunner(TriggerAPI, CronAPI):
@@ -73,6 +75,10 @@ class DefaultRunner(TriggerAPI, CronAPI):
         self.cron_scheduler: CronScheduler | None = None
         self._services: list[Any] = []
         self.coordinator.add_run_finished_listener(self._on_run_finished)
+        self._notices: RunEndNotices | None = None
+        if self.broker_url:  # runs end in the workers: they say so on Redis
+            self._notices = self.deployment.run_notices
+            self._notices.listen(self._wake)
         self._start_services()
 
     # -- the deployment's parts, by the names the management APIs and tests use --------------------------------
@@ -188,8 +194,9 @@ class DefaultRunner(TriggerAPI, CronAPI):
         with self._waiters_lock:
             self._waiters[run_id] = event
         deadline = None if timeout is None else time.monotonic() + timeout
-        # Runs finished in this process set the event at once; runs finished elsewhere (Celery workers, another
-        # runner on the same database) are noticed by polling, quickly at first, then every 0.25 s.
+        # Runs finished in this process set the event at once; so does a run-ended notice from a Celery worker.
+        # Runs finished elsewhere without a notice (another runner on the same database, a lost notice) are
+        # noticed by polling: quickly at first, then every 0.25 s; every second while notices are heard.
         try:
             for poll_s in WAIT_POLL_BACKOFF.delays():
                 run = self.runs.get_run(run_id)
@@ -200,15 +207,21 @@ class DefaultRunner(TriggerAPI, CronAPI):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"run {run_id} is still {run.status} after {timeout}s")
-                event.wait(poll_s if remaining is None else min(remaining, poll_s))
+                if self._notices is not None and self._notices.listening:
+                    poll_s = NOTICE_FALLBACK_POLL_S
+                if event.wait(poll_s if remaining is None else min(remaining, poll_s)):
+                    event.clear()
             raise AssertionError("unreachable: the backoff never ends")
         finally:
             with self._waiters_lock:
                 self._waiters.pop(run_id, None)
 
     def _on_run_finished(self, ended: RunEnd) -> None:
+        self._wake(ended.run_id)
+
+    def _wake(self, run_id: str) -> None:
         with self._waiters_lock:
-            event = self._waiters.get(ended.run_id)
+            event = self._waiters.get(run_id)
         if event is not None:
             event.set()
 

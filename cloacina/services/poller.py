@@ -87,6 +87,8 @@ class PollerService:
         membership = self._membership = PollerMembership(deployment.locks, s.lease_ttl_s)
         membership.renew()
         deployment.owner = f"poller-{membership.poller_id}"  # names this replica in the runs it creates
+        # Runs the sweeper ends here (deadline passed) wake their waiting clients too.
+        deployment.coordinator.add_run_finished_listener(lambda ended: deployment.run_notices.publish(ended.run_id))
         self.gate = DistributedGate(deployment.locks, membership, deployment.db, s.lock_ttl_s)
         triggers = self._triggers = deployment.trigger_scheduler(gate=self.gate)
         triggers.add_listener(self.metrics.observe_trigger_event)

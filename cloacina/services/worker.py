@@ -59,17 +59,15 @@ class WorkerNodeRunner:
         if self.metrics is not None:
             run = self.deployment.runs.get_run(ended.run_id)
             self.metrics.run_finished(run.workflow_name if run else "?", str(ended.status))
-        if (
-            ended.lock_token
-            and ended.trigger_name
-            and ended.context_hash
-            and self.deployment.settings.effective_redis_url
-        ):
+        if not self.deployment.settings.effective_redis_url:
+            return
+        if ended.lock_token and ended.trigger_name and ended.context_hash:
             locks = self.deployment.locks
             try:
                 locks.release(locks.dedup_key(ended.trigger_name, ended.context_hash), ended.lock_token)
             except Exception as exc:  # the lock expires on its own; SQL already freed the key
                 log.warning("could not release dedup lock of run %s: %s", ended.run_id, exc)
+        self.deployment.run_notices.publish(ended.run_id)  # wakes a client waiting for this run
 
 
 def node_runner_factory(settings: CloacinaSettings, metrics: Metrics | None = None) -> Callable[[], WorkerNodeRunner]:

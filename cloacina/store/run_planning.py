@@ -66,6 +66,49 @@ def plan_locked(
     return Transition(True, tuple(ready), ended)
 
 
+def initial_task_rows(
+    workflow: Workflow, run_input: Mapping[str, Any], now: datetime, planned: bool
+) -> tuple[list[dict[str, Any]], tuple[str, ...], dict[str, TaskView]]:
+    """The task rows of a new run (without ``run_id``), the tasks they make Ready and the planner's view.
+
+    ``planned``: the roots are decided now (Ready, or Skipped by their rule, skips cascading), so the run's first
+    delivery finds its task Ready; otherwise every task starts NotStarted and a later planning step decides.
+    """
+    views = {tid: TaskView(TaskStatus.NOT_STARTED) for tid in workflow.tasks}
+    decisions = {d.task_id: d for d in plan(workflow, run_input, views)} if planned else {}
+    rows: list[dict[str, Any]] = []
+    ready: list[str] = []
+    for task in workflow.tasks.values():
+        row: dict[str, Any] = {
+            "task_id": task.task_id,
+            "status": TaskStatus.NOT_STARTED.value,
+            "attempt": 0,
+            "max_attempts": task.retry.max_attempts,
+            "updated_at": now,
+            "input_context": None,
+            "skip_reason": None,
+            "output_context": None,
+            "completed_at": None,
+        }
+        decision = decisions.get(task.task_id)
+        if decision is not None:
+            row["input_context"] = canonical_json(decision.input_context)
+            if decision.action == "run":
+                row["status"] = TaskStatus.READY.value
+                ready.append(task.task_id)
+                views[task.task_id] = TaskView(TaskStatus.READY)
+            else:
+                row.update(
+                    status=TaskStatus.SKIPPED.value,
+                    skip_reason=decision.skip_reason,
+                    output_context=row["input_context"],
+                    completed_at=now,
+                )
+                views[task.task_id] = TaskView(TaskStatus.SKIPPED, decision.input_context, decision.skip_reason)
+        rows.append(row)
+    return rows, tuple(ready), views
+
+
 def end_run_locked(
     c: Connection,
     run_id: str,

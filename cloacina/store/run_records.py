@@ -105,6 +105,15 @@ class RunEnd:
 
 
 @dataclass(frozen=True)
+class OpenedRun:
+    """A run just created and planned: its id and the planning of its roots (Ready tasks, or its end when every
+    task was skipped)."""
+
+    run_id: str
+    transition: Transition
+
+
+@dataclass(frozen=True)
 class Transition:
     """Result of one guarded step on a run: whether it applied, tasks now Ready (the caller dispatches them),
     and the run's end if this step ended it."""

@@ -27,16 +27,17 @@ from sqlalchemy.exc import IntegrityError
 
 from cloacina.context import canonical_json
 from cloacina.definitions.workflow import Workflow
-from cloacina.engine.planner import Decision
+from cloacina.engine.planner import Decision, final_context, run_outcome
 from cloacina.engine.states import RunStatus, SkipReason, TaskStatus
 from cloacina.store import run_statements as sql
 from cloacina.store.database import Database
 from cloacina.store.models import CronExecution, TaskRun, TriggerExecution, WorkflowRun
-from cloacina.store.run_planning import end_run_locked, plan_locked
+from cloacina.store.run_planning import end_run_locked, initial_task_rows, plan_locked
 from cloacina.store.run_queries import RunQueries
 from cloacina.store.run_records import (
     AttemptRecord,
     CronClaim,
+    OpenedRun,
     RunEnd,
     RunRecord,
     StartedAttempt,
@@ -50,6 +51,7 @@ from cloacina.timestamps import utcnow
 __all__ = [
     "AttemptRecord",
     "CronClaim",
+    "OpenedRun",
     "RunEnd",
     "RunRecord",
     "RunStore",
@@ -78,14 +80,45 @@ class RunStore(RunQueries):
         owner: str | None = None,
         package_fingerprint: str | None = None,
     ) -> str | None:
-        """Insert the run, its task rows and its claim (trigger fire or cron time) atomically.
+        """Insert the run, its task rows (all NotStarted) and its claim (trigger fire or cron time) atomically.
 
         Returns the new run id, or ``None`` when the claim was refused: ``trigger.dedup`` is set and a run for the
         same (trigger, context hash) is still active (partial unique index), or ``cron`` names a due time that
         was already claimed (unique (schedule, scheduled_time)). Nothing is written in that case.
         """
+        opened = self._insert(workflow, input_context, trigger, cron, deadline_s, owner, package_fingerprint, False)
+        return opened.run_id if opened is not None else None
+
+    def open_run(
+        self,
+        workflow: Workflow,
+        input_context: Mapping[str, Any],
+        *,
+        trigger: TriggerClaim | None = None,
+        cron: CronClaim | None = None,
+        deadline_s: float | None = None,
+        owner: str | None = None,
+        package_fingerprint: str | None = None,
+    ) -> OpenedRun | None:
+        """:meth:`create_run`, planned in the same transaction: the root tasks are written Ready (or Skipped, by
+        their rules), so the first delivery of a run starts at once. ``None`` when the claim was refused."""
+        return self._insert(workflow, input_context, trigger, cron, deadline_s, owner, package_fingerprint, True)
+
+    def _insert(
+        self,
+        workflow: Workflow,
+        input_context: Mapping[str, Any],
+        trigger: TriggerClaim | None,
+        cron: CronClaim | None,
+        deadline_s: float | None,
+        owner: str | None,
+        package_fingerprint: str | None,
+        planned: bool,
+    ) -> OpenedRun | None:
         now = utcnow()
         run_id = str(uuid.uuid4())
+        run_input = canonical_json(dict(input_context))
+        rows, ready, views = initial_task_rows(workflow, input_context, now, planned)
         try:
             with self.db.connection() as s:
                 s.execute(
@@ -94,7 +127,7 @@ class RunStore(RunQueries):
                         workflow_name=workflow.name,
                         workflow_version=workflow.version,
                         status=RunStatus.PENDING.value,
-                        input_context=canonical_json(dict(input_context)),
+                        input_context=run_input,
                         trigger_name=trigger.trigger_name if trigger else None,
                         cron_schedule_id=cron.schedule_id if cron else None,
                         package_fingerprint=package_fingerprint,
@@ -105,20 +138,7 @@ class RunStore(RunQueries):
                         deadline_at=now + timedelta(seconds=deadline_s) if deadline_s else None,
                     )
                 )
-                s.execute(
-                    insert(TaskRun),
-                    [
-                        {
-                            "run_id": run_id,
-                            "task_id": t.task_id,
-                            "status": TaskStatus.NOT_STARTED.value,
-                            "attempt": 0,
-                            "max_attempts": t.retry.max_attempts,
-                            "updated_at": now,
-                        }
-                        for t in workflow.tasks.values()
-                    ],
-                )
+                s.execute(insert(TaskRun), [{"run_id": run_id, **row} for row in rows])
                 if trigger is not None:
                     s.execute(
                         insert(TriggerExecution).values(
@@ -139,11 +159,15 @@ class RunStore(RunQueries):
                             claimed_at=now,
                         )
                     )
+                ended = None
+                outcome = run_outcome(views) if planned else None
+                if outcome is not None:  # every task was skipped by its rule: the run is over already
+                    ended = end_run_locked(s, run_id, outcome, final_context(workflow, views), None, now)
         except IntegrityError:
             if (trigger is not None and trigger.dedup) or cron is not None:
                 return None
             raise
-        return run_id
+        return OpenedRun(run_id, Transition(True, ready, ended))
 
     # -- the planning step (run row locked; see run_planning) -------------------------------------------
     def _step(
