@@ -76,9 +76,10 @@ def test_a_refused_claim_writes_nothing_and_frees_at_the_end(store: RunStore) ->
     assert first is not None
     assert store.open_run(wf, {}, trigger=claim) is None
     assert store.count_runs() == 1
-    skipped = store.open_run(_workflow("claimed_skips", gate_rule=True), {}, trigger=TriggerClaim("u", "h" * 64, dedup=True))
+    other = TriggerClaim("u", "h" * 64, dedup=True)
+    skipped = store.open_run(_workflow("claimed_skips", gate_rule=True), {}, trigger=other)
     assert skipped is not None and skipped.transition.ended is not None  # ended at once: its key is free again
-    assert store.open_run(_workflow("claimed_skips"), {}, trigger=TriggerClaim("u", "h" * 64, dedup=True)) is not None
+    assert store.open_run(_workflow("claimed_skips"), {}, trigger=other) is not None
 
 
 def test_the_coordinator_hands_the_planned_roots_to_its_dispatcher(store: RunStore) -> None:
