@@ -2,11 +2,17 @@
 
 PostgreSQL isolation: every test gets its own schema, dropped afterwards. If the server is not answering, the
 PostgreSQL cases are skipped on a developer machine but fail under CI (``CI=true``), as Dramatiq does.
+
+Redis isolation: no test touches a shared Redis server. ``redis_url`` hands each test a flushed database of its
+own on a private ``redis-server`` started once per pytest session; ``redis_server`` is a whole server of the
+test's own (for tests that kill or restart Redis).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +25,7 @@ from sqlalchemy import create_engine, text
 from cloacina.definitions import registry
 
 PG_URL = os.environ.get("CLOACINA_TEST_PG_URL", "postgresql://postgres@localhost:5432/test")
-REDIS_URL = os.environ.get("CLOACINA_TEST_REDIS_URL", "redis://localhost:6379/0")
+REDIS_DATABASES = 256  # databases of the session's private redis-server, handed out one per test in turn
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -115,14 +121,53 @@ def make_runner(backend: Backend) -> Iterator[object]:
         runner.shutdown()
 
 
-# -- distributed tests: a private Redis and a cluster on a migrated schema ----------------------------------------
+# -- Redis: never a shared server ---------------------------------------------------------------------------------
+def require_redis_server() -> None:
+    if shutil.which("redis-server") is None:
+        if IN_CI:
+            pytest.fail("redis-server is not on PATH (required in CI)")
+        pytest.skip("redis-server is not on PATH")
+
+
+@pytest.fixture(scope="session")
+def session_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A private redis-server for this pytest session, whose databases ``redis_url`` hands out one per test."""
+    from tests.distributed_harness import RedisServer
+
+    require_redis_server()
+    with RedisServer(tmp_path_factory.mktemp("redis"), databases=REDIS_DATABASES) as server:
+        yield server
+
+
+_redis_db_numbers = itertools.count()
+
+
+@pytest.fixture
+def redis_url(session_redis: Any) -> Iterator[str]:
+    """A Redis database of this test's own, flushed before and after it (tests of a session run one at a time)."""
+    import redis
+
+    url = str(session_redis.url_for(next(_redis_db_numbers) % REDIS_DATABASES))
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+        yield url
+        client.flushdb()
+    finally:
+        client.close()
+
+
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[Any]:
     """A private redis-server: test runs on one machine must not share broker queues, and tests may kill it."""
     from tests.distributed_harness import RedisServer
 
+    require_redis_server()
     with RedisServer(tmp_path) as server:
         yield server
+
+
+# -- distributed tests: a cluster on a migrated schema -------------------------------------------------------------
 
 
 @pytest.fixture

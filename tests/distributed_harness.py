@@ -12,8 +12,7 @@
 - :func:`migrated_schema` / :func:`service_db_url`: a fresh migrated PostgreSQL schema and the URL services use
   for it (``options=-csearch_path=<schema>``).
 
->>> wait_for(lambda: 42, timeout_s=1, what="the answer")
-42
+Waiting and free ports come from :mod:`tests.support` (``wait_until``, ``free_port``).
 """
 
 from __future__ import annotations
@@ -29,48 +28,18 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
+from tests.support import free_port, wait_until
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-T = TypeVar("T")
-
-
-# -- waiting ------------------------------------------------------------------------------------------------
-def wait_for(predicate: Callable[[], T], timeout_s: float, *, what: str, interval_s: float = 0.1) -> T:
-    """Call ``predicate`` until it returns something truthy (returned); ``AssertionError`` after ``timeout_s``.
-
-    Errors from the predicate (a query while a service is briefly unavailable) are retried until the deadline,
-    except ``AssertionError``, which the predicate raises to give up at once (e.g. a service exited).
-    """
-    deadline = time.monotonic() + timeout_s
-    last_error: BaseException | None = None
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except AssertionError:
-            raise
-        except Exception as exc:
-            last_error = exc
-        if time.monotonic() >= deadline:
-            extra = f" (last error: {last_error!r})" if last_error is not None else ""
-            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}{extra}")
-        time.sleep(interval_s)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------------------
@@ -258,10 +227,10 @@ class Services:
 
 def wait_for_worker_ready(service: ServiceProcess, timeout_s: float = 60.0) -> None:
     """Celery prints ``<name> ready.`` once the worker consumes."""
-    wait_for(
+    wait_until(
         lambda: " ready." in service.log_text() or _exited(service),
         timeout_s,
-        what=f"worker {service.name} to be ready",
+        message=f"worker {service.name} to be ready",
     )
     assert service.alive, f"worker {service.name} exited:\n{service.log_text()[-3000:]}"
 
@@ -276,7 +245,7 @@ def wait_for_poller_ready(service: ServiceProcess, timeout_s: float = 60.0) -> s
         _exited(service)
         return None
 
-    return wait_for(poller_id, timeout_s, what=f"poller {service.name} to start")
+    return wait_until(poller_id, timeout_s, message=f"poller {service.name} to start")
 
 
 def _exited(service: ServiceProcess) -> bool:
@@ -290,14 +259,19 @@ def _exited(service: ServiceProcess) -> bool:
 class RedisServer:
     """A ``redis-server`` of our own, without persistence, that a test may kill and restart (losing all data)."""
 
-    def __init__(self, log_dir: Path, port: int | None = None) -> None:
+    def __init__(self, log_dir: Path, port: int | None = None, databases: int = 16) -> None:
         self.port = port or free_port()
+        self.databases = databases
         self.log_path = log_dir / f"redis-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self.url_for(0)
+
+    def url_for(self, db: int) -> str:
+        """The URL of database ``db`` (0 .. ``databases`` - 1) on this server."""
+        return f"redis://127.0.0.1:{self.port}/{db}"
 
     def start(self, timeout_s: float = 10.0) -> None:
         import redis
@@ -305,12 +279,12 @@ class RedisServer:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                 "--daemonize", "no"],
+                 "--daemonize", "no", "--databases", str(self.databases)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         try:
-            wait_for(client.ping, timeout_s, what=f"redis-server on port {self.port}")
+            wait_until(client.ping, timeout_s, message=f"redis-server on port {self.port}")
         finally:
             client.close()
 
@@ -324,7 +298,7 @@ class RedisServer:
 
     def restart(self, down_s: float = 0.0) -> None:
         self.kill()
-        time.sleep(down_s)
+        time.sleep(down_s)  # how long Redis stays down: the outage the test asks for
         self.start()
 
     def __enter__(self) -> RedisServer:

@@ -14,30 +14,21 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import yaml
 from sqlalchemy import create_engine, text
 
 from cloacina.store.database import Database
 from tests.conftest import PG_URL
+from tests.support import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-REDIS_URL = "redis://localhost:6379/14"
 ENTRYPOINTS = {"poller": ROOT / "beat" / "entrypoint.sh", "worker": ROOT / "workers" / "entrypoint.sh"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _dotenv_example() -> dict[str, str]:
@@ -53,7 +44,9 @@ def _interpolate(value: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\{(\w+)(?::?[-?][^}]*)?\}", lambda m: env[m.group(1)], value)
 
 
-def _service_env(compose: dict[str, Any], name: str, schema: str, tmp: Path, metrics_port: int) -> dict[str, str]:
+def _service_env(
+    compose: dict[str, Any], name: str, schema: str, redis_url: str, tmp: Path, metrics_port: int
+) -> dict[str, str]:
     dotenv = _dotenv_example()
     declared = {k: _interpolate(str(v), dotenv) for k, v in compose["services"][name]["environment"].items()}
     assert declared["CLOACINA_DATABASE_URL"].startswith("postgresql://")
@@ -61,7 +54,7 @@ def _service_env(compose: dict[str, Any], name: str, schema: str, tmp: Path, met
     mapped = {
         **declared,
         "CLOACINA_DATABASE_URL": f"{PG_URL}?options=-csearch_path%3D{schema}",
-        "CLOACINA_BROKER_URL": REDIS_URL,
+        "CLOACINA_BROKER_URL": redis_url,
         "CLOACINA_APP": declared["CLOACINA_APP"].replace("/app/workflows", str(ROOT / "examples" / "deploy")),
         "INBOX_PATH": str(tmp / "inbox"),
         "CLOACINA_METRICS_PORT": str(metrics_port),
@@ -92,9 +85,8 @@ def _healthcheck(compose: dict[str, Any], name: str, replace: dict[str, str]) ->
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_compose_services_run_locally_and_process_an_inbox_file(pg_schema: str, tmp_path: Path) -> None:
+def test_compose_services_run_locally_and_process_an_inbox_file(pg_schema: str, tmp_path: Path, redis_url: str) -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    redis.Redis.from_url(REDIS_URL).flushdb()
     empty = Database(PG_URL, schema=pg_schema)
     empty.ping()  # creates the (empty) schema; the compose `migrate` service migrates it
     empty.dispose()
@@ -114,19 +106,20 @@ def test_compose_services_run_locally_and_process_an_inbox_file(pg_schema: str, 
 
     try:
         # migrate: one-shot, must exit 0; then its health check (`db current --check`) passes.
-        env = _service_env(compose, "migrate", pg_schema, tmp_path, _free_port())
+        env = _service_env(compose, "migrate", pg_schema, redis_url, tmp_path, free_port())
         migrate = start("migrate", _command(compose, "migrate", {}), env)
         assert migrate.wait(120) == 0, logs()
         assert subprocess.run(_healthcheck(compose, "migrate", {}), env=env, cwd=ROOT, timeout=60).returncode == 0
 
         replicas = compose["services"]["poller"]["deploy"]["replicas"]
-        poller_ports = [_free_port() for _ in range(replicas)]
+        poller_ports = [free_port() for _ in range(replicas)]
         for port in poller_ports:
-            start("poller", _command(compose, "poller", {}), _service_env(compose, "poller", pg_schema, tmp_path, port))
-        worker_env = _service_env(compose, "worker", pg_schema, tmp_path, _free_port())
+            env = _service_env(compose, "poller", pg_schema, redis_url, tmp_path, port)
+            start("poller", _command(compose, "poller", {}), env)
+        worker_env = _service_env(compose, "worker", pg_schema, redis_url, tmp_path, free_port())
         start("worker", _command(compose, "worker", {}), worker_env)
-        flower_port = str(_free_port())
-        flower_env = _service_env(compose, "flower", pg_schema, tmp_path, _free_port())
+        flower_port = str(free_port())
+        flower_env = _service_env(compose, "flower", pg_schema, redis_url, tmp_path, free_port())
         start(
             "flower",
             [*_command(compose, "flower", {"--port=5555": f"--port={flower_port}"}), "--address=127.0.0.1"],
@@ -138,32 +131,32 @@ def test_compose_services_run_locally_and_process_an_inbox_file(pg_schema: str, 
             cmd = _healthcheck(compose, name, replace)
             return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, timeout=60).returncode == 0
 
-        deadline = time.monotonic() + 120
         checks = {f"poller:{p}": (lambda p=p: healthy("poller", worker_env, {"9100": str(p)})) for p in poller_ports}
         checks["worker"] = lambda: healthy("worker", worker_env, {})
         checks["flower"] = lambda: healthy("flower", flower_env, {"5555": flower_port})
         pending = dict(checks)
-        while pending and time.monotonic() < deadline:
+
+        def all_healthy() -> bool:
+            nonlocal pending
             pending = {k: v for k, v in pending.items() if not v()}
-            if pending:
-                time.sleep(2)
+            return not pending
+
+        wait_until(all_healthy, 120, interval_s=2.0, message=lambda: f"health checks: {sorted(pending)}\n{logs()}")
         assert not pending, f"unhealthy: {sorted(pending)}\n{logs()}"
 
         # A file dropped in the inbox is processed: trigger on a poller, tasks on the worker.
         (tmp_path / "inbox" / "greeting.txt").write_text("hello world\nfrom compose\n")
         done = tmp_path / "inbox" / "done" / "greeting.txt.json"
-        deadline = time.monotonic() + 90
-        while not done.exists() and time.monotonic() < deadline:
-            time.sleep(0.5)
+        wait_until(done.exists, 90, interval_s=0.5, message=lambda: f"{done} to be written\n{logs()}")
         assert done.exists(), logs()
         engine = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
         with engine.connect() as conn:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
+
+            def completed_runs() -> list[Any]:
                 rows = conn.execute(text(f'SELECT status, trigger_name FROM "{pg_schema}".workflow_runs')).all()
-                if rows and all(r.status == "Completed" for r in rows):
-                    break
-                time.sleep(0.5)
+                return list(rows) if rows and all(r.status == "Completed" for r in rows) else []
+
+            rows = wait_until(completed_runs, 30, interval_s=0.5, message=lambda: f"every run to complete\n{logs()}")
         engine.dispose()
         assert [(r.status, r.trigger_name) for r in rows] == [("Completed", "inbox_items")], logs()
         for name, proc, _ in procs[1:]:

@@ -9,7 +9,6 @@ import logging
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -31,6 +30,7 @@ from cloacina.store.database import Database
 from cloacina.store.models import CronExecution, WorkflowRun
 from cloacina.store.runs import RunStore
 from tests.conftest import PG_URL, Backend, require_postgres
+from tests.support import wait_until
 
 T0 = datetime(2024, 1, 1, 10, 0, tzinfo=UTC)
 SCHEDULE_KEYS = {
@@ -49,15 +49,6 @@ SCHEDULE_KEYS = {
 
 def at(hours: float = 0, seconds: float = 0) -> datetime:
     return T0 + timedelta(hours=hours, seconds=seconds)
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 @pytest.fixture(autouse=True)
@@ -97,8 +88,7 @@ def open_stack(url: str, schema: str | None) -> Stack:
     db.upgrade()
     runs = RunStore(db)
     dispatcher = ThreadDispatcher(4)
-    coordinator = RunCoordinator(runs, lambda name, *_: registry.get_workflow(name))
-    dispatcher.serve(coordinator)
+    coordinator = RunCoordinator(runs, lambda name, *_: registry.get_workflow(name), dispatcher=dispatcher)
     return Stack(db, runs, dispatcher, coordinator, CronStore(db))
 
 
@@ -164,7 +154,7 @@ def test_advance_is_guarded_by_the_value_read(stack: Stack) -> None:
 def test_history_and_stats_join_run_status(stack: Stack) -> None:
     sid = hourly(stack, policy="run_all")
     stack.scheduler().run_once(at(2))  # fires 10:00, 11:00, 12:00
-    assert wait_until(lambda: all(e.status == "Completed" for e in stack.store.execution_history(sid)))
+    assert wait_until(lambda: all(e.status == "Completed" for e in stack.store.execution_history(sid)), 10)
     history = stack.store.execution_history(sid)
     assert [e.scheduled_time for e in history] == [at(2), at(1), T0]  # newest first
     assert set(history[0].to_dict()) == {"id", "schedule_id", "scheduled_time", "claimed_at", "run_id", "status"}
@@ -280,8 +270,7 @@ def test_errors_are_logged_per_schedule_and_retried(stack: Stack, caplog: pytest
 def test_an_unreachable_database_is_logged_not_raised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     db = Database(f"sqlite:///{tmp_path}/missing/dir/cron.db")
     dispatcher = ThreadDispatcher(1)
-    coordinator = RunCoordinator(RunStore(db), lambda name, *_: registry.get_workflow(name))
-    dispatcher.serve(coordinator)
+    coordinator = RunCoordinator(RunStore(db), lambda name, *_: registry.get_workflow(name), dispatcher=dispatcher)
     scheduler = CronScheduler(CronStore(db), coordinator, registry.get_workflow, poll_interval_s=2)
     with caplog.at_level(logging.WARNING, logger="cloacina.cron"):
         assert scheduler.run_once(T0) == 0
@@ -414,13 +403,13 @@ def test_reenabling_starts_from_now(make_cron_runner: Callable[..., CronRunner])
 @pytest.mark.slow
 def test_running_runner_fires_and_wakes_on_registration(make_cron_runner: Callable[..., CronRunner]) -> None:
     runner = make_cron_runner(cron_poll_interval_seconds=60)
-    assert runner._cron_scheduler is not None and runner._cron_scheduler.is_running
+    assert runner.cron_scheduler is not None and runner.cron_scheduler.is_running
     sid = runner.register_cron_workflow("cron_wf", "* * * * * *")  # notify() wakes the 60 s sleep
     assert wait_until(lambda: len(runner.get_cron_execution_history(sid)) >= 2, 15)
     runner.set_cron_schedule_enabled(sid, False)
     history = runner.get_cron_execution_history(sid)
     assert len({h["scheduled_time"] for h in history}) == len(history)
-    assert wait_until(lambda: all(h["status"] == "Completed" for h in runner.get_cron_execution_history(sid)))
+    assert wait_until(lambda: all(h["status"] == "Completed" for h in runner.get_cron_execution_history(sid)), 10)
     stats = runner.get_cron_execution_stats(datetime.now(UTC) - timedelta(minutes=1))
     assert stats["total_executions"] == stats["successful_executions"] >= 2
 

@@ -29,10 +29,10 @@ from tests.distributed_harness import (
     overlapping_runs,
     reexecution_problems,
     rendezvous_owners,
-    wait_for,
     wait_for_poller_ready,
     wait_for_worker_ready,
 )
+from tests.support import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -52,21 +52,22 @@ def test_two_pollers_two_workers_sigkill_one_of_each_mid_stream(cluster: Cluster
     owners = rendezvous_owners([f"inbox_{n}" for n in range(shards)], poller_ids)
     doomed_poller = pollers[poller_ids.index(owners["inbox_0"])]
     survivor_poller = pollers[1 - pollers.index(doomed_poller)]
-    wait_for(lambda: len(cluster.runs()) >= items // 4, 60, what="the first fires", interval_s=0.05)
+    wait_until(lambda: len(cluster.runs()) >= items // 4, 60, message="the first fires", interval_s=0.05)
     fired_before_kill = {r["item"] for r in cluster.runs()}
     doomed_poller.kill()
     assert doomed_poller.killed_at is not None
 
     # Worker kill: w1, while it is in the middle of a task.
     doomed_worker, survivor_worker = workers
-    wait_for(lambda: cluster.in_flight(doomed_worker.pid, min_age_s=0.05), 30, what="a task in flight on w1")
+    wait_until(lambda: cluster.in_flight(doomed_worker.pid, min_age_s=0.05), 30, message="a task in flight on w1")
     doomed_worker.kill()
     killed_at = time.time()
-    time.sleep(0.2)  # statements the worker sent before it died have landed
-    cut_off = [e for e in cluster.executions() if e.pgid == doomed_worker.pid and e.ended_at is None]
 
-    wait_for(lambda: all_done(cluster), 150, what="every item to complete", interval_s=0.5)
+    wait_until(lambda: all_done(cluster), 150, message="every item to complete", interval_s=0.5)
     assert survivor_worker.alive and survivor_poller.alive
+    # Read only now, long after the kill: statements the worker sent just before it died have landed by then, and a
+    # dead worker writes nothing more (so no settling sleep is needed).
+    cut_off = [e for e in cluster.executions() if e.pgid == doomed_worker.pid and e.ended_at is None]
 
     # Every item completed, in exactly one run; every run completed.
     runs = cluster.runs()
@@ -124,14 +125,16 @@ def _kill_a_worker_mid_task(cluster: Cluster, deadline_s: float, **settings: str
     def left_in_flight() -> object:
         return [e for e in cluster.executions() if e.task == "left" and e.ended_at is None]
 
-    (victim,) = wait_for(left_in_flight, 60, what="the slow task to start")
+    (victim,) = wait_until(left_in_flight, 60, message="the slow task to start")
     doomed = cluster.services.by_pid(victim.pgid)
     assert doomed is not None
     survivor = workers[1 - workers.index(doomed)]
-    time.sleep(0.5)
+    time.sleep(0.5)  # the kill lands half a second into the 4 s task (mid-task is the behaviour under test)
     doomed.kill()
     killed_at = time.time()
-    wait_for(lambda: cluster.run_statuses() == {"Completed": 1}, deadline_s, what="the run to complete", interval_s=0.2)
+    wait_until(
+        lambda: cluster.run_statuses() == {"Completed": 1}, deadline_s, interval_s=0.2, message="the run to complete"
+    )
     completed_after_s = time.time() - killed_at
 
     executions = cluster.executions()
@@ -169,14 +172,16 @@ def test_worker_process_group_sigterm_does_not_fail_the_running_task(cluster: Cl
     for w in workers:
         wait_for_worker_ready(w)
     wait_for_poller_ready(poller)
-    (victim,) = wait_for(
-        lambda: [e for e in cluster.executions() if e.task == "left" and e.ended_at is None], 60, what="left to start"
+    (victim,) = wait_until(
+        lambda: [e for e in cluster.executions() if e.task == "left" and e.ended_at is None],
+        60,
+        message="left to start",
     )
     doomed = cluster.services.by_pid(victim.pgid)
     assert doomed is not None
     doomed.kill(signal.SIGTERM)  # what systemd (KillMode=control-group) or Ctrl-C in a terminal does
-    wait_for(lambda: cluster.pending_items() == 0, 60, what="the item to be done", interval_s=0.2)
-    wait_for(lambda: cluster.active_runs() == 0, 30, what="the run to end", interval_s=0.2)
+    wait_until(lambda: cluster.pending_items() == 0, 60, message="the item to be done", interval_s=0.2)
+    wait_until(lambda: cluster.active_runs() == 0, 30, message="the run to end", interval_s=0.2)
     failed = cluster.sql("SELECT task_id, error_message FROM task_runs WHERE status = 'Failed'")
     assert failed == [], "a worker shutdown is not the task's failure"
     assert cluster.run_statuses() == {"Completed": 1}

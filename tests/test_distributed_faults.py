@@ -29,10 +29,10 @@ from tests.distributed_harness import (
     TcpProxy,
     all_done,
     reexecution_problems,
-    wait_for,
     wait_for_poller_ready,
     wait_for_worker_ready,
 )
+from tests.support import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -63,19 +63,19 @@ def test_redis_restart_with_data_loss_runs_are_republished_from_sql(
         busy = [e for e in cluster.executions() if e.ended_at is None]
         return statuses.get("Completed", 0) >= 2 and cluster.active_runs() >= 3 and bool(busy)
 
-    wait_for(mid_stream, 60, what="runs in flight", interval_s=0.05)
+    wait_until(mid_stream, 60, message="runs in flight", interval_s=0.05)
     before = cluster.runs()
     active_at_restart = {r["id"] for r in before if r["status"] in ("Pending", "Running")}
     completed_before = {r["id"] for r in before if r["status"] == "Completed"}
     keys_before = redis_server.dbsize()
     redis_server.kill()  # no persistence: queues, unacked messages, chord counters, locks and leases are gone
-    time.sleep(1.0)
+    time.sleep(1.0)  # Redis stays down for a second: the outage is the behaviour under test
     redis_server.start()
     restarted_at = time.time()
     keys_after = redis_server.dbsize()
     assert keys_after < keys_before, f"Redis kept its data ({keys_before} keys before, {keys_after} after)"
 
-    wait_for(lambda: all_done(cluster), 150, what="every item to complete after the restart", interval_s=0.5)
+    wait_until(lambda: all_done(cluster), 150, message="every item to complete after the restart", interval_s=0.5)
     assert all(p.alive for p in cluster.services.processes), "a service died with Redis"
     runs = _assert_every_item_completed_once(cluster, items)
     assert active_at_restart <= {r["id"] for r in runs}
@@ -115,7 +115,7 @@ def _outage(cluster: Cluster, proxy: TcpProxy, seconds: float, *, during: Callab
     proxy.stop()
     started = time.time()
     during()
-    while time.time() - started < seconds:
+    while time.time() - started < seconds:  # the outage lasts ``seconds``: the behaviour under test
         assert all(p.alive for p in cluster.services.processes), "a service crashed during the outage"
         time.sleep(0.25)
     proxy.start()
@@ -130,10 +130,10 @@ def test_database_outage_services_retry_with_backoff_and_carry_on(cluster: Clust
     p1 = cluster.services.poller("p1", INBOX_APP, **env)
     wait_for_worker_ready(w1)
     wait_for_poller_ready(p1)
-    wait_for(
+    wait_until(
         lambda: cluster.run_statuses().get("Completed", 0) >= 2 and cluster.in_flight(w1.pid),
         60,
-        what="runs in flight",
+        message="runs in flight",
         interval_s=0.05,
     )
     late_worker: list[ServiceProcess] = []
@@ -146,7 +146,7 @@ def test_database_outage_services_retry_with_backoff_and_carry_on(cluster: Clust
     )
     assert cluster.pending_items() > 0, "the outage should have hit mid-stream"
     wait_for_worker_ready(late_worker[0])
-    wait_for(lambda: all_done(cluster), 150, what="every item to complete after the outage", interval_s=0.5)
+    wait_until(lambda: all_done(cluster), 150, message="every item to complete after the outage", interval_s=0.5)
     assert all(p.alive for p in cluster.services.processes), "a service crashed"
     _assert_every_item_completed_once(cluster, items)
 
@@ -192,13 +192,13 @@ def test_database_outage_longer_than_the_heartbeat_timeout_does_not_rerun_a_live
     for w in workers:
         wait_for_worker_ready(w)
     wait_for_poller_ready(poller)
-    wait_for(
+    wait_until(
         lambda: [e for e in cluster.executions() if e.task == "left" and time.time() - e.started_at > 1.0],
         60,
-        what="the slow task to run for a second",
+        message="the slow task to run for a second",
     )
     _outage(cluster, db_proxy, 6.0)  # twice the heartbeat timeout (3 s)
-    wait_for(lambda: cluster.active_runs() == 0, 60, what="the run to end", interval_s=0.2)
+    wait_until(lambda: cluster.active_runs() == 0, 60, message="the run to end", interval_s=0.2)
     assert cluster.run_statuses() == {"Completed": 1}
     lefts = [e for e in cluster.executions() if e.task == "left"]
     assert len(lefts) == 1, f"the live task ran again: {lefts}"

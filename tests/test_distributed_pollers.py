@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.conftest import PG_URL, require_postgres
 from tests.distributed_harness import (
@@ -31,13 +32,36 @@ from tests.distributed_harness import (
     rendezvous_owners,
     service_db_url,
     too_close_polls,
-    wait_for,
     wait_for_poller_ready,
     wait_for_worker_ready,
 )
+from tests.support import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 LEASE_TTL_S = float(FAST_RECOVERY["CLOACINA_LEASE_TTL_S"])
+
+
+def _member_lists_hold(redis_url: str, ids: list[str], joined: dict[str, float]) -> bool:
+    """Whether every poller in ``ids`` renewed its lease (and so re-read the member list) after all others joined.
+
+    The lease set scores each member by its lease expiry, i.e. its last renewal + ``LEASE_TTL_S``. A member's
+    first score seen is recorded in ``joined`` as when it joined (seen late, that is later than it joined: a
+    stricter check).
+    """
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        keys = client.keys("*:pollers")
+        if len(keys) != 1:
+            return False
+        renewed = {m: float(score) - LEASE_TTL_S for m, score in client.zrange(keys[0], 0, -1, withscores=True)}
+    finally:
+        client.close()
+    for member, at in renewed.items():
+        joined.setdefault(member, at)
+    if not set(ids) <= set(renewed):
+        return False
+    # 0.5 s of margin: a renewal reads the clock just before its Redis round trip.
+    return all(renewed[x] > joined[y] + 0.5 for x in ids for y in ids if x != y)
 
 
 @pytest.mark.timeout(180)
@@ -51,9 +75,10 @@ def test_two_pollers_share_triggers_poll_once_per_interval_and_take_over_a_kille
     pgid_of = {poller_id: p.pid for poller_id, p in zip(ids, pollers, strict=True)}
 
     # Steady state: once both know each other, each trigger is polled by its rendezvous owner only.
-    time.sleep(LEASE_TTL_S / 3 + 1.0)  # one lease renewal: both member lists hold both pollers
+    joined: dict[str, float] = {}
+    wait_until(lambda: _member_lists_hold(cluster.redis_url, ids, joined), 30, message="both lists to hold both")
     steady_from = time.time()
-    time.sleep(3.0)
+    time.sleep(3.0)  # the observation window: the steady-state polls are the ones in it
     steady_until = time.time()
     doomed_id = max(ids, key=lambda i: sum(1 for o in owners.values() if o == i))
     survivor_id = ids[1 - ids.index(doomed_id)]
@@ -64,7 +89,12 @@ def test_two_pollers_share_triggers_poll_once_per_interval_and_take_over_a_kille
     # Its lease expires at most one lease period after its last renewal (so after its death); then the trigger's
     # next poll is due within one interval. The rest is slack for a loaded machine.
     takeover_bound_s = LEASE_TTL_S + interval_s + 0.75
-    time.sleep(takeover_bound_s + 2.0)
+
+    def polled_twice_after_the_kill() -> bool:
+        rows = cluster.sql("SELECT trigger, count(*) FROM ev_polls WHERE at > :k GROUP BY trigger", k=killed_at)
+        return {t for t, n in rows if n >= 2} == set(names)
+
+    wait_until(polled_twice_after_the_kill, takeover_bound_s + 30, message="every trigger to be polled again")
     assert pollers[ids.index(survivor_id)].alive
 
     polls = cluster.sql("SELECT trigger, pgid, at FROM ev_polls ORDER BY at")
@@ -108,15 +138,17 @@ def test_cron_due_times_fire_once_across_two_pollers(cluster: Cluster) -> None:
         pollers = [cluster.services.poller(f"p{n}", TICKER_APP) for n in (1, 2)]
         wait_for_worker_ready(worker)
         ids = [wait_for_poller_ready(p) for p in pollers]
-        wait_for(
+        wait_until(
             lambda: cluster.sql("SELECT count(*) FROM cron_executions")[0][0] >= 6,
             60,
-            what="six cron due times to fire",
+            message="six cron due times to fire",
             interval_s=0.2,
         )
         store.set_enabled(schedule.id, False)
-        time.sleep(1.5)  # a pass that read the schedule before it was disabled finishes its due time
-        wait_for(lambda: cluster.active_runs() == 0, 60, what="the cron runs to complete", interval_s=0.2)
+        # A pass that read the schedule before it was disabled still fires its due time. That pass runs in another
+        # process and leaves no trace until it has fired, so this grace period is a sleep, not a wait.
+        time.sleep(1.5)
+        wait_until(lambda: cluster.active_runs() == 0, 60, message="the cron runs to complete", interval_s=0.2)
     finally:
         db.dispose()
 

@@ -6,27 +6,17 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
-import redis
 
 from cloacina.store.database import Database
 from tests.conftest import PG_URL
-
-REDIS_DB_URL = "redis://localhost:6379/12"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support import free_port, wait_until
 
 
 def _get(url: str, auth: tuple[str, str] | None) -> tuple[int, bytes]:
@@ -43,15 +33,14 @@ def _get(url: str, auth: tuple[str, str] | None) -> tuple[int, bytes]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_flower_requires_auth_and_sees_the_worker(pg_schema: str, tmp_path: Path) -> None:
+def test_flower_requires_auth_and_sees_the_worker(pg_schema: str, tmp_path: Path, redis_url: str) -> None:
     Database(PG_URL, schema=pg_schema).upgrade()
-    redis.Redis.from_url(REDIS_DB_URL).flushdb()
     env = {
         **os.environ,
         "CLOACINA_DATABASE_URL": f"{PG_URL}?options=-csearch_path%3D{pg_schema}",
-        "CLOACINA_BROKER_URL": REDIS_DB_URL,
+        "CLOACINA_BROKER_URL": redis_url,
     }
-    port = _free_port()
+    port = free_port()
     logs = {name: (tmp_path / f"{name}.log").open("wb") for name in ("worker", "flower")}
     worker = subprocess.Popen(
         [sys.executable, "-m", "cloacina", "worker", "--pool", "solo", "-n", "flowertest@%h"],
@@ -77,22 +66,19 @@ def test_flower_requires_auth_and_sees_the_worker(pg_schema: str, tmp_path: Path
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        workers: dict[str, object] = {}
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                status, body = _get(f"{base}/api/workers?refresh=1", ("ops", "s3cret"))
-            except OSError:
-                time.sleep(0.5)
-                continue
-            if status == 200:
-                workers = json.loads(body)
-                if any(name.startswith("flowertest@") for name in workers):
-                    break
-            time.sleep(1)
-        assert any(name.startswith("flowertest@") for name in workers), (tmp_path / "flower.log").read_text()[
-            -2000:
-        ] + (tmp_path / "worker.log").read_text()[-2000:]
+
+        def log_tails() -> str:
+            return (tmp_path / "flower.log").read_text()[-2000:] + (tmp_path / "worker.log").read_text()[-2000:]
+
+        def workers_seen() -> dict[str, object] | None:
+            status, body = _get(f"{base}/api/workers?refresh=1", ("ops", "s3cret"))  # OSError until Flower listens
+            seen: dict[str, object] = json.loads(body) if status == 200 else {}
+            return seen if any(name.startswith("flowertest@") for name in seen) else None
+
+        workers = wait_until(
+            workers_seen, 120, interval_s=0.5, message=lambda: f"Flower to list the worker\n{log_tails()}"
+        )
+        assert any(name.startswith("flowertest@") for name in workers), log_tails()
         assert _get(f"{base}/api/workers", None)[0] == 401
         assert _get(f"{base}/", None)[0] == 401
         assert _get(f"{base}/api/workers", ("ops", "wrong"))[0] == 401

@@ -251,8 +251,10 @@ def test_instrumented_scheduler_counts_fires_skips_errors_and_ticks() -> None:
         instrument_scheduler(runner.trigger_scheduler, m)
         try:
             wait_until(
-                lambda: (m.value("cloacina_trigger_dedup_skips_total", trigger="obs_same") or 0) >= 1
-                and (m.value("cloacina_trigger_poll_errors_total", trigger="obs_broken") or 0) >= 1,
+                lambda: (
+                    (m.value("cloacina_trigger_dedup_skips_total", trigger="obs_same") or 0) >= 1
+                    and (m.value("cloacina_trigger_poll_errors_total", trigger="obs_broken") or 0) >= 1
+                ),
                 15,
                 message="a dedup skip and a poll error to be counted",
             )

@@ -209,7 +209,8 @@ def test_daemon_with_a_broker_publishes_package_runs_to_a_worker(
         monkeypatch.setenv("HOME", str(tmp_path))
         result = CliRunner().invoke(main, ["package", "deploy", str(archive), "--to", str(watch)])
         assert result.exit_code == 0, result.output
-        wait_logged(lambda: "package data-ingest 4.0.0 deployed" in daemon_log.read_text(), 60, "the deploy", daemon_log)
+        deployed = "package data-ingest 4.0.0 deployed"
+        wait_logged(lambda: deployed in daemon_log.read_text(), 60, "the deploy", daemon_log)
 
         registry_db = Database(url, pool_size=1)
         try:

@@ -16,10 +16,11 @@ import tarfile
 import textwrap
 from pathlib import Path
 
+import jsonschema
 import pytest
 from click.testing import CliRunner
 
-from cloacina.cli_package import package
+from cloacina.cli.package import package
 from cloacina.packaging.archive import (
     PackageError,
     compute_fingerprint,
@@ -166,7 +167,6 @@ def test_extract_writes_exactly_the_validated_members(data_ingest_archive: Path,
 
 # -- manifest schema --------------------------------------------------------------------------------------
 def test_schema_command_prints_a_json_schema_that_accepts_real_manifests(data_ingest_archive: Path) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
     result = CliRunner().invoke(package, ["schema"])
     assert result.exit_code == 0, result.output
     schema = json.loads(result.output)

@@ -8,24 +8,15 @@ import runpy
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 import cloacina as cloaca
 from tests.conftest import Backend
+from tests.support import wait_until
 
 APP = Path(__file__).parent / "apps" / "recovery_app.py"
-
-
-def _wait(predicate, timeout_s: float) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.mark.slow
@@ -50,7 +41,7 @@ def test_killed_runner_is_recovered_by_the_next_one(
     try:
         assert proc.stdout is not None
         run_id = proc.stdout.readline().strip()
-        assert _wait(lambda: (markers / "slow").exists(), 30), "the first attempt never started"
+        assert wait_until(lambda: (markers / "slow").exists(), 30, message="the first attempt to start")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)

@@ -243,7 +243,7 @@ def test_async_tasks(make_runner) -> None:
 
         @cloaca.task(id="a")
         async def a(ctx):
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # a task that really awaits something (the behaviour under test)
             ctx.set("a", True)
             return ctx
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 import cloacina as cloaca
+from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -112,7 +113,7 @@ def test_sync_task_timeout_fails_the_attempt(runner) -> None:
 
         @cloaca.task(id="sleepy", timeout_seconds=0.2, retry_attempts=0)
         def sleepy(ctx):
-            time.sleep(1.0)
+            time.sleep(1.0)  # outlives the 0.2 s task timeout: the behaviour under test
             ctx.set("woke", True)
 
     result = runner.execute("sleepy")
@@ -132,7 +133,7 @@ def test_timed_out_attempt_is_retried(runner) -> None:
         def slow_once(ctx):
             calls.append(1)
             if len(calls) == 1:
-                time.sleep(1.0)  # the abandoned first attempt; its late result is discarded
+                time.sleep(1.0)  # outlives the timeout (the behaviour): this attempt's late result is discarded
             ctx.set("attempts_seen", len(calls))
 
     result = runner.execute("slow_once")
@@ -148,7 +149,7 @@ def test_async_task_timeout(runner) -> None:
 
         @cloaca.task(id="async_sleepy", timeout_seconds=0.2, retry_attempts=0)
         async def async_sleepy(ctx):
-            await asyncio.sleep(10)
+            await asyncio.sleep(10)  # outlives the 0.2 s task timeout: the behaviour under test
 
     result = runner.execute("async_sleepy")
     assert result.status == "Failed"
@@ -160,24 +161,18 @@ def test_runner_default_task_timeout_applies(make_runner) -> None:
 
         @cloaca.task(id="lingers", retry_attempts=0)
         def lingers(ctx):
-            time.sleep(1.0)
+            time.sleep(1.0)  # outlives the runner's 0.2 s default task timeout: the behaviour under test
 
     result = make_runner(task_timeout_seconds=0.2).execute("default_timeout")
     assert result.status == "Failed" and "timed out after 0.2s" in (result.error_message or "")
 
 
 # -- callbacks ----------------------------------------------------------------------------------------------
-def _eventually(predicate, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
-
-
 def test_callbacks_have_run_when_execute_returns(runner) -> None:
     # The last task's callback must not race the caller: the seed's demo prints it before "Workflow status".
     calls: list[str] = []
 
+    # Slow callbacks (the behaviour under test): execute() must not return before they have run.
     def slow_success(task_id, context):
         time.sleep(0.2)
         calls.append(task_id)
@@ -265,7 +260,7 @@ def test_raising_callbacks_do_not_change_the_outcome(runner, caplog) -> None:
 
     with caplog.at_level(logging.WARNING, logger="cloacina"):
         result = runner.execute("resilient")
-        _eventually(lambda: logged("on_success callback of task 'resilient_task' raised"))
+        wait_until(lambda: logged("on_success callback of task 'resilient_task' raised"), 5, message="the log line")
     tasks = runner.runs.get_tasks(result.run_id)
     assert tasks["resilient_task"].status == "Completed"
     assert (tasks["doomed"].status, tasks["doomed"].error_message) == ("Failed", "ValueError: expected")

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +17,9 @@ from sqlalchemy import create_engine, text
 import cloacina as cloaca
 from cloacina import DefaultRunnerConfig
 from tests.conftest import PG_URL, Backend
+from tests.support import PollCounter, wait_until
 
 FAST = {"trigger_base_poll_interval_ms": 100, "enable_cron_scheduling": False}
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0, step_s: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step_s)
-    return predicate()
 
 
 class Tracker:
@@ -45,7 +36,7 @@ class Tracker:
             self.active += 1
             self.max_active = max(self.max_active, self.active)
         start = time.monotonic()
-        time.sleep(seconds)
+        time.sleep(seconds)  # the task body takes this long: the behaviour under test (runs that overlap or not)
         with self.lock:
             self.active -= 1
             self.intervals.append((start, time.monotonic()))
@@ -171,11 +162,21 @@ def test_hung_trigger_does_not_delay_a_fast_one() -> None:
 
     config = DefaultRunnerConfig(trigger_poll_timeout_seconds=1.0, **FAST)
     with cloaca.DefaultRunner(":memory:", config) as runner:
-        time.sleep(2.5)
-        fast_polls = runner.get_trigger_schedule("fast")["poll_count"]
-        hung_s = runner.get_trigger_schedule("hung")
-        release.set()
-    # 2.5 s at 100 ms would be 25 polls; a fast trigger stuck behind the hung one would have ~1.
+        try:
+            # Ten fast polls and the hung poll's timeout, all while the hung poll has not returned: a fast trigger
+            # stuck behind the hung one would have ~1 poll and this wait would time out.
+            wait_until(
+                lambda: (
+                    runner.get_trigger_schedule("fast")["poll_count"] >= 10
+                    and runner.get_trigger_schedule("hung")["error_count"] >= 1
+                ),
+                8,
+                message="ten fast polls and the hung poll's timeout",
+            )
+            fast_polls = runner.get_trigger_schedule("fast")["poll_count"]
+            hung_s = runner.get_trigger_schedule("hung")
+        finally:
+            release.set()
     assert fast_polls >= 10
     assert hung_s["error_count"] == 1 and "timed out after 1s" in hung_s["last_error"]
 
@@ -187,12 +188,12 @@ def test_async_trigger_fires_and_async_timeout_is_recorded() -> None:
 
     @cloaca.trigger(workflow="async_wf", poll_interval="100ms", allow_concurrent=True)
     async def async_fire() -> cloaca.TriggerResult:
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # a poll that really awaits something (the behaviour under test)
         return cloaca.TriggerResult.fire()
 
     @cloaca.trigger(workflow="async_wf", poll_interval="100ms")
     async def async_slow() -> cloaca.TriggerResult:
-        await asyncio.sleep(5)
+        await asyncio.sleep(5)  # outlives the 0.5 s poll timeout: the behaviour under test
         return cloaca.TriggerResult.skip()
 
     config = DefaultRunnerConfig(trigger_poll_timeout_seconds=0.5, **FAST)
@@ -211,21 +212,33 @@ def test_disable_stops_fires_and_survives_restart(durable_backend: Backend) -> N
     def toggled() -> bool:
         return True
 
+    @cloaca.trigger(workflow="toggle_wf", poll_interval="100ms")
+    def canary() -> bool:  # never disabled: its polls show poll intervals going by in the scheduler
+        return False
+
     config = DefaultRunnerConfig(**FAST)
     runner = cloaca.DefaultRunner(durable_backend.url, config, schema=durable_backend.schema)
     try:
+        assert runner.trigger_scheduler is not None
+        polls = PollCounter(runner.trigger_scheduler)
         assert wait_until(lambda: runner.get_trigger_schedule("toggled")["fire_count"] >= 2, 10)
         runner.set_trigger_enabled("toggled", False)
-        time.sleep(0.3)  # a poll already running when we disabled may still complete
+        # A poll already running when we disabled may still complete.
+        scheduler = runner.trigger_scheduler
+        wait_until(lambda: "toggled" not in scheduler.polls_in_progress(), 10, message="the last poll to end")
+        runner.trigger_scheduler.flush_stats()
         fires = runner.get_trigger_schedule("toggled")["fire_count"]
-        time.sleep(1.0)
+        polls.wait_for_more("canary", 10)  # ten poll intervals: no new fire
+        runner.trigger_scheduler.flush_stats()
         assert runner.get_trigger_schedule("toggled")["fire_count"] == fires
         assert runner.get_trigger_schedule("toggled")["enabled"] is False
     finally:
         runner.shutdown()
     restarted = cloaca.DefaultRunner(durable_backend.url, config, schema=durable_backend.schema)
     try:
-        time.sleep(0.8)
+        assert restarted.trigger_scheduler is not None
+        PollCounter(restarted.trigger_scheduler).wait_for_more("canary", 8)  # eight intervals of the new runner
+        restarted.trigger_scheduler.flush_stats()
         schedule = restarted.get_trigger_schedule("toggled")
         assert schedule["enabled"] is False and schedule["fire_count"] == fires
         restarted.set_trigger_enabled("toggled", True)

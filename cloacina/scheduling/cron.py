@@ -40,8 +40,8 @@ from cloacina.definitions.workflow import Workflow
 from cloacina.execution.coordinator import RunCoordinator
 from cloacina.scheduling import cron_math
 from cloacina.store.cron import CronScheduleRecord, CronStore
-from cloacina.store.models import utcnow
 from cloacina.store.runs import CronClaim
+from cloacina.timestamps import utcnow
 
 log = logging.getLogger("cloacina.cron")
 CATCHUP_POLICIES = ("skip", "run_all")

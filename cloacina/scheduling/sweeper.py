@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from cloacina.execution.coordinator import RunCoordinator
-from cloacina.store.models import utcnow
 from cloacina.store.recovery import RecoveryStore
+from cloacina.timestamps import utcnow
 
 log = logging.getLogger("cloacina.sweeper")
 

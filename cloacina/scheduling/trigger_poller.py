@@ -148,6 +148,11 @@ class TriggerScheduler:
         with self._cond:
             return sorted(self._entries)
 
+    def polls_in_progress(self) -> list[str]:
+        """Triggers whose poll has started and not returned yet (a timed-out poll stays listed until it returns)."""
+        with self._cond:
+            return sorted(self._in_flight)
+
     def _push(self, entry: _Entry) -> None:
         heapq.heappush(self._heap, (entry.next_due, next(self._seq), entry.definition.name))
 
@@ -164,14 +169,14 @@ class TriggerScheduler:
         due: list[_Entry] = []
         timed_out: list[str] = []
         with self._cond:
-            for entry in self._in_flight.values():  # only polls in progress, not every trigger: O(busy), not O(all)
+            for busy in self._in_flight.values():  # only polls in progress, not every trigger: O(busy), not O(all)
                 if (
-                    entry.in_flight_since is not None
-                    and not entry.timed_out
-                    and now - entry.in_flight_since >= self.poll_timeout_s
+                    busy.in_flight_since is not None
+                    and not busy.timed_out
+                    and now - busy.in_flight_since >= self.poll_timeout_s
                 ):
-                    entry.timed_out = True
-                    timed_out.append(entry.definition.name)
+                    busy.timed_out = True
+                    timed_out.append(busy.definition.name)
             while self._heap and self._heap[0][0] <= now:
                 due_at, _, name = heapq.heappop(self._heap)
                 entry = self._entries.get(name)

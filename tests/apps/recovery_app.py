@@ -42,4 +42,4 @@ if __name__ == "__main__":
     config = cloaca.DefaultRunnerConfig(recovery_stale_after_seconds=2, enable_trigger_scheduling=False)
     runner = cloaca.DefaultRunner(sys.argv[1], config)
     print(runner.start_run("recovery_wf", {"n": 1}), flush=True)
-    time.sleep(600)
+    time.sleep(600)  # stays alive (a runner mid-run) until the test kills it

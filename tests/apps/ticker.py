@@ -13,13 +13,13 @@ with cloaca.WorkflowBuilder("tick_flow") as builder:
 
     @cloaca.task(id="extract")
     def extract(ctx):
-        time.sleep(0.15)
+        time.sleep(0.15)  # tasks take longer than the poll interval, so later fires are dedup skips
         ctx.set("rows", 3)
         return ctx
 
     @cloaca.task(id="load", dependencies=["extract"])
     def load(ctx):
-        time.sleep(0.15)
+        time.sleep(0.15)  # tasks take longer than the poll interval, so later fires are dedup skips
         ctx.set("loaded", ctx.get("rows"))
         return ctx
 

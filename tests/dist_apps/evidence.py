@@ -50,7 +50,7 @@ def _execute(sql: str, params: tuple[Any, ...]) -> Any:
             _local.conn = None
             if attempt == 4:
                 raise
-            time.sleep(0.2)
+            time.sleep(0.2)  # back-off before the next attempt to write (a retry delay, not a synchronisation)
     return None
 
 

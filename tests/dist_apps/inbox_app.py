@@ -30,12 +30,12 @@ def _run_key(ctx):
 
 def _work(task_id, ctx):
     execution = evidence.execution_started(ctx.get("item"), _run_key(ctx), task_id)
-    time.sleep(SLOW_S if task_id == SLOW_TASK else TASK_S)
+    time.sleep(SLOW_S if task_id == SLOW_TASK else TASK_S)  # a task that takes time: the tests kill workers mid-task
     if task_id == "finish":
         evidence.mark_done(ctx.get("item"))
     evidence.execution_ended(execution)
     if task_id == "finish":
-        time.sleep(DONE_MARGIN_S)
+        time.sleep(DONE_MARGIN_S)  # the run stays active a while after its item is done (fires meanwhile are skips)
     return ctx
 
 

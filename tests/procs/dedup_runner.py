@@ -18,7 +18,7 @@ with cloaca.WorkflowBuilder("dedup_wf") as builder:
 
     @cloaca.task(id="work", retry_attempts=0)
     def work(context: cloaca.Context) -> cloaca.Context:
-        time.sleep(0.3)
+        time.sleep(0.3)  # each run takes a while: the behaviour under test (runs of one key must not overlap)
         return context
 
 
@@ -32,10 +32,9 @@ def main() -> None:
     config = cloaca.DefaultRunnerConfig(enable_cron_scheduling=False, trigger_base_poll_interval_ms=200)
     runner = cloaca.DefaultRunner.with_schema(url, schema, config)
     print("ready", flush=True)
-    time.sleep(seconds)
+    time.sleep(seconds)  # the process polls for this long: the test's observation period
     runner.set_trigger_enabled("items", False)
-    time.sleep(0.5)  # let the runs in flight finish
-    runner.shutdown(wait_s=5)
+    runner.shutdown(wait_s=5)  # stops polling (a poll in flight ends first), then drains the runs in flight
     print("done", flush=True)
 
 

@@ -1,0 +1,347 @@
+"""One pass of the trigger poller (``TriggerScheduler.run_once``) at a time, with an injected clock.
+
+The test sets the clock, calls ``run_once`` and waits (on a condition, :meth:`TriggerScheduler.polls_in_progress`)
+for the polls that pass started: no real time has to go by for an interval to elapse or a poll to time out. Polls
+run on the scheduler's own thread pool as in production; a hung poll is a real call blocked on an event that the
+test releases. Runs are created by a real ``RunCoordinator`` on a real store; nothing executes their tasks unless the
+test does, so a run fired with ``allow_concurrent=False`` stays active and its key taken.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import cloacina as cloaca
+from cloacina.definitions import registry
+from cloacina.definitions.trigger import TriggerDefinition
+from cloacina.execution.coordinator import RunCoordinator
+from cloacina.scheduling.trigger_poller import TriggerScheduler
+from cloacina.store.database import Database
+from cloacina.store.runs import RunStore
+from cloacina.store.triggers import TriggerStore
+from tests.conftest import Backend
+from tests.support import FakeClock, wait_until
+
+T0 = 1_000.0
+Event = tuple[str, str, dict[str, Any]]
+
+
+class Stack:
+    """A store, a coordinator and an injected clock; schedulers built on them are stopped at the end."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.db = Database(backend.url, schema=backend.schema)
+        self.db.upgrade()
+        self.store = TriggerStore(self.db)
+        self.runs = RunStore(self.db)
+        self.coordinator = RunCoordinator(self.runs, lambda name, *_: registry.get_workflow(name))
+        self.clock = FakeClock(T0)
+        self.events: list[Event] = []
+        self._schedulers: list[TriggerScheduler] = []
+
+    def scheduler(self, **kwargs: Any) -> TriggerScheduler:
+        kwargs.setdefault("refresh_interval_s", 3600.0)  # refreshes only when a test asks for one
+        scheduler = TriggerScheduler(self.store, self.coordinator, registry.get_workflow, clock=self.clock, **kwargs)
+        scheduler.add_listener(lambda event, name, info: self.events.append((event, name, info)))
+        self._schedulers.append(scheduler)
+        return scheduler
+
+    def pass_at(self, scheduler: TriggerScheduler, at: float, *, hung: tuple[str, ...] = ()) -> float:
+        """Set the clock to ``T0 + at``, run one pass, and wait until the polls it started are done (except the
+        ``hung`` ones). Returns what ``run_once`` returned."""
+        self.clock.now = T0 + at
+        sleep_s = scheduler.run_once()
+        wait_until(
+            lambda: set(scheduler.polls_in_progress()) <= set(hung),
+            10,
+            interval_s=0.005,
+            message=lambda: f"the polls of the pass at {at} to end (in progress: {scheduler.polls_in_progress()})",
+        )
+        return sleep_s
+
+    def schedule(self, scheduler: TriggerScheduler, name: str) -> dict[str, Any]:
+        scheduler.flush_stats()
+        found = self.store.get_schedule(name)
+        assert found is not None
+        return found
+
+    def events_of(self, name: str, event: str) -> list[dict[str, Any]]:
+        return [info for e, n, info in list(self.events) if (e, n) == (event, name)]
+
+    def close(self) -> None:
+        for scheduler in self._schedulers:
+            scheduler.stop(wait_s=1.0)
+        self.db.dispose()
+
+
+@pytest.fixture
+def stack() -> Iterator[Stack]:
+    opened = Stack(Backend("sqlite-memory", ":memory:"))
+    yield opened
+    opened.close()
+
+
+@pytest.fixture(autouse=True)
+def workflow() -> None:
+    with cloaca.WorkflowBuilder("wf"):
+
+        @cloaca.task(id="only", retry_attempts=0)
+        def only(ctx: cloaca.Context) -> cloaca.Context:
+            return ctx
+
+
+def definition(
+    name: str, function: Callable[[], Any], interval_s: float = 1.0, *, allow_concurrent: bool = False,
+    workflow: str = "wf",
+) -> TriggerDefinition:  # fmt: skip
+    return TriggerDefinition(
+        name=name,
+        function=function,
+        workflow=workflow,
+        poll_interval_ms=int(interval_s * 1000),
+        allow_concurrent=allow_concurrent,
+    )
+
+
+class Calls:
+    """A poll function that records the (injected) clock time of every call and returns ``result``."""
+
+    def __init__(self, clock: FakeClock[float], result: Any = False) -> None:
+        self.clock = clock
+        self.result = result
+        self.at: list[float] = []
+
+    def __call__(self) -> Any:
+        self.at.append(self.clock() - T0)
+        return self.result() if callable(self.result) else self.result
+
+
+# -- which triggers a pass polls ---------------------------------------------------------------------------------
+def test_polls_only_due_triggers_each_interval_from_the_start_of_the_previous_poll(stack: Stack) -> None:
+    scheduler = stack.scheduler()
+    fast, slow = Calls(stack.clock), Calls(stack.clock)
+    assert scheduler.add(definition("fast", fast, interval_s=1.0))
+    assert scheduler.add(definition("slow", slow, interval_s=3.0))
+    assert scheduler.trigger_names == ["fast", "slow"]
+
+    stack.pass_at(scheduler, 0.0)  # the first poll comes one interval after registration
+    stack.pass_at(scheduler, 0.999)
+    assert fast.at == [] and slow.at == []
+    stack.pass_at(scheduler, 1.0)
+    assert fast.at == [1.0] and slow.at == []
+    stack.pass_at(scheduler, 2.5)  # a late pass: the next poll is due one interval after *this* poll started
+    stack.pass_at(scheduler, 3.0)
+    assert fast.at == [1.0, 2.5] and slow.at == [3.0]
+    stack.pass_at(scheduler, 3.499)
+    assert fast.at == [1.0, 2.5]
+    sleep_s = stack.pass_at(scheduler, 3.5)
+    assert fast.at == [1.0, 2.5, 3.5] and slow.at == [3.0]
+    assert sleep_s == pytest.approx(1.0)  # fast is next due at 4.5, slow at 6.0
+
+    counts = stack.schedule(scheduler, "fast")
+    assert (counts["poll_count"], counts["skip_count"], counts["error_count"]) == (3, 3, 0)
+    assert stack.schedule(scheduler, "slow")["poll_count"] == 1
+
+
+def test_run_once_says_how_long_the_loop_may_sleep(stack: Stack) -> None:
+    scheduler = stack.scheduler(refresh_interval_s=0.25)
+    scheduler.add(definition("t", Calls(stack.clock), interval_s=2.0))
+    assert stack.pass_at(scheduler, 0.0) == pytest.approx(0.25)  # the next refresh comes before the next poll
+    idle = stack.scheduler(refresh_interval_s=5.0)  # nothing registered: it sleeps a whole refresh interval
+    assert idle.run_once() == pytest.approx(5.0)
+
+
+def test_a_poll_still_running_is_not_started_again(stack: Stack) -> None:
+    release = threading.Event()
+    calls = Calls(stack.clock, result=lambda: release.wait(10) and False)
+    scheduler = stack.scheduler()
+    scheduler.add(definition("busy", calls, interval_s=1.0))
+    stack.pass_at(scheduler, 1.0, hung=("busy",))
+    assert scheduler.polls_in_progress() == ["busy"]
+    stack.pass_at(scheduler, 2.0, hung=("busy",))  # due again, but its poll has not returned
+    assert calls.at == [1.0]
+    release.set()
+    stack.pass_at(scheduler, 2.5)
+    assert scheduler.polls_in_progress() == []
+    stack.pass_at(scheduler, 3.0)
+    assert calls.at == [1.0, 3.0]
+
+
+def test_a_removed_trigger_is_not_polled(stack: Stack) -> None:
+    scheduler = stack.scheduler()
+    calls = Calls(stack.clock)
+    scheduler.add(definition("gone", calls))
+    stack.pass_at(scheduler, 1.0)
+    scheduler.remove("gone")
+    for at in (2.0, 3.0, 10.0):
+        stack.pass_at(scheduler, at)
+    assert calls.at == [1.0] and scheduler.trigger_names == []
+    assert stack.store.get_schedule("gone") is not None  # its schedule row and history stay
+
+
+# -- enabled / disabled --------------------------------------------------------------------------------------------
+def test_disabled_triggers_are_not_polled_and_reenabled_ones_are_polled_at_once(stack: Stack) -> None:
+    scheduler = stack.scheduler()
+    calls = Calls(stack.clock)
+    scheduler.add(definition("toggled", calls))
+    stack.pass_at(scheduler, 1.0)
+    scheduler.set_enabled("toggled", False)
+    for at in (2.0, 3.0, 4.0):
+        stack.pass_at(scheduler, at)
+    assert calls.at == [1.0]
+    stack.clock.now = T0 + 4.25
+    scheduler.set_enabled("toggled", True)
+    stack.pass_at(scheduler, 4.25)  # due at once, not one interval later
+    stack.pass_at(scheduler, 5.0)
+    stack.pass_at(scheduler, 5.25)
+    assert calls.at == [1.0, 4.25, 5.25]
+    scheduler.set_enabled("no_such_trigger", False)  # ignored
+
+
+def test_a_trigger_disabled_in_the_database_stops_at_the_next_refresh(stack: Stack) -> None:
+    scheduler = stack.scheduler()
+    calls = Calls(stack.clock)
+    scheduler.add(definition("remote", calls))
+    stack.pass_at(scheduler, 1.0)
+    assert stack.store.set_enabled("remote", False)  # the CLI, or another process
+    stack.pass_at(scheduler, 2.0)  # not refreshed yet: this process still polls it
+    scheduler.refresh()
+    for at in (3.0, 4.0):
+        stack.pass_at(scheduler, at)
+    assert calls.at == [1.0, 2.0]
+    assert stack.store.set_enabled("remote", True)
+    stack.clock.now = T0 + 4.5
+    scheduler.refresh()
+    stack.pass_at(scheduler, 4.5)
+    assert calls.at == [1.0, 2.0, 4.5]
+
+
+def test_a_trigger_disabled_before_registration_starts_disabled(stack: Stack) -> None:
+    first = stack.scheduler()
+    first.add(definition("off", Calls(stack.clock)))
+    assert stack.store.set_enabled("off", False)
+    calls = Calls(stack.clock)
+    second = stack.scheduler()  # e.g. a restarted process
+    second.add(definition("off", calls))
+    for at in (1.0, 2.0, 3.0):
+        stack.pass_at(second, at)
+    assert calls.at == []
+    assert stack.schedule(second, "off")["enabled"] is False
+
+
+def test_a_trigger_without_a_workflow_is_refused(stack: Stack) -> None:
+    scheduler = stack.scheduler()
+    assert scheduler.add(TriggerDefinition(name="unbound", function=bool, workflow=None, poll_interval_ms=100)) is False
+    assert scheduler.trigger_names == [] and stack.store.get_schedule("unbound") is None
+
+
+# -- bad polls ----------------------------------------------------------------------------------------------------
+def test_raising_wrong_type_timeout_and_unknown_workflow_are_recorded_and_polling_continues(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    release = threading.Event()
+
+    def raising() -> Any:
+        raise RuntimeError("cannot reach the inbox")
+
+    hung = Calls(stack.clock, result=lambda: release.wait(10) and cloaca.TriggerResult.skip())
+    healthy = Calls(stack.clock, result=lambda: cloaca.TriggerResult.fire({"n": len(healthy.at)}))
+    scheduler = stack.scheduler(poll_timeout_s=5.0)
+    scheduler.add(definition("raising", raising))
+    scheduler.add(definition("wrong_type", lambda: "yes please"))
+    scheduler.add(definition("unknown_workflow", lambda: True, workflow="no_such_workflow"))
+    scheduler.add(definition("hung", hung))
+    scheduler.add(definition("healthy", healthy, allow_concurrent=True))
+    try:
+        for at in (1.0, 2.0, 3.0, 4.0, 5.0):
+            stack.pass_at(scheduler, at, hung=("hung",))
+        assert stack.events_of("hung", "poll_error") == []  # 4 s into a 5 s timeout
+        stack.pass_at(scheduler, 6.0, hung=("hung",))  # 5 s after the hung poll started
+        assert [e["reason"] for e in stack.events_of("hung", "poll_error")] == ["poll timed out after 5s"]
+        assert scheduler.polls_in_progress() == ["hung"]  # not polled again until the hung call returns
+    finally:
+        release.set()
+    stack.pass_at(scheduler, 6.5)  # the late answer of the timed-out poll is discarded
+    stack.pass_at(scheduler, 7.0)  # and the trigger is polled again
+    assert hung.at == [1.0, 7.0]
+    assert healthy.at == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]  # the bad triggers delayed nothing
+
+    raising_s = stack.schedule(scheduler, "raising")
+    assert raising_s["error_count"] == raising_s["poll_count"] == 7
+    assert "RuntimeError: cannot reach the inbox" in raising_s["last_error"]
+    wrong_s = stack.schedule(scheduler, "wrong_type")
+    assert wrong_s["error_count"] == 7 and "returned str" in wrong_s["last_error"]
+    unknown_s = stack.schedule(scheduler, "unknown_workflow")
+    assert unknown_s["error_count"] == 7 and "no_such_workflow" in unknown_s["last_error"]
+    assert unknown_s["fire_count"] == 0
+    hung_s = stack.schedule(scheduler, "hung")
+    assert (hung_s["poll_count"], hung_s["error_count"], hung_s["skip_count"]) == (1, 1, 1)
+    assert "timed out after 5s" in hung_s["last_error"]
+    healthy_s = stack.schedule(scheduler, "healthy")
+    assert (healthy_s["fire_count"], healthy_s["error_count"]) == (7, 0)
+    assert len(stack.events_of("healthy", "fire")) == 7
+    # Logged with the trigger's name, once per reason (not on every poll).
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("'raising'" in m and "cannot reach the inbox" in m for m in messages) == 1
+
+
+# -- fires and deduplication -------------------------------------------------------------------------------------
+def test_a_fire_creates_a_run_with_the_trigger_context(stack: Stack) -> None:
+    scheduler = stack.scheduler()
+    scheduler.add(definition("files", lambda: cloaca.TriggerResult.fire({"file": "a.csv"})))
+    stack.pass_at(scheduler, 1.0)
+    (fire,) = stack.events_of("files", "fire")
+    run = stack.runs.get_run(fire["run_id"])
+    assert run is not None and run.workflow_name == "wf"
+    assert run.input_context["file"] == "a.csv" and run.input_context["trigger_name"] == "files"
+    assert "triggered_at" in run.input_context
+    assert fire["context_hash"] == cloaca.context_hash({"file": "a.csv"})
+
+
+def test_a_fire_of_an_active_key_is_a_counted_dedup_skip_and_the_key_frees_when_the_run_ends(
+    backend: Backend,
+) -> None:
+    stack = Stack(backend)
+    try:
+        scheduler = stack.scheduler()
+        scheduler.add(definition("same", lambda: cloaca.TriggerResult.fire({"item": 1})))
+        stack.pass_at(scheduler, 1.0)
+        (fire,) = stack.events_of("same", "fire")
+        stack.pass_at(scheduler, 2.0)  # the run is still active (nothing ran its task)
+        stack.pass_at(scheduler, 3.0)
+        assert len(stack.events_of("same", "fire")) == 1
+        assert [e["context_hash"] for e in stack.events_of("same", "dedup_skip")] == [fire["context_hash"]] * 2
+        counts = stack.schedule(scheduler, "same")
+        assert (counts["fire_count"], counts["dedup_skip_count"], counts["error_count"]) == (1, 2, 0)
+        assert [h["run_id"] for h in stack.store.execution_history("same")] == [fire["run_id"]]
+
+        assert stack.coordinator.run_task(fire["run_id"], "only").kind == "completed"  # the run ends
+        stack.pass_at(scheduler, 4.0)
+        assert len(stack.events_of("same", "fire")) == 2  # the key is free again at once
+    finally:
+        stack.close()
+
+
+def test_allow_concurrent_fires_every_time(stack: Stack) -> None:
+    scheduler = stack.scheduler()
+    scheduler.add(definition("every", lambda: cloaca.TriggerResult.fire({"item": 1}), allow_concurrent=True))
+    for at in (1.0, 2.0, 3.0):
+        stack.pass_at(scheduler, at)
+    assert len({e["run_id"] for e in stack.events_of("every", "fire")}) == 3
+    assert stack.events_of("every", "dedup_skip") == []
+
+
+def test_an_async_trigger_is_polled_on_the_event_loop(stack: Stack) -> None:
+    async def async_fire() -> cloaca.TriggerResult:
+        return cloaca.TriggerResult.fire({"async": True})
+
+    scheduler = stack.scheduler()
+    scheduler.add(definition("async_fire", async_fire, allow_concurrent=True))
+    stack.pass_at(scheduler, 1.0)
+    stack.pass_at(scheduler, 2.0)
+    assert len(stack.events_of("async_fire", "fire")) == 2
+    assert stack.schedule(scheduler, "async_fire")["poll_count"] == 2
