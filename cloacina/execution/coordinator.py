@@ -14,6 +14,7 @@ skips, retries, callbacks and ``final_context`` are the same code in both modes.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import random
@@ -124,11 +125,9 @@ class RunCoordinator:
             workflow = self.resolve_workflow(run.workflow_name, run.workflow_version, run.package_fingerprint)
         return self._after(run_id, self.store.advance(run_id, workflow))
 
-    def _after(self, run_id: str, transition: Transition, workflow: Workflow | None = None) -> Transition:
+    def _after(self, run_id: str, transition: Transition) -> Transition:
         if transition.ready:
             self.dispatcher.tasks_ready(run_id, transition.ready)
-        if transition.all_done and transition.ended is None and workflow is not None:
-            transition = self.store.advance(run_id, workflow)  # every task is done: end the run now
         if transition.ended is not None:
             log.info("run finished", extra={"run_id": run_id, "status": str(transition.ended.status)})
             self._notify(transition.ended)
@@ -206,12 +205,16 @@ class RunCoordinator:
                 output = call_task(definition, started.input_context, timeout_s)
         except TaskCallError as failure:
             return self._record_failure(run_id, workflow, definition, started, failure.cause, fields)
-        transition = _record(lambda: self.store.complete_attempt(run_id, task_id, started.attempt, output, workflow))
+        # on_success runs before the task is marked completed (cloaca's order), so recording the completion can
+        # plan the successors and end the run, when this was its last task, in one transaction.
+        self._callback(definition, "on_success", task_id, Context(copy.deepcopy(output)))
+        transition = _record(
+            lambda: self.store.complete_attempt(run_id, task_id, started.attempt, output, workflow, started.basis)
+        )
         if not transition.applied:
             return NodeOutcome("done")
         log.info("task completed", extra=fields)
-        self._callback(definition, "on_success", task_id, Context(output))
-        self._after(run_id, transition, workflow)
+        self._after(run_id, transition)
         return NodeOutcome("completed")
 
     def _record_failure(
@@ -228,9 +231,11 @@ class RunCoordinator:
         retry = definition.retry.should_retry(cause, attempt)
         delay_s = definition.retry.delay_ms(attempt, self._rng) / 1000 if retry else 0.0
         retry_at = utcnow() + timedelta(seconds=delay_s) if retry else None
+        if not retry:  # before the failure is recorded: recording it may end the run
+            self._callback(definition, "on_failure", definition.task_id, message, Context(started.input_context))
         transition = _record(
             lambda: self.store.fail_attempt(
-                run_id, definition.task_id, attempt, message, classify_error(cause), retry_at, workflow
+                run_id, definition.task_id, attempt, message, classify_error(cause), retry_at, workflow, started.basis
             )
         )
         if not transition.applied:
@@ -239,8 +244,7 @@ class RunCoordinator:
             log.warning("task attempt failed, retrying in %.3fs: %s", delay_s, message, extra=fields)
             return NodeOutcome("retry", delay_s)
         log.error("task failed: %s", message, extra=fields)
-        self._callback(definition, "on_failure", definition.task_id, message, Context(started.input_context))
-        self._after(run_id, transition, workflow)
+        self._after(run_id, transition)
         return NodeOutcome("failed")
 
     def _unresolvable(self, run_id: str, task_id: str, started: StartedAttempt, exc: Exception) -> NodeOutcome:

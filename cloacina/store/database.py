@@ -136,6 +136,14 @@ class Database:
                 conn.rollback()
                 raise
 
+    @contextlib.contextmanager
+    def single_statement(self) -> Iterator[Connection]:
+        """A connection in autocommit: each statement is its own transaction, sent in one round trip (for the
+        single-statement transitions of :mod:`cloacina.store.run_fast_path`)."""
+        lock = self._lock or contextlib.nullcontext()
+        with lock, self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            yield conn
+
     # -- migrations -------------------------------------------------------------------------------------
     def _alembic_config(self, connection: Any) -> Any:
         from alembic.config import Config

@@ -90,6 +90,10 @@ class WorkflowRun(Base):
     deadline_at: Mapped[datetime | None] = mapped_column()
     heartbeat_at: Mapped[datetime | None] = mapped_column()
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # Bumped, under the run's row lock, by every change a planner would see (a task finishing, a lost attempt
+    # given back, a planning step, the run's end): a finishing task whose start-time view of the run still has
+    # the same version may plan from that view (see cloacina.store.run_fast_path).
+    version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class TaskRun(Base):

@@ -68,6 +68,15 @@ class RecoveryStore:
                 .select_from(TaskAttempt)
                 .where(TaskAttempt.task_run_id == row.id, TaskAttempt.status == LOST)
             )
+            # The run's row first (the lock order of every run transition), bumping its version: a finishing task
+            # that planned from an older view of the run must not apply that plan.
+            locked = s.execute(
+                update(WorkflowRun)
+                .where(WorkflowRun.id == lost.run_id)
+                .values(heartbeat_at=now, version=WorkflowRun.version + 1)
+            )
+            if rowcount(locked) != 1:
+                return None
             message = "worker lost: no heartbeat from the attempt's worker"
             give_up = (losses or 0) + 1 >= max_lost
             values = {"updated_at": now, "error_message": message, "error_kind": "transient"}
@@ -84,13 +93,13 @@ class RecoveryStore:
                 .values(**values)
             )
             if rowcount(res) != 1:
+                s.rollback()
                 return None
             s.execute(
                 update(TaskAttempt)
                 .where(TaskAttempt.task_run_id == row.id, TaskAttempt.attempt == lost.attempt)
                 .values(status=LOST, error_message=message, error_kind="transient", completed_at=now)
             )
-            s.execute(update(WorkflowRun).where(WorkflowRun.id == lost.run_id).values(heartbeat_at=now))
             return "failed" if give_up else "requeued"
 
     def stale_runs(self, cutoff: datetime, now: datetime, limit: int = 200) -> list[StaleRun]:

@@ -32,10 +32,8 @@ def failed_tasks_message(views: Mapping[str, Any]) -> str | None:
     return ("task failed: " + "; ".join(failed)) if failed else None
 
 
-def plan_locked(
-    c: Connection, run_id: str, run_input: str, workflow: Workflow, now: datetime, end_run: bool = True
-) -> Transition:
-    """Plan and apply what can happen next; end the run if everything is terminal and ``end_run``.
+def plan_locked(c: Connection, run_id: str, run_input: str, workflow: Workflow, now: datetime) -> Transition:
+    """Plan and apply what can happen next; end the run if everything is terminal.
     The caller holds the run's lock (see ``LOCK_RUN``)."""
     rows = c.execute(sql.TASKS_FOR_PLAN, {"b_run": run_id}).all()
     views = {r.task_id: TaskView(TaskStatus(r.status), loads(r.output_context), r.skip_reason) for r in rows}
@@ -58,8 +56,6 @@ def plan_locked(
     outcome = run_outcome(views)
     if outcome is None:
         return Transition(True, tuple(ready))
-    if not end_run:
-        return Transition(True, tuple(ready), all_done=True)
     errors = {r.task_id: (TaskStatus(r.status), r.error_message) for r in rows}
     message = failed_tasks_message(errors) if outcome == RunStatus.FAILED else None
     ended = end_run_locked(c, run_id, outcome, final_context(workflow, views), message, now)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -82,6 +83,26 @@ class AttemptRecord:
 
 
 @dataclass(frozen=True)
+class TaskSnapshot:
+    """One task of a run as a planner sees it."""
+
+    status: TaskStatus
+    output: dict[str, Any] | None = None
+    skip_reason: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True)
+class PlanBasis:
+    """A run as an attempt's start saw it: its version (see ``WorkflowRun.version``), input and tasks. A finish
+    whose run still has this version may plan from it without reading the run again."""
+
+    version: int
+    run_input: dict[str, Any]
+    tasks: Mapping[str, TaskSnapshot]
+
+
+@dataclass(frozen=True)
 class StartedAttempt:
     """What the executor needs once it owns an attempt."""
 
@@ -91,6 +112,7 @@ class StartedAttempt:
     workflow_version: str
     package_fingerprint: str | None
     triggered_at: str | None
+    basis: PlanBasis | None = None
 
 
 @dataclass(frozen=True)
@@ -121,7 +143,6 @@ class Transition:
     applied: bool
     ready: tuple[str, ...] = ()
     ended: RunEnd | None = None
-    all_done: bool = False
 
     def __bool__(self) -> bool:
         return self.applied

@@ -57,7 +57,7 @@ RUN_TO_RUNNING = (
 LOCK_RUN = (
     update(WorkflowRun)
     .where(WorkflowRun.id == _RUN, WorkflowRun.status.in_(ACTIVE_RUN))
-    .values(heartbeat_at=_NOW)
+    .values(heartbeat_at=_NOW, version=WorkflowRun.version + 1)
     .returning(WorkflowRun.status, WorkflowRun.input_context)
 )
 

@@ -29,6 +29,7 @@ from cloacina.context import canonical_json
 from cloacina.definitions.workflow import Workflow
 from cloacina.engine.planner import Decision, final_context, run_outcome
 from cloacina.engine.states import RunStatus, SkipReason, TaskStatus
+from cloacina.store import run_fast_path as fast
 from cloacina.store import run_statements as sql
 from cloacina.store.database import Database
 from cloacina.store.models import CronExecution, TaskRun, TriggerExecution, WorkflowRun
@@ -38,6 +39,7 @@ from cloacina.store.run_records import (
     AttemptRecord,
     CronClaim,
     OpenedRun,
+    PlanBasis,
     RunEnd,
     RunRecord,
     StartedAttempt,
@@ -67,6 +69,8 @@ class RunStore(RunQueries):
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        # PostgreSQL starts and finishes attempts in one statement each (cloacina.store.run_fast_path).
+        self.fast_path = db.url.dialect == "postgresql"
 
     # -- creation ---------------------------------------------------------------------------------------
     def create_run(
@@ -175,7 +179,6 @@ class RunStore(RunQueries):
         run_id: str,
         workflow: Workflow | None,
         mutate: Callable[[Connection, datetime], bool],
-        end_run: bool = True,
     ) -> Transition:
         now = utcnow()
         with self.db.connection() as c:
@@ -185,7 +188,7 @@ class RunStore(RunQueries):
                 return Transition(False)
             if workflow is None:
                 return Transition(True)
-            return plan_locked(c, run_id, locked.input_context, workflow, now, end_run)
+            return plan_locked(c, run_id, locked.input_context, workflow, now)
 
     def advance(self, run_id: str, workflow: Workflow) -> Transition:
         """Plan the run (after creation, after a task's callbacks, by recovery): newly Ready tasks, skips, and the
@@ -197,6 +200,9 @@ class RunStore(RunQueries):
         """Ready -> Running with a new attempt number; ``None`` if the task is not Ready (or its retry delay has not
         passed) or the run has ended."""
         now = utcnow()
+        if self.fast_path:
+            with self.db.single_statement() as c:
+                return fast.start_attempt(c, run_id, task_id, worker, now)
         with self.db.connection() as c:
             run = c.execute(sql.RUN_FOR_START, {"b_run": run_id}).one_or_none()
             if run is None or run.status not in sql.ACTIVE_RUN:
@@ -245,35 +251,22 @@ class RunStore(RunQueries):
         return True
 
     def complete_attempt(
-        self, run_id: str, task_id: str, attempt: int, output: Mapping[str, Any], workflow: Workflow | None = None
+        self,
+        run_id: str,
+        task_id: str,
+        attempt: int,
+        output: Mapping[str, Any],
+        workflow: Workflow | None = None,
+        basis: PlanBasis | None = None,
     ) -> Transition:
         """Running -> Completed for exactly this attempt, then (given ``workflow``) plan the run in the same
-        transaction. ``applied`` is False if the attempt was already resolved (e.g. timed out).
-
-        The run itself is not ended here even when this was its last task (``all_done``): the caller runs the
-        task's callback first and then :meth:`advance`, so a run is never seen finished before its callbacks ran.
+        transaction, ending it when this was its last task. ``applied`` is False if the attempt was already
+        resolved (e.g. timed out). The coordinator runs the task's callback before, so a run is never seen
+        finished before its callbacks ran. ``basis``: the run as the attempt's start saw it (the fast path plans
+        from it when it is still current).
         """
-        output_json = canonical_json(dict(output))
-
-        def mutate(c: Connection, now: datetime) -> bool:
-            return self._resolve_attempt(
-                c,
-                {
-                    "b_run": run_id,
-                    "b_task": task_id,
-                    "b_attempt": attempt,
-                    "new_status": TaskStatus.COMPLETED.value,
-                    "output": output_json,
-                    "error": None,
-                    "kind": None,
-                    "b_completed_at": now,
-                    "retry_at": None,
-                    "attempt_status": TaskStatus.COMPLETED.value,
-                },
-                now,
-            )
-
-        return self._step(run_id, workflow, mutate, end_run=False)
+        outcome = fast.AttemptOutcome(TaskStatus.COMPLETED, output=output)
+        return self._finish(run_id, task_id, attempt, outcome, workflow, basis)
 
     def fail_attempt(
         self,
@@ -284,30 +277,53 @@ class RunStore(RunQueries):
         kind: str,
         retry_at: datetime | None,
         workflow: Workflow | None = None,
+        basis: PlanBasis | None = None,
     ) -> Transition:
         """Running -> Ready (to retry at ``retry_at``) or Failed for exactly this attempt; a final failure plans
         the run (given ``workflow``) in the same transaction."""
+        status = TaskStatus.FAILED if retry_at is None else TaskStatus.READY
+        outcome = fast.AttemptOutcome(status, error=error, kind=kind, retry_at=retry_at)
+        return self._finish(run_id, task_id, attempt, outcome, workflow, basis)
+
+    def _finish(
+        self,
+        run_id: str,
+        task_id: str,
+        attempt: int,
+        outcome: fast.AttemptOutcome,
+        workflow: Workflow | None,
+        basis: PlanBasis | None,
+    ) -> Transition:
+        if self.fast_path and basis is not None:
+            with self.db.single_statement() as c:
+                transition, complete = fast.finish_attempt(
+                    c, run_id, task_id, attempt, outcome, basis, workflow, utcnow()
+                )
+            if complete or workflow is None:
+                return transition
+            planned = self.advance(run_id, workflow)  # the run changed since the start: plan under its lock
+            return Transition(True, planned.ready, planned.ended)
+        output_json = canonical_json(dict(outcome.output)) if outcome.output is not None else None
 
         def mutate(c: Connection, now: datetime) -> bool:
-            final = retry_at is None
             return self._resolve_attempt(
                 c,
                 {
                     "b_run": run_id,
                     "b_task": task_id,
                     "b_attempt": attempt,
-                    "new_status": TaskStatus.FAILED.value if final else TaskStatus.READY.value,
-                    "output": None,
-                    "error": error,
-                    "kind": kind,
-                    "b_completed_at": now if final else None,
-                    "retry_at": retry_at,
-                    "attempt_status": TaskStatus.FAILED.value,
+                    "new_status": outcome.task_status.value,
+                    "output": output_json,
+                    "error": outcome.error,
+                    "kind": outcome.kind,
+                    "b_completed_at": now if outcome.final else None,
+                    "retry_at": outcome.retry_at,
+                    "attempt_status": outcome.attempt_status.value,
                 },
                 now,
             )
 
-        return self._step(run_id, None if retry_at is not None else workflow, mutate, end_run=False)
+        return self._step(run_id, workflow if outcome.final else None, mutate)
 
     def heartbeat(self, attempts: Iterable[tuple[str, str, int]]) -> int:
         """Mark running attempts (run_id, task_id, attempt) as alive; returns how many rows were touched.
@@ -339,6 +355,7 @@ class RunStore(RunQueries):
         now = utcnow()
         won: list[str] = []
         with self.db.connection() as s:
+            s.execute(sql.LOCK_RUN, {"b_run": run_id, "now": now})
             for d in decisions:
                 values: dict[str, Any] = {"input_context": canonical_json(d.input_context), "updated_at": now}
                 if d.action == "run":

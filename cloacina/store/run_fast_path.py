@@ -1,0 +1,242 @@
+"""PostgreSQL's hot path: one statement to start a task attempt, one to finish it.
+
+Each is a single data-modifying ``WITH`` statement run in autocommit, so it is its own transaction and one round
+trip. SQLite keeps the multi-statement path of :mod:`cloacina.store.runs` (it is embedded: no round trips).
+
+**Start** claims the task (``Ready -> Running``), records the attempt, moves the run to ``Running`` and returns
+the task's input together with a :class:`~cloacina.store.run_records.PlanBasis`: the run's version and every
+task's state, as one snapshot.
+
+**Finish** locks the run's row and bumps its version, records the outcome and the attempt's end, and, when the
+run's version is still the one the start saw (nothing a planner would notice changed meanwhile: the common case
+of a sequential stretch), applies the plan computed from that basis: successors made Ready or Skipped, and the
+run's end with its final context when this was its last task, freeing its dedup key. Otherwise (a sibling
+finished meanwhile) the outcome is recorded all the same, and the caller plans under the run's lock in a second
+transaction (:meth:`cloacina.store.runs.RunStore.advance`), which sees every committed change.
+
+Every writer that changes what a planner sees bumps ``workflow_runs.version`` under the run's row lock, so
+"same version" really means "same state".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.engine import Connection
+
+from cloacina.context import canonical_json
+from cloacina.definitions.workflow import Workflow
+from cloacina.engine.planner import TaskView, final_context, plan, run_outcome
+from cloacina.engine.states import RunStatus, TaskStatus
+from cloacina.store.models import UTCDateTime
+from cloacina.store.run_planning import failed_tasks_message
+from cloacina.store.run_records import PlanBasis, RunEnd, StartedAttempt, TaskSnapshot, Transition, loads
+
+_ACTIVE = f"('{RunStatus.PENDING.value}', '{RunStatus.RUNNING.value}')"
+_TIMES = ("now", "completed_at", "retry_at")
+
+START = text(
+    f"""
+WITH run AS (
+    SELECT status, version, workflow_name, workflow_version, package_fingerprint, input_context
+    FROM workflow_runs WHERE id = :b_run AND status IN {_ACTIVE}
+), task AS (
+    UPDATE task_runs
+    SET status = '{TaskStatus.RUNNING.value}', attempt = attempt + 1, heartbeat_at = :now, next_attempt_at = NULL,
+        updated_at = :now, started_at = COALESCE(started_at, :now)
+    WHERE run_id = :b_run AND task_id = :b_task AND status = '{TaskStatus.READY.value}'
+      AND (next_attempt_at IS NULL OR next_attempt_at <= :now) AND EXISTS (SELECT 1 FROM run)
+    RETURNING id, attempt, input_context
+), attempt_row AS (
+    INSERT INTO task_attempts (task_run_id, attempt, worker, status, started_at)
+    SELECT id, attempt, CAST(:worker AS varchar), '{TaskStatus.RUNNING.value}', :now FROM task
+), running AS (
+    UPDATE workflow_runs SET status = '{RunStatus.RUNNING.value}', started_at = :now, heartbeat_at = :now,
+        updated_at = :now
+    WHERE id = :b_run AND status = '{RunStatus.PENDING.value}' AND EXISTS (SELECT 1 FROM task)
+)
+SELECT task.attempt, task.input_context, run.workflow_name, run.workflow_version, run.package_fingerprint,
+       run.input_context AS run_input, run.version,
+       (SELECT json_agg(json_build_array(t.task_id, t.status, t.output_context, t.skip_reason, t.error_message))
+        FROM task_runs t WHERE t.run_id = :b_run) AS tasks
+FROM task CROSS JOIN run
+"""
+).bindparams(bindparam("now", type_=UTCDateTime()))
+
+_ENDS = "version = :b_version AND CAST(:end_status AS varchar) IS NOT NULL"
+FINISH = text(
+    f"""
+WITH locked AS (
+    UPDATE workflow_runs
+    SET heartbeat_at = :now, version = version + 1,
+        status = CASE WHEN {_ENDS} THEN CAST(:end_status AS varchar) ELSE status END,
+        completed_at = CASE WHEN {_ENDS} THEN :now ELSE completed_at END,
+        updated_at = CASE WHEN {_ENDS} THEN :now ELSE updated_at END,
+        error_message = CASE WHEN {_ENDS} THEN CAST(:end_error AS text) ELSE error_message END,
+        final_context = CASE WHEN {_ENDS} THEN CAST(:end_final AS text) ELSE final_context END
+    WHERE id = :b_run AND status IN {_ACTIVE}
+    RETURNING (version = :b_version + 1) AS fresh
+), resolved AS (
+    UPDATE task_runs
+    SET status = :new_status, output_context = CAST(:output AS text), error_message = CAST(:error AS text),
+        error_kind = CAST(:kind AS varchar), completed_at = :completed_at, next_attempt_at = :retry_at,
+        updated_at = :now
+    WHERE run_id = :b_run AND task_id = :b_task AND status = '{TaskStatus.RUNNING.value}' AND attempt = :b_attempt
+      AND EXISTS (SELECT 1 FROM locked)
+    RETURNING id
+), finished AS (
+    UPDATE task_attempts
+    SET status = :attempt_status, error_message = CAST(:error AS text), error_kind = CAST(:kind AS varchar),
+        completed_at = :now
+    WHERE task_run_id IN (SELECT id FROM resolved) AND attempt = :b_attempt
+), decided AS (
+    UPDATE task_runs AS t
+    SET status = d.status, input_context = d.input, skip_reason = d.reason, updated_at = :now,
+        output_context = CASE WHEN d.status = '{TaskStatus.SKIPPED.value}' THEN d.input ELSE t.output_context END,
+        completed_at = CASE WHEN d.status = '{TaskStatus.SKIPPED.value}' THEN :now ELSE t.completed_at END
+    FROM json_to_recordset(CAST(:decisions AS json)) AS d(task_id text, status text, input text, reason text)
+    WHERE t.run_id = :b_run AND t.task_id = d.task_id AND t.status = '{TaskStatus.NOT_STARTED.value}'
+      AND EXISTS (SELECT 1 FROM locked WHERE fresh) AND EXISTS (SELECT 1 FROM resolved)
+    RETURNING t.task_id, t.status
+), freed AS (
+    UPDATE trigger_executions SET dedup_active = false, completed_at = :now
+    WHERE run_id = :b_run AND CAST(:end_status AS varchar) IS NOT NULL
+      AND EXISTS (SELECT 1 FROM locked WHERE fresh)
+    RETURNING trigger_name, context_hash, lock_token
+)
+SELECT EXISTS (SELECT 1 FROM resolved) AS applied, COALESCE((SELECT fresh FROM locked), false) AS fresh,
+       ARRAY(SELECT task_id FROM decided WHERE status = '{TaskStatus.READY.value}') AS ready,
+       f.trigger_name, f.context_hash, f.lock_token
+FROM (SELECT 1) AS one LEFT JOIN freed AS f ON true
+"""
+).bindparams(*(bindparam(name, type_=UTCDateTime()) for name in _TIMES))
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    """How an attempt ended, as the task and attempt rows record it."""
+
+    task_status: TaskStatus  # Completed, Failed, or Ready (to retry at ``retry_at``)
+    output: Mapping[str, Any] | None = None
+    error: str | None = None
+    kind: str | None = None
+    retry_at: datetime | None = None
+
+    @property
+    def attempt_status(self) -> TaskStatus:
+        return TaskStatus.COMPLETED if self.task_status == TaskStatus.COMPLETED else TaskStatus.FAILED
+
+    @property
+    def final(self) -> bool:
+        return self.task_status != TaskStatus.READY
+
+
+def start_attempt(c: Connection, run_id: str, task_id: str, worker: str | None, now: datetime) -> StartedAttempt | None:
+    """Ready -> Running in one statement; ``None`` if the task is not Ready (or not due) or the run has ended."""
+    row = c.execute(START, {"b_run": run_id, "b_task": task_id, "worker": worker, "now": now}).one_or_none()
+    if row is None:
+        return None
+    tasks = {
+        tid: TaskSnapshot(TaskStatus(status), loads(output), skip_reason, error)
+        for tid, status, output, skip_reason, error in row.tasks
+    }
+    run_input = loads(row.run_input) or {}
+    triggered_at = run_input.get("triggered_at") if row.attempt == 1 else None
+    return StartedAttempt(
+        attempt=row.attempt,
+        input_context=loads(row.input_context) or {},
+        workflow_name=row.workflow_name,
+        workflow_version=row.workflow_version,
+        package_fingerprint=row.package_fingerprint,
+        triggered_at=triggered_at if isinstance(triggered_at, str) else None,
+        basis=PlanBasis(row.version, run_input, tasks),
+    )
+
+
+def finish_attempt(
+    c: Connection,
+    run_id: str,
+    task_id: str,
+    attempt: int,
+    outcome: AttemptOutcome,
+    basis: PlanBasis,
+    workflow: Workflow | None,
+    now: datetime,
+) -> tuple[Transition, bool]:
+    """Record ``outcome`` in one statement, with the plan made from ``basis`` when it is still current.
+
+    Returns the transition and whether it is complete: ``False`` when the outcome was recorded but the plan could
+    not be applied (the run changed since the start), so the caller must plan under the run's lock.
+    """
+    decisions: list[dict[str, Any]] = []
+    ended: tuple[RunStatus, dict[str, Any], str | None] | None = None
+    if outcome.final and workflow is not None:
+        decisions, ended = _plan(workflow, basis, task_id, outcome)
+    output = canonical_json(dict(outcome.output)) if outcome.output is not None else None
+    params = {
+        "b_run": run_id,
+        "b_task": task_id,
+        "b_attempt": attempt,
+        "b_version": basis.version,
+        "now": now,
+        "new_status": outcome.task_status.value,
+        "attempt_status": outcome.attempt_status.value,
+        "output": output,
+        "error": outcome.error,
+        "kind": outcome.kind,
+        "completed_at": now if outcome.final else None,
+        "retry_at": outcome.retry_at,
+        "decisions": json.dumps(decisions),
+        "end_status": ended[0].value if ended else None,
+        "end_error": ended[2] if ended else None,
+        "end_final": canonical_json(ended[1]) if ended else None,
+    }
+    row = c.execute(FINISH, params).one()
+    if not row.applied:
+        return Transition(False), True
+    if not outcome.final or workflow is None:
+        return Transition(True), True
+    if not row.fresh:
+        return Transition(True), False
+    run_end = None
+    if ended is not None:
+        run_end = RunEnd(run_id, ended[0], row.trigger_name, row.context_hash, row.lock_token)
+    order = {tid: n for n, tid in enumerate(d["task_id"] for d in decisions)}
+    return Transition(True, tuple(sorted(row.ready, key=order.__getitem__)), run_end), True
+
+
+def _plan(
+    workflow: Workflow, basis: PlanBasis, task_id: str, outcome: AttemptOutcome
+) -> tuple[list[dict[str, Any]], tuple[RunStatus, dict[str, Any], str | None] | None]:
+    """The decisions and the run's end (status, final context, error) that ``outcome`` leads to from ``basis``."""
+    views = {tid: TaskView(s.status, s.output, s.skip_reason) for tid, s in basis.tasks.items()}
+    errors = {tid: (s.status, s.error_message) for tid, s in basis.tasks.items()}
+    own_output = dict(outcome.output) if outcome.output is not None else None
+    views[task_id] = TaskView(outcome.task_status, own_output)
+    errors[task_id] = (outcome.task_status, outcome.error)
+    decisions: list[dict[str, Any]] = []
+    for d in plan(workflow, basis.run_input, views):
+        if d.task_id not in views:
+            continue
+        ready = d.action == "run"
+        decisions.append(
+            {
+                "task_id": d.task_id,
+                "status": (TaskStatus.READY if ready else TaskStatus.SKIPPED).value,
+                "input": canonical_json(d.input_context),
+                "reason": None if ready else d.skip_reason,
+            }
+        )
+        views[d.task_id] = (
+            TaskView(TaskStatus.READY) if ready else TaskView(TaskStatus.SKIPPED, d.input_context, d.skip_reason)
+        )
+    status = run_outcome(views)
+    if status is None:
+        return decisions, None
+    message = failed_tasks_message(errors) if status == RunStatus.FAILED else None
+    return decisions, (status, final_context(workflow, views), message)
