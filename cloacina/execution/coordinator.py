@@ -200,14 +200,15 @@ class RunCoordinator:
             listener(run_id, task_id, started)
         timeout_s = definition.timeout_s or self.default_task_timeout_s
         tracking = self.track_attempt(run_id, task_id, started.attempt) if self.track_attempt else nullcontext()
-        try:
-            with tracking:
+        # The attempt's heartbeat covers its callbacks too: a slow callback on a live worker is not a lost attempt.
+        with tracking:
+            try:
                 output = call_task(definition, started.input_context, timeout_s)
-        except TaskCallError as failure:
-            return self._record_failure(run_id, workflow, definition, started, failure.cause, fields)
-        # on_success runs before the task is marked completed (cloaca's order), so recording the completion can
-        # plan the successors and end the run, when this was its last task, in one transaction.
-        self._callback(definition, "on_success", task_id, Context(copy.deepcopy(output)))
+            except TaskCallError as failure:
+                return self._record_failure(run_id, workflow, definition, started, failure.cause, fields)
+            # on_success runs before the task is marked completed (cloaca's order), so recording the completion
+            # can plan the successors and end the run, when this was its last task, in one transaction.
+            self._callback(definition, "on_success", task_id, Context(copy.deepcopy(output)))
         transition = _record(
             lambda: self.store.complete_attempt(run_id, task_id, started.attempt, output, workflow, started.basis)
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -37,17 +38,27 @@ class WorkerNodeRunner:
         self.coordinator = self.deployment.coordinator
         self.coordinator.add_run_finished_listener(self._on_run_finished)
         self.coordinator.add_attempt_started_listener(self._on_attempt_started)
+        self._attempt = threading.local()  # the workflow of the attempt this thread runs (metrics labels)
 
     def run_node(self, run_id: str, task_id: str) -> NodeOutcome:
         started = time.perf_counter()
+        self._attempt.workflow = None
         outcome = self.coordinator.run_node(run_id, task_id)
         if self.metrics is not None and outcome.kind in ("completed", "failed", "retry"):
-            run = self.deployment.runs.get_run(run_id)
-            workflow = run.workflow_name if run else "?"
+            workflow = self._workflow_of(run_id)
             self.metrics.task_finished(workflow, task_id, outcome.kind, time.perf_counter() - started)
         return outcome
 
+    def _workflow_of(self, run_id: str) -> str:
+        """The workflow of this thread's attempt (known from its start, no query), else read from the run."""
+        known: str | None = getattr(self._attempt, "workflow", None)
+        if known is not None:
+            return known
+        run = self.deployment.runs.get_run(run_id)
+        return run.workflow_name if run else "?"
+
     def _on_attempt_started(self, run_id: str, task_id: str, started: StartedAttempt) -> None:
+        self._attempt.workflow = started.workflow_name
         if self.metrics is not None and started.triggered_at:
             try:
                 fired = datetime.fromisoformat(started.triggered_at)
@@ -57,8 +68,7 @@ class WorkerNodeRunner:
 
     def _on_run_finished(self, ended: RunEnd) -> None:
         if self.metrics is not None:
-            run = self.deployment.runs.get_run(ended.run_id)
-            self.metrics.run_finished(run.workflow_name if run else "?", str(ended.status))
+            self.metrics.run_finished(self._workflow_of(ended.run_id), str(ended.status))
         if not self.deployment.settings.effective_redis_url:
             return
         if ended.lock_token and ended.trigger_name and ended.context_hash:

@@ -3,6 +3,8 @@
 Each is a single data-modifying ``WITH`` statement run in autocommit, so it is its own transaction and one round
 trip. SQLite keeps the multi-statement path of :mod:`cloacina.store.runs` (it is embedded: no round trips).
 
+**Open** inserts a run, its task rows (the roots already Ready) and its claim (trigger fire or cron time).
+
 **Start** claims the task (``Ready -> Running``), records the attempt, moves the run to ``Running`` and returns
 the task's input together with a :class:`~cloacina.store.run_records.PlanBasis`: the run's version and every
 task's state, as one snapshot.
@@ -115,6 +117,53 @@ SELECT EXISTS (SELECT 1 FROM resolved) AS applied, COALESCE((SELECT fresh FROM l
 FROM (SELECT 1) AS one LEFT JOIN freed AS f ON true
 """
 ).bindparams(*(bindparam(name, type_=UTCDateTime()) for name in _TIMES))
+
+
+OPEN = text(
+    f"""
+WITH run AS (
+    INSERT INTO workflow_runs (id, workflow_name, workflow_version, status, input_context, trigger_name,
+        cron_schedule_id, package_fingerprint, owner, created_at, updated_at, heartbeat_at, deadline_at, version)
+    VALUES (:b_run, :workflow_name, :workflow_version, '{RunStatus.PENDING.value}', :input,
+        CAST(:trigger_name AS varchar), CAST(:schedule_id AS integer), CAST(:fingerprint AS varchar),
+        CAST(:owner AS varchar), :now, :now, :now, :deadline_at, 0)
+    RETURNING id
+), tasks AS (
+    INSERT INTO task_runs (run_id, task_id, status, attempt, max_attempts, updated_at, input_context,
+        skip_reason, output_context, completed_at)
+    SELECT run.id, t.task_id, t.status, 0, t.max_attempts, :now, t.input_context, t.skip_reason,
+        t.output_context, CASE WHEN t.status = '{TaskStatus.SKIPPED.value}' THEN :now END
+    FROM run, json_to_recordset(CAST(:tasks AS json))
+        AS t(task_id text, status text, max_attempts int, input_context text, skip_reason text, output_context text)
+), fired AS (
+    INSERT INTO trigger_executions (trigger_name, context_hash, run_id, dedup_active, lock_token, started_at)
+    SELECT CAST(:trigger_name AS varchar), :context_hash, run.id, :dedup, CAST(:lock_token AS varchar), :now FROM run
+    WHERE CAST(:claim_trigger AS boolean)
+), claimed AS (
+    INSERT INTO cron_executions (schedule_id, scheduled_time, run_id, claimed_at)
+    SELECT CAST(:schedule_id AS integer), :scheduled_time, run.id, :now FROM run
+    WHERE CAST(:schedule_id AS integer) IS NOT NULL
+)
+SELECT id FROM run
+"""
+).bindparams(*(bindparam(name, type_=UTCDateTime()) for name in ("now", "deadline_at", "scheduled_time")))
+
+
+def open_run(c: Connection, params: Mapping[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Insert a run, its ``rows`` (see :func:`cloacina.store.run_planning.initial_task_rows`) and its claim in
+    one statement; a refused claim raises ``IntegrityError`` and writes nothing."""
+    tasks = [
+        {
+            "task_id": row["task_id"],
+            "status": row["status"],
+            "max_attempts": row["max_attempts"],
+            "input_context": row["input_context"],
+            "skip_reason": row["skip_reason"],
+            "output_context": row["output_context"],
+        }
+        for row in rows
+    ]
+    c.execute(OPEN, {**params, "tasks": json.dumps(tasks)})
 
 
 @dataclass(frozen=True)
