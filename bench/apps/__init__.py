@@ -1,0 +1,1 @@
+"""Applications the benchmarks start workers with: cloacina workflows, plain Celery tasks, and their probes."""

@@ -1,40 +1,43 @@
-"""cloacina side of bench/bench_distributed.py: a 3-task no-op chain, and a trigger for fire-to-start latency.
+"""cloacina side of bench/bench_distributed.py: the benchmark's workflow shapes as cloacina workflows.
 
-The trigger fires only while the Redis key ``bench:fire`` exists (the benchmark sets it), each time with a new
-context, and its first task records (triggered_at, started_at) in the Redis list ``bench:latency``.
+- ``bench_chain3``: a -> b -> c
+- ``bench_single``: a
+- ``bench_diamond``: a -> (b1, b2, b3, b4) -> d
+
+Every task returns its context. The first task of each shape records its start time for the latency probe
+(:mod:`bench.apps.latency_probe`) when the run's context carries a token. Started as
+``cloacina worker --app bench.apps.cloacina_bench_app``; with ``BENCH_SQL_COUNT_DIR`` set, each worker process
+counts its SQL statements and transactions (:mod:`bench.apps.sql_counter`).
 """
 
 from __future__ import annotations
 
-import itertools
-import json
-import os
-import time
-from datetime import UTC, datetime
-
-import redis
-
 import cloacina as cloaca
+from bench.apps import latency_probe, sql_counter
 
-_redis = redis.Redis.from_url(os.environ["BENCH_BROKER_URL"])
-_counter = itertools.count()
-
-with cloaca.WorkflowBuilder("bench_chain3"):
-    for _name, _deps in (("a", []), ("b", ["a"]), ("c", ["b"])):
-        cloaca.task(id=_name, dependencies=_deps, retry_attempts=0)(lambda ctx: ctx)
-
-with cloaca.WorkflowBuilder("bench_latency"):
-
-    @cloaca.task(id="first", retry_attempts=0)
-    def first(ctx: cloaca.Context) -> cloaca.Context:
-        started = datetime.now(UTC).timestamp()
-        fired = datetime.fromisoformat(ctx.get("triggered_at")).timestamp()
-        _redis.rpush("bench:latency", json.dumps([fired, started]))
-        return ctx
+WORKFLOWS = {"chain3": "bench_chain3", "single": "bench_single", "diamond": "bench_diamond"}
 
 
-@cloaca.trigger(workflow="bench_latency", poll_interval="100ms", allow_concurrent=True)
-def bench_fire() -> cloaca.TriggerResult:
-    if not _redis.exists("bench:fire"):
-        return cloaca.TriggerResult.skip()
-    return cloaca.TriggerResult.fire({"n": next(_counter), "pid": os.getpid(), "t": time.time()})
+def _first(ctx: cloaca.Context) -> cloaca.Context:
+    latency_probe.record_start(ctx.get(latency_probe.TOKEN_KEY))
+    return ctx
+
+
+def _step(ctx: cloaca.Context) -> cloaca.Context:
+    return ctx
+
+
+def _declare(name: str, edges: list[tuple[str, list[str]]]) -> None:
+    with cloaca.WorkflowBuilder(name):
+        for task_id, deps in edges:
+            body = _first if not deps else _step
+            cloaca.task(id=task_id, dependencies=deps, retry_attempts=0)(body)
+
+
+sql_counter.install_from_env()
+_declare(WORKFLOWS["chain3"], [("a", []), ("b", ["a"]), ("c", ["b"])])
+_declare(WORKFLOWS["single"], [("a", [])])
+_declare(
+    WORKFLOWS["diamond"],
+    [("a", []), *((f"b{i}", ["a"]) for i in range(1, 5)), ("d", ["b1", "b2", "b3", "b4"])],
+)
