@@ -306,3 +306,20 @@ def test_one_run_without_kills_one_message_per_stretch_or_per_task(cluster: Clus
         assert len({(e.pid, e.pgid) for e in executions}) == 1, executions
     else:
         assert received == len(TASKS)
+
+
+@pytest.mark.timeout(150)
+def test_a_delayed_retry_hands_the_rest_of_the_stretch_back_to_celery(cluster: Cluster) -> None:
+    # s2 fails its first attempt; its retry 1 s later comes back as a new message carrying s2..s4 (the worker
+    # slot is not held for the delay), then the stretch finishes; nothing else runs twice.
+    _start(cluster, DIST_FAIL_ONCE="s2", DIST_RETRY_DELAY_MS="1000")
+    _wait_completed(cluster)
+    assert Counter(e.task for e in _task_executions(cluster)) == Counter({"s1": 1, "s2": 2, "s3": 1, "s4": 1})
+    assert _attempts(cluster) == {
+        "s1": ["Completed"],
+        "s2": ["Failed", "Completed"],
+        "s3": ["Completed"],
+        "s4": ["Completed"],
+    }
+    assert _messages_received(cluster) == 2  # the stretch, then the retry of its rest
+

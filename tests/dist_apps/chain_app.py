@@ -8,7 +8,8 @@ Every task sleeps ``DIST_TASK_S`` (default 0.1) and records its execution (:mod:
 ``DIST_SLOW_TASK`` names a task whose first execution in a run sleeps ``DIST_SLOW_S`` (default 4) instead, and
 ``DIST_SLOW_CALLBACK`` a task whose ``on_success`` callback does so the first time it is called in a run: a test
 kills the worker running it, and the re-execution on the other worker is quick. A callback records itself as an
-execution of task ``on_success:<task>``.
+execution of task ``on_success:<task>``. ``DIST_FAIL_ONCE`` names a task whose first execution in a run raises;
+every task then gets one retry after ``DIST_RETRY_DELAY_MS`` (default 1000) instead of none.
 """
 
 import os
@@ -22,6 +23,11 @@ TASK_S = float(os.environ.get("DIST_TASK_S", "0.1"))
 SLOW_TASK = os.environ.get("DIST_SLOW_TASK", "")
 SLOW_CALLBACK = os.environ.get("DIST_SLOW_CALLBACK", "")
 SLOW_S = float(os.environ.get("DIST_SLOW_S", "4"))
+FAIL_ONCE = os.environ.get("DIST_FAIL_ONCE", "")
+RETRY_DELAY_MS = int(os.environ.get("DIST_RETRY_DELAY_MS", "1000"))
+# retry_attempts counts retries here: 1 means a second attempt after the delay.
+RETRY = {"retry_attempts": 1, "retry_delay_ms": RETRY_DELAY_MS, "retry_jitter": False} if FAIL_ONCE else {}
+RETRY = RETRY or {"retry_attempts": 0}
 CALLBACK_PREFIX = "on_success:"
 
 
@@ -40,6 +46,8 @@ def _work(task_id, ctx):
     slow = task_id == SLOW_TASK and _first_execution(run_key, task_id)
     time.sleep(SLOW_S if slow else TASK_S)  # a task that takes time: the tests kill workers mid-task
     evidence.execution_ended(execution)
+    if task_id == FAIL_ONCE and _first_execution(run_key, task_id):
+        raise RuntimeError(f"{task_id} fails its first attempt")
     return ctx
 
 
@@ -53,19 +61,19 @@ def _on_success(task_id, ctx):
 
 with cloaca.WorkflowBuilder("chain_flow"):
 
-    @cloaca.task(id="s1", retry_attempts=0, on_success=_on_success)
+    @cloaca.task(id="s1", on_success=_on_success, **RETRY)
     def s1(ctx):
         return _work("s1", ctx)
 
-    @cloaca.task(id="s2", dependencies=["s1"], retry_attempts=0, on_success=_on_success)
+    @cloaca.task(id="s2", dependencies=["s1"], on_success=_on_success, **RETRY)
     def s2(ctx):
         return _work("s2", ctx)
 
-    @cloaca.task(id="s3", dependencies=["s2"], retry_attempts=0, on_success=_on_success)
+    @cloaca.task(id="s3", dependencies=["s2"], on_success=_on_success, **RETRY)
     def s3(ctx):
         return _work("s3", ctx)
 
-    @cloaca.task(id="s4", dependencies=["s3"], retry_attempts=0, on_success=_on_success)
+    @cloaca.task(id="s4", dependencies=["s3"], on_success=_on_success, **RETRY)
     def s4(ctx):
         return _work("s4", ctx)
 
