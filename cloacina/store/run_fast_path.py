@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, text
@@ -37,10 +37,20 @@ from cloacina.engine.planner import TaskView, final_context, plan, run_outcome
 from cloacina.engine.states import RunStatus, TaskStatus
 from cloacina.store.models import UTCDateTime
 from cloacina.store.run_planning import failed_tasks_message
-from cloacina.store.run_records import PlanBasis, RunEnd, StartedAttempt, TaskSnapshot, Transition, loads
+from cloacina.store.run_records import (
+    CronClaim,
+    PlanBasis,
+    RunEnd,
+    StartedAttempt,
+    TaskSnapshot,
+    Transition,
+    TriggerClaim,
+    loads,
+)
 
 _ACTIVE = f"('{RunStatus.PENDING.value}', '{RunStatus.RUNNING.value}')"
 _TIMES = ("now", "completed_at", "retry_at")
+_TASK_FIELDS = ("task_id", "status", "max_attempts", "input_context", "skip_reason", "output_context")
 
 START = text(
     f"""
@@ -149,21 +159,55 @@ SELECT id FROM run
 ).bindparams(*(bindparam(name, type_=UTCDateTime()) for name in ("now", "deadline_at", "scheduled_time")))
 
 
-def open_run(c: Connection, params: Mapping[str, Any], rows: list[dict[str, Any]]) -> None:
+@dataclass(frozen=True)
+class Claims:
+    """What a new run carries besides its workflow and input."""
+
+    trigger: TriggerClaim | None
+    cron: CronClaim | None
+    deadline_s: float | None
+    owner: str | None
+    package_fingerprint: str | None
+
+
+def open_run(
+    c: Connection,
+    run_id: str,
+    workflow: Workflow,
+    run_input: str,
+    rows: list[dict[str, Any]],
+    claims: Claims,
+    now: datetime,
+) -> None:
     """Insert a run, its ``rows`` (see :func:`cloacina.store.run_planning.initial_task_rows`) and its claim in
     one statement; a refused claim raises ``IntegrityError`` and writes nothing."""
+    trigger, cron = claims.trigger, claims.cron
     tasks = [
         {
-            "task_id": row["task_id"],
-            "status": row["status"],
-            "max_attempts": row["max_attempts"],
-            "input_context": row["input_context"],
-            "skip_reason": row["skip_reason"],
-            "output_context": row["output_context"],
+            key: row[key]
+            for key in ("task_id", "status", "max_attempts", "input_context", "skip_reason", "output_context")
         }
         for row in rows
     ]
-    c.execute(OPEN, {**params, "tasks": json.dumps(tasks)})
+    params = {
+        "b_run": run_id,
+        "workflow_name": workflow.name,
+        "workflow_version": workflow.version,
+        "input": run_input,
+        "tasks": json.dumps(tasks),
+        "trigger_name": trigger.trigger_name if trigger else None,
+        "context_hash": trigger.context_hash if trigger else None,
+        "dedup": trigger.dedup if trigger else False,
+        "lock_token": trigger.lock_token if trigger else None,
+        "claim_trigger": trigger is not None,
+        "schedule_id": cron.schedule_id if cron else None,
+        "scheduled_time": cron.scheduled_time if cron else None,
+        "fingerprint": claims.package_fingerprint,
+        "owner": claims.owner,
+        "now": now,
+        "deadline_at": now + timedelta(seconds=claims.deadline_s) if claims.deadline_s else None,
+    }
+    c.execute(OPEN, params)
 
 
 @dataclass(frozen=True)

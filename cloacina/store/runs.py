@@ -125,26 +125,10 @@ class RunStore(RunQueries):
         rows, ready, views = initial_task_rows(workflow, input_context, now, planned)
         outcome = run_outcome(views) if planned else None
         if self.fast_path and outcome is None:
-            params = {
-                "b_run": run_id,
-                "workflow_name": workflow.name,
-                "workflow_version": workflow.version,
-                "input": run_input,
-                "trigger_name": trigger.trigger_name if trigger else None,
-                "context_hash": trigger.context_hash if trigger else None,
-                "dedup": trigger.dedup if trigger else False,
-                "lock_token": trigger.lock_token if trigger else None,
-                "claim_trigger": trigger is not None,
-                "schedule_id": cron.schedule_id if cron else None,
-                "scheduled_time": cron.scheduled_time if cron else None,
-                "fingerprint": package_fingerprint,
-                "owner": owner,
-                "now": now,
-                "deadline_at": now + timedelta(seconds=deadline_s) if deadline_s else None,
-            }
             try:
                 with self.db.single_statement() as c:
-                    fast.open_run(c, params, rows)
+                    claims = fast.Claims(trigger, cron, deadline_s, owner, package_fingerprint)
+                    fast.open_run(c, run_id, workflow, run_input, rows, claims, now)
             except IntegrityError:
                 if (trigger is not None and trigger.dedup) or cron is not None:
                     return None
