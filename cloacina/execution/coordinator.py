@@ -208,7 +208,8 @@ class RunCoordinator:
                 return self._record_failure(run_id, workflow, definition, started, failure.cause, fields)
             # on_success runs before the task is marked completed (cloaca's order), so recording the completion
             # can plan the successors and end the run, when this was its last task, in one transaction.
-            self._callback(definition, "on_success", task_id, Context(copy.deepcopy(output)))
+            if definition.on_success is not None:
+                self._callback(definition, "on_success", task_id, Context(copy.deepcopy(output)))
         transition = _record(
             lambda: self.store.complete_attempt(run_id, task_id, started.attempt, output, workflow, started.basis)
         )
