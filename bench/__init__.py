@@ -1,0 +1,1 @@
+"""Benchmarks of cloacina (embedded and distributed), each printing JSON; see each module's docstring."""

@@ -10,7 +10,8 @@ test does, so a run fired with ``allow_concurrent=False`` stays active and its k
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -19,10 +20,12 @@ import cloacina as cloaca
 from cloacina.definitions import registry
 from cloacina.definitions.trigger import TriggerDefinition
 from cloacina.execution.coordinator import RunCoordinator
+from cloacina.scheduling import poll_book
+from cloacina.scheduling.poll_book import PollBook
 from cloacina.scheduling.trigger_poller import TriggerScheduler
 from cloacina.store.database import Database
 from cloacina.store.runs import RunStore
-from cloacina.store.triggers import TriggerStore
+from cloacina.store.triggers import PollStats, TriggerStore
 from tests.conftest import Backend
 from tests.support import FakeClock, wait_until
 
@@ -133,7 +136,7 @@ def test_polls_only_due_triggers_each_interval_from_the_start_of_the_previous_po
     assert fast.at == [] and slow.at == []
     stack.pass_at(scheduler, 1.0)
     assert fast.at == [1.0] and slow.at == []
-    stack.pass_at(scheduler, 2.5)  # a late pass: the next poll is due one interval after *this* poll started
+    stack.pass_at(scheduler, 2.5)  # half an interval late: the next poll is due one interval after *this* one
     stack.pass_at(scheduler, 3.0)
     assert fast.at == [1.0, 2.5] and slow.at == [3.0]
     stack.pass_at(scheduler, 3.499)
@@ -345,3 +348,110 @@ def test_an_async_trigger_is_polled_on_the_event_loop(stack: Stack) -> None:
     stack.pass_at(scheduler, 2.0)
     assert len(stack.events_of("async_fire", "fire")) == 2
     assert stack.schedule(scheduler, "async_fire")["poll_count"] == 2
+
+
+# -- keeping time: lateness never accumulates ----------------------------------------------------------------------
+def test_a_slightly_late_poll_keeps_the_schedule_so_lateness_never_accumulates(stack: Stack) -> None:
+    scheduler = stack.scheduler()
+    calls = Calls(stack.clock)
+    scheduler.add(definition("steady", calls, interval_s=1.0))
+    # (Times in the tests of this section are exact binary fractions: T0 + at - T0 == at.)
+    stack.pass_at(scheduler, 1.25)  # 0.25 s late (the loop woke up late, or started a batch)
+    stack.pass_at(scheduler, 1.9375)
+    assert calls.at == [1.25]
+    sleep_s = stack.pass_at(scheduler, 2.0)  # due one interval after 1.0, when it was due; not after 1.25
+    assert sleep_s == pytest.approx(1.0)
+    for at in (3.375, 4.125, 5.4375, 6.0):  # late by 0.375, 0.125, 0.4375 and 0: still on the 1 s grid
+        stack.pass_at(scheduler, at)
+    stack.pass_at(scheduler, 6.9375)
+    assert calls.at == [1.25, 2.0, 3.375, 4.125, 5.4375, 6.0]
+
+
+def test_triggers_registered_apart_keep_their_phases_when_one_pass_starts_both(stack: Stack) -> None:
+    scheduler = stack.scheduler()
+    early, later = Calls(stack.clock), Calls(stack.clock)
+    scheduler.add(definition("early", early, interval_s=1.0))  # due at 1.0, 2.0, ...
+    stack.clock.now = T0 + 0.25
+    scheduler.add(definition("later", later, interval_s=1.0))  # due at 1.25, 2.25, ...
+    stack.pass_at(scheduler, 1.375)  # one pass starts both
+    stack.pass_at(scheduler, 2.0)
+    assert early.at == [1.375, 2.0] and later.at == [1.375]  # not gathered into one batch for good
+    stack.pass_at(scheduler, 2.25)
+    assert later.at == [1.375, 2.25]
+
+
+def test_a_poll_later_than_half_an_interval_re_anchors_without_catching_up(stack: Stack) -> None:
+    scheduler = stack.scheduler()
+    calls = Calls(stack.clock)
+    scheduler.add(definition("paused", calls, interval_s=1.0))
+    stack.pass_at(scheduler, 1.0)
+    stack.pass_at(scheduler, 2.75)  # 0.75 s late (the process was paused)
+    stack.pass_at(scheduler, 3.0)  # its old slot: no catch-up poll 0.25 s after the last one
+    assert calls.at == [1.0, 2.75]
+    stack.pass_at(scheduler, 3.75)  # a full interval after the late poll
+    stack.pass_at(scheduler, 6.5)  # missed slots are not made up for either: one poll, then one interval
+    stack.pass_at(scheduler, 7.0)
+    stack.pass_at(scheduler, 7.5)
+    assert calls.at == [1.0, 2.75, 3.75, 6.5, 7.5]
+
+
+def test_the_lateness_a_long_interval_absorbs_is_bounded(stack: Stack) -> None:
+    scheduler = stack.scheduler()
+    calls = Calls(stack.clock)
+    scheduler.add(definition("hourly", calls, interval_s=3600.0))
+    stack.pass_at(scheduler, 3600.75)  # 0.75 s late: kept (below MAX_KEPT_LATENESS_S)
+    stack.pass_at(scheduler, 7200.0)
+    stack.pass_at(scheduler, 10_805.0)  # 5 s late: re-anchored, never a poll 3,595 s after the previous one
+    stack.pass_at(scheduler, 14_400.0)
+    assert calls.at == [3600.75, 7200.0, 10_805.0]
+    stack.pass_at(scheduler, 14_405.0)
+    assert calls.at[-1] == 14_405.0
+
+
+def test_polls_queued_behind_busy_workers_are_not_left_in_progress_at_stop(stack: Stack) -> None:
+    release = threading.Event()
+    hung = Calls(stack.clock, result=lambda: release.wait(10) and False)
+    queued = Calls(stack.clock)
+    scheduler = stack.scheduler(poll_workers=1)  # the one worker is held by the hung poll
+    scheduler.add(definition("hung", hung))
+    scheduler.add(definition("queued", queued))
+    try:
+        stack.clock.now = T0 + 1.0
+        scheduler.run_once()
+        wait_until(lambda: hung.at, 10, interval_s=0.005, message="the hung poll to start")
+        assert scheduler.polls_in_progress() == ["hung", "queued"]
+        scheduler.stop(wait_s=0.0)
+        assert scheduler.polls_in_progress() == ["hung"] and queued.at == []
+    finally:
+        release.set()
+    wait_until(lambda: scheduler.polls_in_progress() == [], 10, interval_s=0.005, message="the hung poll to end")
+
+
+# -- statistics ----------------------------------------------------------------------------------------------------
+class FlakyStatsStore:
+    """Records what each ``flush_poll_stats`` call writes; the second call fails (the database went away)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.written: list[dict[str, tuple[int, int]]] = []
+
+    def flush_poll_stats(self, stats: Mapping[str, PollStats]) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            raise OSError("database gone")
+        self.written.append({name: (st.polls, st.skips) for name, st in stats.items()})
+
+
+def test_a_flush_writes_in_chunks_and_keeps_what_a_failure_left_unwritten(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(poll_book, "FLUSH_CHUNK", 2)
+    store = FlakyStatsStore()
+    book = PollBook(store, FakeClock(T0))  # type: ignore[arg-type]
+    for name in ("a", "b", "c", "d"):
+        book.polled(name, timedelta(seconds=1), skipped=True)
+    with pytest.raises(OSError, match="database gone"):
+        book.flush()  # a and b are written, c and d are not
+    book.polled("c", timedelta(seconds=1), skipped=False)  # counted while its earlier poll waits to be written
+    book.flush()
+    assert store.written == [{"a": (1, 1), "b": (1, 1)}, {"c": (2, 1), "d": (1, 1)}]
+    book.flush()  # nothing new: nothing written
+    assert store.calls == 3 and book.pending() == {}

@@ -1,10 +1,13 @@
 """TriggerScheduler: polls every registered trigger on its own interval and turns fires into runs.
 
 Guarantees (DESIGN §3):
-- Each trigger is polled every ``poll_interval``, measured from the start of its previous poll. Polls run on a
-  thread pool (async triggers on one event loop), never on the scheduling thread, so a slow or hung trigger
-  delays nobody else. A poll still running after ``poll_timeout_s`` is recorded as an error; that trigger is not
-  polled again until the hung call returns (a second call would most likely hang too).
+- Each trigger is polled every ``poll_interval``, measured from the (due) start of its previous poll: the loop's
+  own lateness never accumulates and triggers keep their phases, so a thousand triggers registered over a second
+  stay spread over the second instead of gathering into bursts; a poll later than half an interval re-anchors
+  (no catch-up after a pause). The rules are in :mod:`cloacina.scheduling.poll_schedule`.
+- Polls run on a pool of threads (async triggers on one event loop), never on the scheduling thread, so a slow or
+  hung trigger delays nobody else. A poll still running after ``poll_timeout_s`` is recorded as an error; that
+  trigger is not polled again until the hung call returns (a second call would most likely hang too).
 - A poll that raises, times out or returns the wrong type is logged with the trigger's name and reason,
   counted on the schedule row, and polling goes on.
 - A fire with ``allow_concurrent=False`` creates its run through a SQL claim on (trigger, context hash); a
@@ -18,16 +21,13 @@ The loop follows the LoopService shape: :meth:`run_once` does one pass (used dir
 
 from __future__ import annotations
 
-import asyncio
-import heapq
-import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from concurrent.futures import Future
+from datetime import datetime
+from functools import partial
 from typing import Any
 
 from cloacina.context import context_hash
@@ -39,21 +39,14 @@ from cloacina.execution.coordinator import RunCoordinator
 from cloacina.execution.task_call import describe_error
 from cloacina.scheduling.poll_book import PollBook
 from cloacina.scheduling.poll_gate import PollGate
+from cloacina.scheduling.poll_schedule import PollSchedule, ScheduledTrigger
+from cloacina.scheduling.poll_workers import AsyncPolls, PollWorkers
 from cloacina.store.runs import TriggerClaim
 from cloacina.store.triggers import TriggerStore
 
 log = logging.getLogger("cloacina.trigger")
 TriggerEventListener = Callable[[str, str, dict[str, Any]], None]
-
-
-@dataclass
-class _Entry:
-    definition: TriggerDefinition
-    enabled: bool
-    interval_s: float
-    next_due: float
-    in_flight_since: float | None = None
-    timed_out: bool = False
+MIN_PASS_GAP_S = 0.004  # the loop sleeps at least this long between passes: each pass starts the polls due meanwhile
 
 
 class TriggerScheduler:
@@ -80,20 +73,18 @@ class TriggerScheduler:
         self.run_deadline_s = run_deadline_s
         self.clock = clock
         self.gate = gate
-        self._entries: dict[str, _Entry] = {}
-        self._heap: list[tuple[float, int, str]] = []
-        self._seq = itertools.count()
-        self._cond = threading.Condition()
+        self._schedule = PollSchedule()
+        self._cond = threading.Condition()  # guards the schedule; the loop waits on it
         self.book = PollBook(store, clock)
-        self._in_flight: dict[str, _Entry] = {}
         self._refresher: threading.Thread | None = None
-        self._pool = ThreadPoolExecutor(max_workers=poll_workers, thread_name_prefix="cloacina-poll")
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: threading.Thread | None = None
+        self._workers: PollWorkers[ScheduledTrigger | Callable[[], object]] = PollWorkers(
+            poll_workers, self._work, "cloacina-poll"
+        )
+        self._async = AsyncPolls()
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
         self._next_refresh = 0.0
-        self._listeners: list[TriggerEventListener] = []
+        self._listeners: tuple[TriggerEventListener, ...] = ()  # replaced, never mutated: read without a lock
 
     # -- registration -----------------------------------------------------------------------------------
     def add(self, definition: TriggerDefinition) -> bool:
@@ -106,19 +97,9 @@ class TriggerScheduler:
         self.store.upsert_schedule(
             definition.name, definition.workflow, definition.poll_interval_ms, definition.allow_concurrent
         )
-        state = self.store.schedule_states().get(definition.name)
+        state = self.store.get_schedule(definition.name)
         with self._cond:
-            entry = _Entry(
-                definition=definition,
-                enabled=state.enabled if state else True,
-                interval_s=definition.poll_interval_ms / 1000,
-                # The first poll comes one interval after registration, as every later one does.
-                next_due=self.clock() + definition.poll_interval_ms / 1000,
-            )
-            # A poll of the replaced definition may still be running; it finishes on its own entry.
-            self._in_flight.pop(definition.name, None)
-            self._entries[definition.name] = entry
-            self._push(entry)
+            self._schedule.add(definition, bool(state["enabled"]) if state else True, self.clock())
             self._cond.notify()
         log.info("trigger scheduled", extra={"trigger": definition.name, "workflow": definition.workflow})
         return True
@@ -126,35 +107,28 @@ class TriggerScheduler:
     def remove(self, name: str) -> None:
         """Stop polling ``name`` (its schedule row and history stay)."""
         with self._cond:
-            self._entries.pop(name, None)
+            self._schedule.remove(name)
 
     def set_enabled(self, name: str, enabled: bool) -> None:
         """Apply an enable/disable at once in this process (other processes see it at their next refresh)."""
         with self._cond:
-            entry = self._entries.get(name)
-            if entry is not None and entry.enabled != enabled:
-                entry.enabled = enabled
-                if enabled:
-                    entry.next_due = self.clock()
-                    self._push(entry)
-                    self._cond.notify()
+            entry = self._schedule.entries.get(name)
+            if entry is not None and self._schedule.set_enabled(entry, enabled, self.clock()) and enabled:
+                self._cond.notify()
 
     def add_listener(self, listener: TriggerEventListener) -> None:
         """``listener(event, trigger_name, info)`` for events poll, poll_error, fire, dedup_skip (CLI, metrics)."""
-        self._listeners.append(listener)
+        self._listeners = (*self._listeners, listener)
 
     @property
     def trigger_names(self) -> list[str]:
         with self._cond:
-            return sorted(self._entries)
+            return sorted(self._schedule.entries)
 
     def polls_in_progress(self) -> list[str]:
         """Triggers whose poll has started and not returned yet (a timed-out poll stays listed until it returns)."""
         with self._cond:
-            return sorted(self._in_flight)
-
-    def _push(self, entry: _Entry) -> None:
-        heapq.heappush(self._heap, (entry.next_due, next(self._seq), entry.definition.name))
+            return sorted(self._schedule.in_flight)
 
     # -- the loop ---------------------------------------------------------------------------------------
     def run_once(self) -> float:
@@ -166,41 +140,18 @@ class TriggerScheduler:
         if self._refresher is None and now >= self._next_refresh:  # not started: run_once does it all
             self._next_refresh = now + self.refresh_interval_s
             self.refresh()
-        due: list[_Entry] = []
-        timed_out: list[str] = []
         with self._cond:
-            for busy in self._in_flight.values():  # only polls in progress, not every trigger: O(busy), not O(all)
-                if (
-                    busy.in_flight_since is not None
-                    and not busy.timed_out
-                    and now - busy.in_flight_since >= self.poll_timeout_s
-                ):
-                    busy.timed_out = True
-                    timed_out.append(busy.definition.name)
-            while self._heap and self._heap[0][0] <= now:
-                due_at, _, name = heapq.heappop(self._heap)
-                entry = self._entries.get(name)
-                if entry is None or entry.next_due != due_at:
-                    continue  # removed or rescheduled: a stale heap item
-                entry.next_due = now + entry.interval_s
-                self._push(entry)
-                if entry.enabled and entry.in_flight_since is None:
-                    entry.in_flight_since = now
-                    entry.timed_out = False
-                    self._in_flight[name] = entry
-                    due.append(entry)
-            sleep_s = (self._heap[0][0] - now) if self._heap else self.refresh_interval_s
-            deadlines = [
-                e.in_flight_since + self.poll_timeout_s - now
-                for e in self._in_flight.values()
-                if e.in_flight_since is not None and not e.timed_out
-            ]
-        for name in timed_out:
+            found = self._schedule.take_due(now, self.poll_timeout_s)
+        for name in found.timed_out:
             self._record_error(name, f"poll timed out after {self.poll_timeout_s:g}s")
-        for entry in due:
-            self._start_poll(entry, now)
-        refresh_in = [self._next_refresh - now] if self._refresher is None else []
-        return max(0.0, min([sleep_s, *refresh_in, *deadlines]))
+        for entry in found.started:
+            self._start_poll(entry)
+        waits = [self.refresh_interval_s if found.next_due is None else found.next_due - now]
+        if found.next_timeout is not None:  # wake up in time to see the oldest poll in progress time out
+            waits.append(found.next_timeout - now)
+        if self._refresher is None:
+            waits.append(self._next_refresh - now)
+        return max(0.0, min(waits))
 
     def flush_stats(self) -> None:
         """Write the poll statistics gathered since the last flush (they are batched for speed)."""
@@ -214,14 +165,12 @@ class TriggerScheduler:
         except Exception as exc:  # the database may be briefly unavailable: keep polling, retry next time
             log.warning("trigger refresh failed (will retry): %s", describe_error(exc))
             return
+        now = self.clock()
         with self._cond:
-            for name, entry in self._entries.items():
+            for name, entry in self._schedule.entries.items():
                 state = states.get(name)
-                if state is not None and state.enabled != entry.enabled:
-                    entry.enabled = state.enabled
-                    if state.enabled:
-                        entry.next_due = self.clock()
-                        self._push(entry)
+                if state is not None:
+                    self._schedule.set_enabled(entry, state.enabled, now)
 
     def start(self) -> None:
         if self._thread is not None:
@@ -245,8 +194,8 @@ class TriggerScheduler:
                 log.exception("trigger scheduler pass failed")
                 sleep_s = self.refresh_interval_s
             with self._cond:
-                if not self._stopped.is_set():
-                    self._cond.wait(sleep_s)
+                if not self._stopped.is_set():  # (add, set_enabled and stop wake it sooner)
+                    self._cond.wait(max(sleep_s, MIN_PASS_GAP_S))
 
     def stop(self, wait_s: float = 5.0) -> None:
         """Stop polling; wait up to ``wait_s`` for polls in progress (a hung poll is abandoned, not waited for)."""
@@ -257,36 +206,41 @@ class TriggerScheduler:
         if self._thread is not None:
             self._thread.join(wait_s)
         with self._cond:
-            while time.monotonic() < deadline and any(
-                e.in_flight_since is not None and not e.timed_out for e in self._entries.values()
-            ):
+            while time.monotonic() < deadline and self._schedule.busy():
                 self._cond.wait(max(0.0, deadline - time.monotonic()))
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
+        for item in self._workers.shutdown():  # queued, never started: not in progress any more
+            if isinstance(item, ScheduledTrigger):
+                self._release(item)
+        self._async.stop()
         try:
             self.flush_stats()
         except Exception as exc:
             log.warning("could not flush trigger statistics at shutdown: %s", describe_error(exc))
 
     # -- one poll ---------------------------------------------------------------------------------------
-    def _start_poll(self, entry: _Entry, started: float) -> None:
-        definition = entry.definition
-        if definition.is_async and self.gate is not None:
-            try:  # ask the gate off the scheduling thread, then hand the coroutine to the loop
-                self._pool.submit(lambda: self._gate_allows(entry) and self._start_async(entry, started))
-            except RuntimeError:
-                self._release(entry)
-            return
-        if definition.is_async:
-            self._start_async(entry, started)
-            return
-        try:
-            self._pool.submit(self._poll_sync, entry, started)
-        except RuntimeError:  # shutting down
-            self._release(entry)
+    def _start_poll(self, entry: ScheduledTrigger) -> None:
+        if entry.is_async and self.gate is None:
+            self._start_async(entry)  # no gate to ask: straight to the event loop
+        elif not self._workers.submit(entry):  # sync polls; async ones ask the gate on a worker first
+            self._release(entry)  # shutting down
 
-    def _gate_allows(self, entry: _Entry) -> bool:
+    def _work(self, item: ScheduledTrigger | Callable[[], object]) -> None:
+        """What a poll worker does with an item: poll a trigger, or a job (the end of an async poll)."""
+        if not isinstance(item, ScheduledTrigger):
+            item()
+        elif not self._gate_allows(item):
+            return
+        elif item.is_async:
+            self._start_async(item)
+        else:
+            try:
+                value = item.definition.function()
+            except Exception as exc:
+                self._finish_poll(item, error=exc)
+            else:
+                self._finish_poll(item, value)
+
+    def _gate_allows(self, entry: ScheduledTrigger) -> bool:
         if self.gate is None:
             return True
         try:
@@ -298,70 +252,51 @@ class TriggerScheduler:
             self._release(entry)
         return allowed
 
-    def _start_async(self, entry: _Entry, started: float) -> bool:
-        definition = entry.definition
-        loop = self._event_loop()
-        coro = asyncio.wait_for(definition.function(), self.poll_timeout_s)
-        future = asyncio.run_coroutine_threadsafe(coro, loop)
-        future.add_done_callback(lambda f: self._submit_result(entry, started, f))
-        return True
+    def _start_async(self, entry: ScheduledTrigger) -> None:
+        self._async.run(entry.definition.function, self.poll_timeout_s, partial(self._async_done, entry))
 
-    def _poll_sync(self, entry: _Entry, started: float) -> None:
-        if not self._gate_allows(entry):
-            return
-        try:
-            value = entry.definition.function()
-        except Exception as exc:
-            self._finish_poll(entry, started, error=exc)
-        else:
-            self._finish_poll(entry, started, value=value)
-
-    def _submit_result(self, entry: _Entry, started: float, future: Future[Any]) -> None:
+    def _async_done(self, entry: ScheduledTrigger, future: Future[Any]) -> None:
+        """On the event loop's thread: hand the outcome to a worker (a fire writes to the database)."""
         exc = future.exception() if not future.cancelled() else TimeoutError("poll cancelled")
         if isinstance(exc, TimeoutError):
             exc = TimeoutError(f"poll timed out after {self.poll_timeout_s:g}s")
-        try:
-            if exc is not None:
-                self._pool.submit(self._finish_poll, entry, started, None, exc)
-            else:
-                self._pool.submit(self._finish_poll, entry, started, future.result(), None)
-        except RuntimeError:
+        job = (
+            partial(self._finish_poll, entry, None, exc)
+            if exc is not None
+            else partial(self._finish_poll, entry, future.result())
+        )
+        if not self._workers.submit(job):
             self._release(entry)
 
-    def _finish_poll(
-        self, entry: _Entry, started: float, value: Any = None, error: BaseException | None = None
-    ) -> None:
+    def _finish_poll(self, entry: ScheduledTrigger, value: Any = None, error: BaseException | None = None) -> None:
         name = entry.definition.name
         try:
-            with self._cond:
-                if entry.timed_out:  # already recorded as a timeout; a late answer is discarded
-                    return
-            wall = datetime.now(UTC)
-            self._count(name, polls=1, last_poll_at=wall, next_poll_at=wall + timedelta(seconds=entry.interval_s))
-            self._emit("poll", name, {})
+            if entry.timed_out:  # already recorded as a timeout; a late answer is discarded
+                return
+            result: TriggerResult | None = None
+            reason: str | None = None
             if error is not None:
-                self._record_error(name, f"poll raised {describe_error(error)}")
-                return
-            try:
-                result = to_trigger_result(value, name)
-            except TriggerPollError as exc:
-                self._record_error(name, exc.reason)
-                return
-            if result.is_skip_result():
-                self._count(name, skips=1)
-                return
-            self._fire(entry.definition, result, wall)
+                reason = f"poll raised {describe_error(error)}"
+            else:
+                try:
+                    result = to_trigger_result(value, name)
+                except TriggerPollError as exc:
+                    reason = exc.reason
+            skipped = result is not None and result.is_skip_result()
+            wall = self.book.polled(name, entry.poll_span, skipped=skipped)
+            self._emit("poll", name, {})
+            if reason is not None:
+                self._record_error(name, reason)
+            elif result is not None and not skipped:
+                self._fire(entry.definition, result, wall)
         except Exception:
             log.exception("handling a poll of trigger %r failed", name)
         finally:
             self._release(entry)
 
-    def _release(self, entry: _Entry) -> None:
+    def _release(self, entry: ScheduledTrigger) -> None:
         with self._cond:
-            entry.in_flight_since = None
-            entry.timed_out = False
-            if self._in_flight.get(entry.definition.name) is entry:
-                del self._in_flight[entry.definition.name]
+            self._schedule.release(entry)
             if self._stopped.is_set():  # only stop() waits for polls to finish; the loop itself need not wake
                 self._cond.notify_all()
 
@@ -419,17 +354,8 @@ class TriggerScheduler:
         self._emit("poll_error", name, {"reason": reason})
 
     def _emit(self, event: str, name: str, info: dict[str, Any]) -> None:
-        for listener in list(self._listeners):
+        for listener in self._listeners:
             try:
                 listener(event, name, info)
             except Exception:
                 log.exception("trigger event listener failed")
-
-    def _event_loop(self) -> asyncio.AbstractEventLoop:
-        with self._cond:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                self._loop_thread = threading.Thread(target=loop.run_forever, name="cloacina-async-polls", daemon=True)
-                self._loop_thread.start()
-                self._loop = loop
-            return self._loop
