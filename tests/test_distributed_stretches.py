@@ -322,4 +322,3 @@ def test_a_delayed_retry_hands_the_rest_of_the_stretch_back_to_celery(cluster: C
         "s4": ["Completed"],
     }
     assert _messages_received(cluster) == 2  # the stretch, then the retry of its rest
-
