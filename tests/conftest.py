@@ -158,6 +158,16 @@ def redis_url(session_redis: Any) -> Iterator[str]:
 
 
 @pytest.fixture
+def client(redis_url: str) -> Iterator[Any]:
+    """A redis-py client on the test's own Redis database."""
+    import redis
+
+    c = redis.Redis.from_url(redis_url)
+    yield c
+    c.close()
+
+
+@pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[Any]:
     """A private redis-server: test runs on one machine must not share broker queues, and tests may kill it."""
     from tests.distributed_harness import RedisServer

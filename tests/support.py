@@ -106,3 +106,15 @@ class PollCounter:
         """Wait until ``name`` has finished ``more`` polls after this call."""
         target = self.polls(name) + more
         wait_until(lambda: self.polls(name) >= target, timeout_s, message=f"{more} more polls of {name!r}")
+
+
+def declare_one_task_workflow(name: str = "wf", task_id: str = "only") -> None:
+    """Declare workflow ``name`` with one task that returns its context (no retries), for loop tests."""
+    import cloacina as cloaca
+
+    with cloaca.WorkflowBuilder(name):
+        cloaca.task(id=task_id, retry_attempts=0)(_return_context)
+
+
+def _return_context(ctx: Any) -> Any:
+    return ctx

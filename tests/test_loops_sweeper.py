@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-import cloacina as cloaca
 from cloacina.definitions import registry
 from cloacina.execution.coordinator import RunCoordinator
 from cloacina.scheduling.sweeper import Sweeper
@@ -23,7 +22,7 @@ from cloacina.store.models import TaskRun, utcnow
 from cloacina.store.recovery import RecoveryStore
 from cloacina.store.runs import RunStore
 from tests.conftest import Backend
-from tests.support import FakeClock
+from tests.support import FakeClock, declare_one_task_workflow
 
 TIMEOUT_S = 30.0
 
@@ -82,11 +81,7 @@ def stack(backend: Backend) -> Iterator[Stack]:
 
 @pytest.fixture(autouse=True)
 def workflow() -> None:
-    with cloaca.WorkflowBuilder("wf"):
-
-        @cloaca.task(id="only", retry_attempts=0)
-        def only(ctx: cloaca.Context) -> cloaca.Context:
-            return ctx
+    declare_one_task_workflow()
 
 
 # -- lost attempts -------------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from cloacina.store.database import Database
 from cloacina.store.runs import RunStore
 from cloacina.store.triggers import PollStats, TriggerStore
 from tests.conftest import Backend
-from tests.support import FakeClock, wait_until
+from tests.support import FakeClock, declare_one_task_workflow, wait_until
 
 T0 = 1_000.0
 Event = tuple[str, str, dict[str, Any]]
@@ -90,11 +90,7 @@ def stack() -> Iterator[Stack]:
 
 @pytest.fixture(autouse=True)
 def workflow() -> None:
-    with cloaca.WorkflowBuilder("wf"):
-
-        @cloaca.task(id="only", retry_attempts=0)
-        def only(ctx: cloaca.Context) -> cloaca.Context:
-            return ctx
+    declare_one_task_workflow()
 
 
 def definition(

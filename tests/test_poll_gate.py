@@ -37,7 +37,7 @@ from cloacina.store.models import TriggerExecution
 from cloacina.store.runs import RunStore
 from cloacina.store.triggers import TriggerStore
 from tests.conftest import Backend
-from tests.support import FakeClock, free_port, wait_until
+from tests.support import FakeClock, declare_one_task_workflow, free_port, wait_until
 
 T0 = 1_000.0
 INTERVAL_S = 0.125
@@ -142,11 +142,7 @@ def deployment(backend: Backend, redis_url: str) -> Iterator[Deployment]:
 
 @pytest.fixture(autouse=True)
 def workflow() -> None:
-    with cloaca.WorkflowBuilder("wf"):
-
-        @cloaca.task(id="only", retry_attempts=0)
-        def only(ctx: cloaca.Context) -> cloaca.Context:
-            return ctx
+    declare_one_task_workflow()
 
 
 def fires(name: str, context: dict[str, Any], *, allow_concurrent: bool = False) -> TriggerDefinition:

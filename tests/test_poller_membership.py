@@ -9,7 +9,6 @@ waits for a lease to run out; only the poll claim's Redis TTL is real, and it is
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -21,13 +20,6 @@ from cloacina.scheduling.redis_locks import TokenLocks
 from tests.support import FakeClock, free_port, wait_until
 
 TTL_S = 10.0
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_url)
-    yield c
-    c.close()
 
 
 @pytest.fixture

@@ -3,21 +3,12 @@ extend, expiry, and the namespace in every key."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import redis
 
 from cloacina.scheduling import redis_locks
 from cloacina.scheduling.redis_locks import TokenLocks
 from tests.support import wait_until
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_url)
-    yield c
-    c.close()
 
 
 @pytest.fixture
