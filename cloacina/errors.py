@@ -11,6 +11,7 @@
     ├── TriggerPollError                      a trigger poll raised, timed out or returned a wrong type
     ├── StoreError                            the database is unreachable or not migrated
     │   └── SchemaNotMigratedError            the database needs ``cloacina db upgrade``
+    ├── TenantError (also RuntimeError)       a PostgreSQL tenant cannot be created or removed
     └── WorkflowNotFoundError (also ValueError, KeyError-free)  ``execute`` named an unknown workflow
 
 Standard ``ValueError``/``TypeError``/``KeyError`` are kept where the cloaca API promises them
@@ -68,6 +69,10 @@ class StoreError(CloacinaError):
 
 class SchemaNotMigratedError(StoreError):
     """The database schema is missing or older than this version of cloacina."""
+
+
+class TenantError(CloacinaError, RuntimeError):
+    """``DatabaseAdmin`` cannot be set up, or a tenant cannot be created or removed (cloaca: ``RuntimeError``)."""
 
 
 class WorkflowNotFoundError(CloacinaError, ValueError):
