@@ -104,7 +104,11 @@ class Database:
             @event.listens_for(engine, "connect")
             def _search_path(dbapi_conn: Any, _record: Any) -> None:
                 cur = dbapi_conn.cursor()
-                cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+                # Only when missing: CREATE SCHEMA needs CREATE on the database even with IF NOT EXISTS, which a
+                # tenant's role (DatabaseAdmin.create_tenant) does not have.
+                cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+                if cur.fetchone() is None:
+                    cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
                 cur.execute(f'SET search_path TO "{schema}"')
                 cur.close()
                 dbapi_conn.commit()
