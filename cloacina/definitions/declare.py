@@ -5,16 +5,19 @@ Each builds a definition (the data and its validation live in :mod:`~cloacina.de
 :mod:`~cloacina.definitions.registry`. Keeping them above the registry keeps the definition modules plain data:
 the engine, the store and the registry import them without importing each other in a circle.
 
-Inside ``with WorkflowBuilder(...)`` a ``@task`` joins that builder; outside one it joins the global task
-registry, from where ``builder.add_task("id")`` can pick it up. The decorated function is returned unchanged (so
-it stays callable and testable) with the definition attached as ``fn.__cloacina_task__``.
+As in cloaca, ``with WorkflowBuilder("wf")`` activates the workflow context ``public/embedded/wf``: a ``@task``
+declared inside registers in that namespace, and the block's end builds the workflow from **every** task of the
+namespace and registers it. ``builder.add_task(...)`` picks tasks for ``builder.build()``. A ``@task`` declared
+with no active context is a standalone task (our extension), usable by ``add_task("id")``. The decorated function
+is returned unchanged (so it stays callable and testable) with the definition attached as ``fn.__cloacina_task__``.
 
 >>> from cloacina import WorkflowBuilder, task
 >>> with WorkflowBuilder("doc_example") as builder:
-...     @task(id="hello", retry_attempts=0)
+...     @task(id="hello", retry_attempts=1)
 ...     def hello(context):
 ...         context.set("greeting", "hi")
 ...         return context
+...     builder.add_task("hello")
 >>> builder.build().task_ids
 ('hello',)
 """
@@ -22,6 +25,7 @@ it stays callable and testable) with the definition attached as ``fn.__cloacina_
 from __future__ import annotations
 
 import contextlib
+import zoneinfo
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar, overload
@@ -37,125 +41,300 @@ from cloacina.errors import DefinitionError
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-class WorkflowBuilder:
-    """Collects tasks into a workflow; as a context manager it validates and registers it on exit.
+def _optional_str(value: object, what: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{what} must be a str or None, got {type(value).__name__}")
+    return value
 
-    ``@task`` functions defined inside the ``with`` block join this builder automatically.
+
+class WorkflowBuilder:
+    """Collects tasks into a workflow; as a context manager it activates a workflow context, and on exit builds,
+    validates and registers the workflow from every task of that context's namespace.
+
+    ``WorkflowBuilder(name, *, tenant=None, package=None, workflow=None)``: the namespace is ``tenant``
+    (``"public"``) / ``package`` (``"embedded"``) / ``workflow`` (``name``).
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(
+        self, name: str, *, tenant: str | None = None, package: str | None = None, workflow: str | None = None
+    ) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"WorkflowBuilder name must be a str, got {type(name).__name__}")
         self.name = check_name(name, "workflow name")
+        self._scope = registry.WorkflowScope(
+            check_name(_optional_str(tenant, "tenant") or registry.DEFAULT_TENANT, "tenant"),
+            check_name(_optional_str(package, "package") or registry.DEFAULT_PACKAGE, "package name"),
+            check_name(_optional_str(workflow, "workflow") or name, "workflow name"),
+        )
         self._description = ""
         self._tags: dict[str, str] = {}
         self._tasks: dict[str, TaskDefinition] = {}
 
-    def description(self, text: str) -> WorkflowBuilder:
-        if not isinstance(text, str):
-            raise DefinitionError(f"workflow {self.name!r}: description must be a string")
-        self._description = text
-        return self
+    @property
+    def tenant(self) -> str:
+        return self._scope.tenant
 
-    def tag(self, key: str, value: str) -> WorkflowBuilder:
+    @property
+    def package(self) -> str:
+        return self._scope.package
+
+    @property
+    def workflow_id(self) -> str:
+        return self._scope.workflow
+
+    def description(self, description: str) -> None:
+        """Set the workflow's description."""
+        if not isinstance(description, str):
+            raise TypeError(f"workflow {self.name!r}: description must be a str, got {type(description).__name__}")
+        self._description = description
+
+    def tag(self, key: str, value: str) -> None:
+        """Add a tag ``key=value`` to the workflow."""
         if not isinstance(key, str) or not isinstance(value, str):
-            raise DefinitionError(f"workflow {self.name!r}: tag key and value must be strings")
+            raise TypeError(f"workflow {self.name!r}: tag key and value must be strings")
         self._tags[key] = value
-        return self
 
-    def add_task(self, task: str | TaskDefinition | Callable[..., Any]) -> WorkflowBuilder:
-        """Add a task by definition, by decorated function, or by the id of a task registered globally."""
+    def _resolve(self, task: object) -> TaskDefinition:
         if isinstance(task, TaskDefinition):
-            definition = task
-        elif isinstance(task, str):
-            definition = registry.get_task(task)
-        else:
-            attached = getattr(task, "__cloacina_task__", None)
-            if not isinstance(attached, TaskDefinition):
-                raise DefinitionError(f"workflow {self.name!r}: add_task() takes a task id or a @task function")
-            definition = attached
-        if definition.task_id in self._tasks:
-            raise DefinitionError(
-                f"workflow {self.name!r}: duplicate task id {definition.task_id!r}",
-                subject=definition.task_id,
-            )
+            return task
+        if isinstance(task, str):
+            found = registry.find_task(task, self._scope)
+            if found is None:
+                raise DefinitionError(
+                    f"Task {task!r} not found in registry for workflow {self._scope.workflow!r}. "
+                    "Make sure it was decorated with @task.",
+                    subject=task,
+                )
+            return found
+        name = getattr(task, "__name__", None)
+        attached = getattr(task, "__cloacina_task__", None)
+        in_namespace = registry.namespace_tasks(
+            self._scope.workflow, tenant=self._scope.tenant, package=self._scope.package
+        )
+        if isinstance(name, str) and name in in_namespace:
+            return in_namespace[name]
+        if isinstance(attached, TaskDefinition):
+            return attached
+        if isinstance(name, str):
+            return self._resolve(name)
+        raise DefinitionError(
+            f"workflow {self.name!r}: add_task() takes a task id or a @task function, got {type(task).__name__}"
+        )
+
+    def add_task(self, task: str | Callable[..., Any] | TaskDefinition) -> None:
+        """Add a task to what :meth:`build` builds: a task id, or a function (the task named by its ``__name__``),
+        looked up among the tasks of this builder's namespace (then the standalone tasks); else ``ValueError``.
+
+        Adding a task twice keeps it once.
+        """
+        definition = self._resolve(task)
         self._tasks[definition.task_id] = definition
-        return self
 
     def build(self) -> Workflow:
-        return build_workflow(self.name, self._tasks, self._description, self._tags)
+        """The workflow of exactly the ``add_task``-ed tasks; ``ValueError`` if empty, cyclic or incomplete."""
+        return build_workflow(
+            self.name,
+            self._tasks,
+            self._description,
+            self._tags,
+            tenant=self._scope.tenant,
+            package=self._scope.package,
+            workflow_id=self._scope.workflow,
+        )
 
     def __enter__(self) -> WorkflowBuilder:
-        registry.push_builder(self)
+        registry.push_scope(self._scope)
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        registry.pop_builder(self)
-        if exc_type is None:
-            registry.register_workflow(self.build())
+    ) -> bool:
+        """Build the workflow from every task of the namespace (and the ``add_task``-ed ones), validate it and
+        register it under the workflow id, replacing an earlier one. Runs even if the block raised."""
+        registry.pop_scope(self._scope)
+        workflow = registry.collect_workflow(
+            self._scope.workflow,
+            tenant=self._scope.tenant,
+            package=self._scope.package,
+            extra=self._tasks,
+            description=self._description,
+            tags=self._tags,
+        )
+        registry.register_workflow(workflow)
+        return False
+
+    def __repr__(self) -> str:
+        return f"WorkflowBuilder(name={self.name!r})"
+
+
+class TaskDecorator:
+    """What ``task(...)`` returns: calling it on a function registers the task and returns the function itself.
+
+    No constructor (as in cloaca): ``task(...)`` makes one.
+    """
+
+    __slots__ = ("_options",)
+    _options: dict[str, Any]
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("No constructor defined for TaskDecorator; use cloacina.task(...)")
+
+    @classmethod
+    def _create(cls, options: dict[str, Any]) -> TaskDecorator:
+        decorator = object.__new__(cls)
+        decorator._options = options
+        return decorator
+
+    def __call__(self, obj: _F) -> _F:
+        definition = make_task_definition(obj, self._options)
+        registry.add_task_to_current_scope(definition)
+        with contextlib.suppress(AttributeError, TypeError):  # builtins or callables without a __dict__
+            obj.__cloacina_task__ = definition  # type: ignore[attr-defined]
+            obj.task_id = definition.task_id  # type: ignore[attr-defined]
+        return obj
+
+    def __repr__(self) -> str:
+        return "TaskDecorator"
 
 
 @overload
 def task(fn: _F, /, **options: Any) -> _F: ...
 @overload
-def task(fn: None = None, /, **options: Any) -> Callable[[_F], _F]: ...
+def task(fn: None = None, /, **options: Any) -> TaskDecorator: ...
 def task(fn: TaskFunction | None = None, /, **options: Any) -> Any:
-    """Declare a task. Options: ``id``, ``dependencies``, ``retry_attempts``, ``retry_backoff``
-    (fixed | linear | exponential), ``retry_delay_ms``, ``retry_max_delay_ms``, ``retry_condition``
-    (never | transient | all), ``retry_jitter``, ``retry`` (a RetryPolicy), ``on_success(task_id, ctx)``,
-    ``on_failure(task_id, error, ctx)``, ``trigger_rules``, ``timeout_seconds``, ``description``.
+    """Declare a task: ``@task(id=..., dependencies=[...], ...)`` (or bare ``@task``, our extension).
+
+    Options (keyword-only): ``id``, ``dependencies``, ``retry`` (a RetryPolicy), ``retry_attempts``,
+    ``retry_backoff``, ``retry_delay_ms``, ``retry_max_delay_ms``, ``retry_condition``, ``retry_jitter``,
+    ``on_success(task_id, ctx)``, ``on_failure(task_id, error, ctx)``, ``trigger_rules`` (a rule dict), and our
+    ``timeout_seconds``, ``description``. The task registers in the innermost active workflow context (a
+    ``WorkflowBuilder`` block or the package loader's), or as a standalone task when none is active.
+    """
+    decorator = TaskDecorator._create(options)
+    if fn is not None:
+        return decorator(fn)
+    return decorator
+
+
+_CRON_FIELDS = (5, 6)
+
+
+def _check_cron(expression: object) -> str:
+    """A cron expression of 5 fields (optionally a leading seconds field); its values are checked when the
+    schedule is registered."""
+    if not isinstance(expression, str):
+        raise TypeError(f"cron must be a str, got {type(expression).__name__}")
+    if len(expression.split()) not in _CRON_FIELDS:
+        raise DefinitionError(
+            f"Invalid cron expression {expression!r}: use 5 fields (minute hour day month weekday), "
+            "optionally preceded by seconds"
+        )
+    return expression.strip()
+
+
+def _check_timezone(timezone: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise DefinitionError(f"Invalid timezone {timezone!r}: use an IANA zone such as 'Europe/Paris'") from None
+    return timezone
+
+
+class TriggerDecorator:
+    """What ``trigger(...)`` returns: calling it on a function records the trigger and returns the function.
+
+    No constructor (as in cloaca): ``trigger(...)`` makes one.
     """
 
-    def decorate(func: TaskFunction) -> TaskFunction:
-        definition = make_task_definition(func, options)
-        registry.add_task_to_current_scope(definition)
-        try:
-            func.__cloacina_task__ = definition  # type: ignore[attr-defined]
-            func.task_id = definition.task_id  # type: ignore[attr-defined]
-        except (AttributeError, TypeError):  # builtins or callables without a __dict__
-            pass
-        return func
+    __slots__ = ("_settings",)
+    _settings: dict[str, Any]
 
-    if fn is not None:
-        return decorate(fn)
-    return decorate
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("No constructor defined for TriggerDecorator; use cloacina.trigger(...)")
+
+    @classmethod
+    def _create(cls, settings: dict[str, Any]) -> TriggerDecorator:
+        decorator = object.__new__(cls)
+        decorator._settings = settings
+        return decorator
+
+    def __call__(self, obj: _F) -> _F:
+        if not callable(obj):
+            raise DefinitionError(f"@trigger decorates a function, got {type(obj).__name__}")
+        settings = self._settings
+        trigger_name = check_name(settings["name"] or getattr(obj, "__name__", None), "trigger name")
+        definition = TriggerDefinition(
+            name=trigger_name,
+            function=obj,
+            workflow=settings["workflow"],
+            poll_interval_ms=settings["poll_interval_ms"],
+            allow_concurrent=settings["allow_concurrent"],
+            poll_interval=settings["poll_interval"],
+            cron=settings["cron"],
+            timezone=settings["timezone"],
+        )
+        registry.register_trigger(definition)
+        with contextlib.suppress(AttributeError, TypeError):  # builtins have no __dict__
+            obj.__cloacina_trigger__ = definition  # type: ignore[attr-defined]
+        return obj
+
+    def __repr__(self) -> str:
+        return "TriggerDecorator"
 
 
 def trigger(
-    workflow: str | None = None,
+    workflow: str | Callable[..., Any] | None = None,
     name: str | None = None,
-    poll_interval: str = "5s",
+    poll_interval: str | None = None,
     allow_concurrent: bool = False,
-) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
-    """Register the decorated function as a trigger polled every ``poll_interval`` ("100ms", "5s", "1m", "1h").
+    *,
+    on: str | None = None,
+    cron: str | None = None,
+    timezone: str | None = None,
+) -> Any:
+    """Declare a trigger: ``@trigger(name=None, on=None, poll_interval=None, cron=None, timezone=None,
+    allow_concurrent=False)``.
 
-    ``workflow`` names the workflow to fire; it may be omitted only in a package whose manifest binds it.
-    With ``allow_concurrent=False`` a fire is skipped while a run fired with the same context is active.
-    The function is returned unchanged, so it can still be called directly.
+    A poll trigger's function takes no arguments and returns ``TriggerResult.skip()``, ``TriggerResult.fire(ctx)``
+    or a bool; it is polled every ``poll_interval`` (``"<int><unit>"``, unit ms/s/m/h, default ``"30s"``) and fires
+    workflow ``on``. A cron trigger (``cron="0 2 * * *"``, ``timezone`` IANA, default UTC, ``on`` required, no
+    ``poll_interval``) is a cron schedule of ``on``; its function is never called. ``allow_concurrent=False``
+    skips a fire while a run fired with the same context is unfinished.
+
+    The older form ``@trigger(workflow="wf", ...)`` / ``@trigger("wf", ...)`` still works: ``workflow`` is ``on``
+    with a default interval of ``"5s"``. Bare ``@trigger`` (no parentheses) is our extension.
     """
-    interval_ms = parse_duration_ms(poll_interval, what="poll_interval")
-    if workflow is not None:
-        check_name(workflow, "workflow name")
+    if callable(workflow):  # bare @trigger
+        return trigger()(workflow)
+    workflow = _optional_str(workflow, "workflow")
+    on = _optional_str(on, "on")
+    if workflow is not None and on is not None and workflow != on:
+        raise DefinitionError(f"@trigger: workflow={workflow!r} and on={on!r} name different workflows; use on=")
+    target = on if on is not None else workflow
+    if target is not None:
+        check_name(target, "workflow name")
     if name is not None:
         check_name(name, "trigger name")
     if not isinstance(allow_concurrent, bool):
         raise DefinitionError(f"allow_concurrent must be True or False, got {allow_concurrent!r}")
-
-    def decorate(fn: Callable[[], Any]) -> Callable[[], Any]:
-        if not callable(fn):
-            raise DefinitionError(f"@trigger decorates a function, got {type(fn).__name__}")
-        trigger_name = check_name(name or getattr(fn, "__name__", None), "trigger name")
-        definition = TriggerDefinition(
-            name=trigger_name,
-            function=fn,
-            workflow=workflow,
-            poll_interval_ms=interval_ms,
-            allow_concurrent=allow_concurrent,
-            poll_interval=poll_interval,
-        )
-        registry.register_trigger(definition)
-        with contextlib.suppress(AttributeError, TypeError):  # builtins have no __dict__
-            fn.__cloacina_trigger__ = definition  # type: ignore[attr-defined]
-        return fn
-
-    return decorate
+    if cron is not None:
+        if poll_interval is not None:
+            raise DefinitionError("@trigger cannot set both 'cron' and 'poll_interval'; pick one")
+        if target is None:
+            raise DefinitionError("@trigger(cron=...) requires 'on' (the workflow the cron schedule fires)")
+        cron = _check_cron(cron)
+    zone = _check_timezone(_optional_str(timezone, "timezone") or "UTC")
+    if poll_interval is None:
+        poll_interval = "5s" if workflow is not None else "30s"
+    interval_ms = parse_duration_ms(poll_interval, what="poll_interval", allow_zero=True)
+    return TriggerDecorator._create(
+        {
+            "name": name,
+            "workflow": target,
+            "poll_interval": poll_interval,
+            "poll_interval_ms": interval_ms,
+            "allow_concurrent": allow_concurrent,
+            "cron": cron,
+            "timezone": zone,
+        }
+    )

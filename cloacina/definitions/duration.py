@@ -12,15 +12,16 @@ _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
 _PATTERN = re.compile(r"^\s*([0-9]+)\s*(ms|s|m|h)\s*$")  # ASCII digits: \d would accept "\u0665s"
 
 
-def parse_duration_ms(text: object, *, what: str = "duration") -> int:
-    """Return the duration in milliseconds; ``ValueError`` for anything but a positive ``<int><unit>``."""
+def parse_duration_ms(text: object, *, what: str = "duration", allow_zero: bool = False) -> int:
+    """Return the duration in milliseconds; ``ValueError`` for anything but a positive ``<int><unit>``
+    (surrounding spaces trimmed; zero accepted with ``allow_zero``, as a trigger's ``poll_interval="0s"``)."""
     if not isinstance(text, str):
         raise ValueError(f"Invalid {what}: expected a string like '5s', got {type(text).__name__} {text!r}")
     match = _PATTERN.match(text)
     if match is None:
         raise ValueError(f"Invalid {what}: {text!r} (use a whole number with ms, s, m or h, e.g. '100ms', '5s')")
     value = int(match.group(1)) * _UNITS_MS[match.group(2)]
-    if value <= 0:
+    if value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"Invalid {what}: {text!r} must be greater than zero")
     return value
 

@@ -90,6 +90,8 @@ class TriggerDefinition:
     allow_concurrent: bool = False
     poll_interval: str = "5s"
     package_fingerprint: str | None = None  # set for triggers loaded from a .cloacina package
+    cron: str | None = None  # set for @trigger(cron=...): a cron schedule of ``workflow``, never polled
+    timezone: str = "UTC"  # IANA zone of ``cron``
 
     @property
     def is_async(self) -> bool:

@@ -1,6 +1,10 @@
 """``Workflow``: a named DAG of tasks, validated once by :func:`build_workflow` (``WorkflowBuilder``, in
 :mod:`cloacina.definitions.declare`, calls it when its ``with`` block closes).
 
+Inside, task ids are plain (``"load"``): the engine and the store use them. The cloaca methods
+(``topological_sort``, ``get_execution_levels``, ``get_roots``, ``get_leaves``) return qualified ids
+``"tenant::package::workflow::task"``, as cloaca does.
+
 Validation rejects, with a ``ValueError`` naming the culprit: an empty workflow, a duplicate task id, a
 dependency on an unknown task, a cycle (the message shows it), and a trigger rule that reads a task which is
 not upstream of the rule's task (its status could not be known when the rule is evaluated).
@@ -18,10 +22,15 @@ not upstream of the rule's task (its status could not be known when the rule is 
 >>> wf = b.build()
 >>> wf.topological_order, wf.roots, wf.leaves
 (('a', 'b', 'c', 'd'), ('a',), ('d',))
+>>> wf.get_execution_levels()[1]
+['public::embedded::doc_diamond::b', 'public::embedded::doc_diamond::c']
+>>> wf
+Workflow(name='doc_diamond', tasks=4)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,7 +43,10 @@ from cloacina.errors import DefinitionError
 
 @dataclass(frozen=True)
 class Workflow:
-    """An immutable, validated DAG of tasks. Build it with :class:`WorkflowBuilder`."""
+    """An immutable, validated DAG of tasks. Build it with :class:`WorkflowBuilder`.
+
+    ``tenant``/``package``/``workflow_id`` are the namespace of its tasks (``workflow_id`` defaults to ``name``).
+    """
 
     name: str
     tasks: Mapping[str, TaskDefinition]
@@ -42,6 +54,40 @@ class Workflow:
     tags: Mapping[str, str] = field(default_factory=dict)
     topological_order: tuple[str, ...] = ()
     version: str = ""
+    tenant: str = "public"
+    package: str = "embedded"
+    workflow_id: str | None = None
+
+    # -- cloaca methods (qualified ids) --------------------------------------------------------------------
+    def qualified_id(self, task_id: str) -> str:
+        """``"tenant::package::workflow::task"`` for ``task_id``."""
+        return f"{self.tenant}::{self.package}::{self.workflow_id or self.name}::{task_id}"
+
+    def topological_sort(self) -> list[str]:
+        """Qualified task ids, every task after its dependencies."""
+        return [self.qualified_id(t) for t in self.topological_order]
+
+    def get_execution_levels(self) -> list[list[str]]:
+        """Qualified task ids grouped by level: a level's tasks depend only on earlier levels."""
+        level: dict[str, int] = {}
+        for t in self.topological_order:
+            level[t] = 1 + max((level[d] for d in self.tasks[t].dependencies), default=-1)
+        levels: list[list[str]] = [[] for _ in range(max(level.values(), default=-1) + 1)]
+        for t in self.topological_order:
+            levels[level[t]].append(self.qualified_id(t))
+        return levels
+
+    def get_roots(self) -> list[str]:
+        """Qualified ids of the tasks without dependencies."""
+        return [self.qualified_id(t) for t in self.roots]
+
+    def get_leaves(self) -> list[str]:
+        """Qualified ids of the tasks nothing depends on."""
+        return [self.qualified_id(t) for t in self.leaves]
+
+    def validate(self) -> None:
+        """``ValueError`` if the workflow is empty, cyclic or has an unresolvable dependency or rule."""
+        _validate(self.name, self.tasks)
 
     @property
     def task_ids(self) -> tuple[str, ...]:
@@ -60,14 +106,7 @@ class Workflow:
         return tuple(t for t in self.topological_order if task_id in self.tasks[t].dependencies)
 
     def ancestors(self, task_id: str) -> set[str]:
-        seen: set[str] = set()
-        stack = list(self.tasks[task_id].dependencies)
-        while stack:
-            dep = stack.pop()
-            if dep not in seen:
-                seen.add(dep)
-                stack.extend(self.tasks[dep].dependencies)
-        return seen
+        return _ancestors(self.tasks, task_id)
 
     def get_task(self, task_id: str) -> TaskDefinition:
         try:
@@ -76,7 +115,7 @@ class Workflow:
             raise DefinitionError(f"workflow {self.name!r} has no task {task_id!r}", subject=task_id) from None
 
     def __repr__(self) -> str:
-        return f"Workflow(name={self.name!r}, tasks={list(self.tasks)}, version={self.version!r})"
+        return f"Workflow(name={self.name!r}, tasks={len(self.tasks)})"
 
 
 def _topological_order(tasks: Mapping[str, TaskDefinition], workflow: str) -> tuple[str, ...]:
@@ -134,27 +173,26 @@ def _content_version(name: str, tasks: Mapping[str, TaskDefinition]) -> str:
     return digest[:16]
 
 
-def build_workflow(
-    name: str,
-    tasks: Mapping[str, TaskDefinition],
-    description: str = "",
-    tags: Mapping[str, str] | None = None,
-) -> Workflow:
-    """Validate and freeze a workflow."""
+def _ancestors(tasks: Mapping[str, TaskDefinition], task_id: str) -> set[str]:
+    seen: set[str] = set()
+    stack = list(tasks[task_id].dependencies)
+    while stack:
+        dep = stack.pop()
+        if dep not in seen:
+            seen.add(dep)
+            stack.extend(tasks[dep].dependencies)
+    return seen
+
+
+def _validate(name: str, tasks: Mapping[str, TaskDefinition]) -> tuple[str, ...]:
+    """The topological order of ``tasks``; ``DefinitionError`` (a ``ValueError``) if they do not form a workflow."""
     if not tasks:
         raise DefinitionError(f"workflow {name!r} has no tasks; add at least one @task", subject=name)
     order = _topological_order(tasks, name)
-    wf = Workflow(
-        name=name,
-        tasks=MappingProxyType(dict(tasks)),
-        description=description,
-        tags=MappingProxyType(dict(tags or {})),
-        topological_order=order,
-    )
     for t in tasks.values():
         if t.trigger_rule is None:
             continue
-        upstream = wf.ancestors(t.task_id)
+        upstream = _ancestors(tasks, t.task_id)
         for ref in sorted(t.trigger_rule.referenced_tasks()):
             if ref not in tasks:
                 raise DefinitionError(
@@ -167,5 +205,41 @@ def build_workflow(
                     f"upstream of it; add {ref!r} to its dependencies",
                     subject=t.task_id,
                 )
-    object.__setattr__(wf, "version", _content_version(name, wf.tasks))
-    return wf
+    return order
+
+
+def build_workflow(
+    name: str,
+    tasks: Mapping[str, TaskDefinition],
+    description: str = "",
+    tags: Mapping[str, str] | None = None,
+    *,
+    tenant: str = "public",
+    package: str = "embedded",
+    workflow_id: str | None = None,
+) -> Workflow:
+    """Validate and freeze a workflow (``ValueError`` naming the culprit if it is not one)."""
+    order = _validate(name, tasks)
+    return Workflow(
+        name=name,
+        tasks=MappingProxyType(dict(tasks)),
+        description=description,
+        tags=MappingProxyType(dict(tags or {})),
+        topological_order=order,
+        version=_content_version(name, tasks),
+        tenant=tenant,
+        package=package,
+        workflow_id=None if workflow_id == name else workflow_id,
+    )
+
+
+def renamed(workflow: Workflow, name: str) -> Workflow:
+    """``workflow`` under another name (its task namespace unchanged), with the version that name gives."""
+    if name == workflow.name:
+        return workflow
+    return dataclasses.replace(
+        workflow,
+        name=name,
+        version=_content_version(name, workflow.tasks),
+        workflow_id=workflow.workflow_id or workflow.name,
+    )
