@@ -39,6 +39,7 @@ from cloacina.errors import (
     StoreError,
     TaskError,
     TaskTimeoutError,
+    TenantError,
     TransientError,
     TriggerPollError,
     WorkflowNotFoundError,
@@ -46,6 +47,7 @@ from cloacina.errors import (
 from cloacina.runner.config import DefaultRunnerConfig
 from cloacina.runner.default_runner import DefaultRunner
 from cloacina.runner.results import RunHandle, WorkflowResult
+from cloacina.tenants import DatabaseAdmin, TenantConfig, TenantCredentials
 
 __version__ = "0.1.0"
 
@@ -77,6 +79,10 @@ __all__ = [
     "DefaultRunnerConfig",
     "WorkflowResult",
     "RunHandle",
+    # Multi-tenancy (PostgreSQL)
+    "DatabaseAdmin",
+    "TenantConfig",
+    "TenantCredentials",
     # Errors
     "CloacinaError",
     "DefinitionError",
@@ -88,4 +94,5 @@ __all__ = [
     "StoreError",
     "SchemaNotMigratedError",
     "WorkflowNotFoundError",
+    "TenantError",
 ]
