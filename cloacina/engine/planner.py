@@ -7,9 +7,9 @@ Semantics (DESIGN §2):
 - A task is eligible when all its dependencies are terminal (Completed, Failed or Skipped).
 - Its input is the run's input context for a root task, else the merge of its dependencies' outputs in
   declaration order. A Skipped task passes its input through as its output, so data flows past it.
-- With no explicit rule a task is Skipped (``upstream_failed``) when a dependency Failed or was itself skipped
-  for that reason; a task with an explicit rule runs when the rule is true and is Skipped (``rule_false``)
-  otherwise.
+- A task with no ``trigger_rules`` has cloaca's default rule ``Always``: it runs once its dependencies are
+  terminal, **even after one Failed** (its input then merges the outputs of the dependencies that have one). A
+  task with a rule runs when the rule is true and is Skipped (``rule_false``) otherwise.
 - The run is terminal when every task is; it is Failed when any task Failed, else Completed.
 - ``final_context`` is the merge of the leaf tasks' outputs in topological order (Failed leaves contribute
   nothing).
@@ -56,16 +56,6 @@ def task_input(
     return merge_contexts(views[d].output or {} for d in deps if views[d].output is not None)
 
 
-def _upstream_failed(workflow: Workflow, task_id: str, views: Mapping[str, TaskView]) -> bool:
-    for dep in workflow.tasks[task_id].dependencies:
-        view = views[dep]
-        if view.status == TaskStatus.FAILED:
-            return True
-        if view.status == TaskStatus.SKIPPED and view.skip_reason == SkipReason.UPSTREAM_FAILED:
-            return True
-    return False
-
-
 def plan(workflow: Workflow, run_input: Mapping[str, Any], views: Mapping[str, TaskView]) -> list[Decision]:
     """Decisions for every NotStarted task that has become eligible, skips cascading in one call.
 
@@ -82,17 +72,13 @@ def plan(workflow: Workflow, run_input: Mapping[str, Any], views: Mapping[str, T
         if not all(working[d].status.is_terminal for d in definition.dependencies):
             continue
         inputs = task_input(workflow, task_id, run_input, working)
-        if definition.trigger_rule is None:
-            skip_reason = SkipReason.UPSTREAM_FAILED if _upstream_failed(workflow, task_id, working) else None
-        else:
-            statuses = {tid: v.status for tid, v in working.items()}
-            holds = evaluate_rule(definition.trigger_rule, statuses, inputs)
-            skip_reason = None if holds else SkipReason.RULE_FALSE
-        if skip_reason is None:
+        rule = definition.trigger_rule
+        if rule is None or evaluate_rule(rule, {tid: v.status for tid, v in working.items()}, inputs):
             decisions.append(Decision(task_id, "run", inputs))
         else:
-            decisions.append(Decision(task_id, "skip", inputs, str(skip_reason)))
-            working[task_id] = TaskView(TaskStatus.SKIPPED, inputs, str(skip_reason))
+            reason = str(SkipReason.RULE_FALSE)
+            decisions.append(Decision(task_id, "skip", inputs, reason))
+            working[task_id] = TaskView(TaskStatus.SKIPPED, inputs, reason)
     return decisions
 
 

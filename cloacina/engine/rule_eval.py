@@ -1,19 +1,29 @@
-"""Evaluate trigger rules against the statuses of a run's tasks and a task's input context. Pure."""
+"""Evaluate trigger rules against the statuses of a run's tasks and a task's input context. Pure.
+
+Semantics are cloaca's:
+
+- ``All`` holds when every condition does (so when empty), ``Any`` when one does, ``None`` when none does.
+- ``TaskSuccess``/``TaskFailed``/``TaskSkipped`` hold when the named task is Completed/Failed/Skipped.
+- ``ContextValue`` reads the task's input context. ``Equals``/``NotEquals`` compare JSON values (a missing key
+  equals nothing; ``true`` is not ``1``, and, as JSON numbers in cloaca, an integer is not a float: ``1 != 1.0``).
+  ``GreaterThan``/``LessThan`` (and our ``GreaterOrEqual``/``LessOrEqual``) compare two numbers as floats and are
+  false otherwise. ``Contains`` is substring for two strings, membership for an array, false otherwise;
+  ``NotContains`` is its negation. ``Exists``/``NotExists`` ignore the value.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cloacina.definitions.rules import AllOf, Always, AnyOf, ContextValue, NoneOf, Rule, TaskStatusIs
-from cloacina.engine.merge import json_equal
 from cloacina.engine.states import TaskStatus
 
 _MISSING = object()
 
 
 def evaluate_rule(rule: Rule, statuses: Mapping[str, TaskStatus], context: Mapping[str, Any]) -> bool:
-    """Whether ``rule`` holds. A comparison between incomparable values is simply false."""
+    """Whether ``rule`` holds for a task whose input context is ``context``."""
     if isinstance(rule, Always):
         return True
     if isinstance(rule, AllOf):
@@ -25,36 +35,63 @@ def evaluate_rule(rule: Rule, statuses: Mapping[str, TaskStatus], context: Mappi
     if isinstance(rule, TaskStatusIs):
         return str(statuses.get(rule.task_id, "")) == rule.status
     if isinstance(rule, ContextValue):
-        return _compare(context.get(rule.key, _MISSING), rule.op, rule.value)
+        return compare(context.get(rule.key, _MISSING), rule.op, rule.value)
     raise TypeError(f"unknown rule type {type(rule).__name__}")
 
 
-def _compare(actual: Any, op: str, expected: Any) -> bool:
-    if op == "exists":
-        return actual is not _MISSING
-    if op == "not_exists":
-        return actual is _MISSING
-    if actual is _MISSING:
-        return op in ("not_equals", "not_contains")
-    try:
-        if op == "equals":
-            return json_equal(actual, expected)
-        if op == "not_equals":
-            return not json_equal(actual, expected)
-        if op == "greater_than":
-            return bool(actual > expected)
-        if op == "greater_or_equal":
-            return bool(actual >= expected)
-        if op == "less_than":
-            return bool(actual < expected)
-        if op == "less_or_equal":
-            return bool(actual <= expected)
-        if op in ("contains", "not_contains"):
-            if isinstance(actual, list):
-                found = any(json_equal(item, expected) for item in actual)
-            else:
-                found = expected in actual  # substring of a str, key of an object
-            return found if op == "contains" else not found
-    except TypeError:
+def strict_json_equal(left: Any, right: Any) -> bool:
+    """Equality of JSON values as cloaca has it: same JSON type and value (``True != 1``, ``1 != 1.0``)."""
+    if isinstance(left, bool) or isinstance(right, bool):
+        return type(left) is type(right) and left == right
+    if isinstance(left, int) and isinstance(right, int):
+        return left == right
+    if isinstance(left, float) and isinstance(right, float):
+        return left == right
+    if isinstance(left, int | float) or isinstance(right, int | float):
         return False
+    if isinstance(left, Mapping) and isinstance(right, Mapping):
+        return left.keys() == right.keys() and all(strict_json_equal(left[k], right[k]) for k in left)
+    if isinstance(left, list) and isinstance(right, list):
+        return len(left) == len(right) and all(strict_json_equal(a, b) for a, b in zip(left, right, strict=True))
+    return type(left) is type(right) and bool(left == right)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _contains(actual: Any, expected: Any) -> bool:
+    if isinstance(actual, str) and isinstance(expected, str):
+        return expected in actual
+    if isinstance(actual, list):
+        return any(strict_json_equal(item, expected) for item in actual)
+    return False
+
+
+_NUMERIC: dict[str, Callable[[float, float], bool]] = {
+    "GreaterThan": lambda a, b: a > b,
+    "LessThan": lambda a, b: a < b,
+    "GreaterOrEqual": lambda a, b: a >= b,
+    "LessOrEqual": lambda a, b: a <= b,
+}
+
+
+def compare(actual: Any, op: str, expected: Any) -> bool:
+    """``actual op expected``; ``actual`` is ``_MISSING`` when the key is absent."""
+    if op == "Exists":
+        return actual is not _MISSING
+    if op == "NotExists":
+        return actual is _MISSING
+    if op == "Equals":
+        return actual is not _MISSING and strict_json_equal(actual, expected)
+    if op == "NotEquals":
+        return actual is _MISSING or not strict_json_equal(actual, expected)
+    if op in _NUMERIC:
+        if actual is _MISSING or not _is_number(actual) or not _is_number(expected):
+            return False
+        return _NUMERIC[op](float(actual), float(expected))
+    if op == "Contains":
+        return actual is not _MISSING and _contains(actual, expected)
+    if op == "NotContains":
+        return actual is _MISSING or not _contains(actual, expected)
     raise ValueError(f"unknown operator {op!r}")

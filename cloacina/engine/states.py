@@ -31,4 +31,4 @@ class TaskStatus(StrEnum):
 
 class SkipReason(StrEnum):
     RULE_FALSE = "rule_false"
-    UPSTREAM_FAILED = "upstream_failed"
+    UPSTREAM_FAILED = "upstream_failed"  # no longer decided (the default rule is Always); kept for older rows
