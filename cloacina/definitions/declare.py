@@ -324,6 +324,7 @@ def trigger(
             raise DefinitionError("@trigger(cron=...) requires 'on' (the workflow the cron schedule fires)")
         cron = _check_cron(cron)
     zone = _check_timezone(_optional_str(timezone, "timezone") or "UTC")
+    poll_interval = _optional_str(poll_interval, "poll_interval")
     if poll_interval is None:
         poll_interval = "5s" if workflow is not None else "30s"
     interval_ms = parse_duration_ms(poll_interval, what="poll_interval", allow_zero=True)

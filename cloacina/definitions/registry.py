@@ -216,9 +216,10 @@ def unregister_workflow(name: str) -> None:
 
 # -- triggers --------------------------------------------------------------------------------------------
 def register_trigger(definition: TriggerDefinition) -> None:
+    """Register (or replace) a trigger; listeners hear of poll triggers only (a cron trigger is not polled)."""
     with _lock:
         _triggers[definition.name] = definition
-        listeners = list(_trigger_listeners)
+        listeners = list(_trigger_listeners) if definition.cron is None else []
     for listener in listeners:
         listener(definition)
 
@@ -233,20 +234,21 @@ def get_trigger(name: str) -> TriggerDefinition | None:
         return _triggers.get(name)
 
 
-def triggers() -> list[TriggerDefinition]:
+def all_triggers() -> list[TriggerDefinition]:
     """Every registered trigger: poll triggers and cron triggers (``definition.cron`` set)."""
     with _lock:
         return list(_triggers.values())
 
 
-def poll_triggers() -> list[TriggerDefinition]:
-    """The registered triggers that are polled (not cron)."""
-    return [t for t in triggers() if t.cron is None]
+def triggers() -> list[TriggerDefinition]:
+    """The registered triggers that are **polled**: cron triggers are left out (see :func:`cron_triggers`)."""
+    return [t for t in all_triggers() if t.cron is None]
 
 
 def cron_triggers() -> list[TriggerDefinition]:
-    """The registered ``@trigger(cron=..., on=...)`` definitions: each is a cron schedule of its workflow."""
-    return [t for t in triggers() if t.cron is not None]
+    """The registered ``@trigger(cron=..., on=...)`` definitions: each is a cron schedule of its workflow, which
+    the runner and the pollers register at start (:mod:`cloacina.scheduling.cron_triggers`)."""
+    return [t for t in all_triggers() if t.cron is not None]
 
 
 def add_trigger_listener(listener: TriggerListener) -> None:

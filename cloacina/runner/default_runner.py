@@ -38,6 +38,7 @@ from cloacina.runner.cron_api import CronAPI
 from cloacina.runner.results import RunHandle, WorkflowResult
 from cloacina.runner.trigger_api import TriggerAPI
 from cloacina.scheduling.cron import CronScheduler
+from cloacina.scheduling.cron_triggers import register_cron_triggers
 from cloacina.scheduling.trigger_poller import TriggerScheduler
 from cloacina.store.database import Database
 from cloacina.store.runs import RunEnd, RunStore
@@ -133,6 +134,7 @@ class DefaultRunner(TriggerAPI, CronAPI):
             self.trigger_scheduler = scheduler
             self._services.append(_ListenerRemover(scheduler))
         if self.config.enable_cron_scheduling:
+            register_cron_triggers(self.deployment.cron, self.settings.cron_catchup_policy)  # @trigger(cron=...)
             self.cron_scheduler = self.deployment.cron_scheduler()
             self.cron_scheduler.start()
             self._services.append(self.cron_scheduler)

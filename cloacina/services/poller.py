@@ -21,6 +21,7 @@ from cloacina.deployment.readiness import wait_until_ready
 from cloacina.deployment.settings import CloacinaSettings
 from cloacina.deployment.wiring import Deployment
 from cloacina.observability.metrics import Metrics
+from cloacina.scheduling.cron_triggers import register_cron_triggers
 from cloacina.scheduling.distributed_gate import DistributedGate
 from cloacina.scheduling.leases import PollerMembership
 from cloacina.scheduling.trigger_poller import TriggerScheduler
@@ -98,6 +99,7 @@ class PollerService:
         # Packages deployed to the database registry (by `cloacina daemon` or `package deploy --db`) are polled
         # by every replica, so ownership can spread them; runs of theirs are resolved by fingerprint.
         self.sync_packages()
+        register_cron_triggers(deployment.cron, s.cron_catchup_policy)  # @trigger(cron=...) are cron schedules
         cron = deployment.cron_scheduler()
         sweeper = deployment.sweeper(may_sweep=self._sweeper_turn)
         for loop in (triggers, cron, sweeper):
