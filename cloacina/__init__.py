@@ -15,8 +15,18 @@
 """
 
 from cloacina.context import Context, canonical_json, context_hash
+from cloacina.definitions.authoring import (
+    WorkflowParamsDecorator,
+    WorkflowSecretsDecorator,
+    boundary_schema,
+    var,
+    var_or,
+    workflow_params,
+    workflow_secrets,
+)
 from cloacina.definitions.declare import WorkflowBuilder, task, trigger
 from cloacina.definitions.duration import parse_duration_ms
+from cloacina.definitions.namespace import TaskNamespace, WorkflowContext
 from cloacina.definitions.registry import register_workflow_constructor
 from cloacina.definitions.retry import RetryPolicy
 from cloacina.definitions.rules import (
@@ -47,6 +57,7 @@ from cloacina.errors import (
 from cloacina.runner.config import DefaultRunnerConfig
 from cloacina.runner.default_runner import DefaultRunner
 from cloacina.runner.results import RunHandle, WorkflowResult
+from cloacina.secrets import EnvSecretsBackend, SecretsBackend, get_secrets_backend, set_secrets_backend
 from cloacina.tenants import DatabaseAdmin, TenantConfig, TenantCredentials
 
 __version__ = "0.1.0"
@@ -65,6 +76,21 @@ __all__ = [
     "trigger",
     "TriggerResult",
     "parse_duration_ms",
+    # Package authoring, runtime variables and namespaces
+    "workflow_params",
+    "WorkflowParamsDecorator",
+    "workflow_secrets",
+    "WorkflowSecretsDecorator",
+    "boundary_schema",
+    "var",
+    "var_or",
+    "TaskNamespace",
+    "WorkflowContext",
+    # Secrets
+    "SecretsBackend",
+    "EnvSecretsBackend",
+    "set_secrets_backend",
+    "get_secrets_backend",
     # Trigger rules
     "all_of",
     "any_of",

@@ -36,6 +36,7 @@ from cloacina.engine.planner import final_context
 from cloacina.engine.states import RunStatus, TaskStatus
 from cloacina.execution.dispatcher import Dispatcher, NodeOutcome, PlanOnly
 from cloacina.execution.task_call import TaskCallError, call_task, describe_error
+from cloacina.secrets import task_secrets
 from cloacina.store.models import utcnow
 from cloacina.store.runs import CronClaim, RunEnd, RunStore, StartedAttempt, Transition, TriggerClaim
 
@@ -201,7 +202,7 @@ class RunCoordinator:
         timeout_s = definition.timeout_s or self.default_task_timeout_s
         tracking = self.track_attempt(run_id, task_id, started.attempt) if self.track_attempt else nullcontext()
         # The attempt's heartbeat covers its callbacks too: a slow callback on a live worker is not a lost attempt.
-        with tracking:
+        with tracking, task_secrets(workflow):  # the Context handed to the task reads secrets (cloacina.secrets)
             try:
                 output = call_task(definition, started.input_context, timeout_s)
             except TaskCallError as failure:

@@ -96,7 +96,7 @@ def _invoke(definition: TaskDefinition, ctx: Context, timeout_s: float | None) -
 def call_task(definition: TaskDefinition, input_context: Mapping[str, Any], timeout_s: float | None) -> dict[str, Any]:
     """Run one attempt and return its output context as a dict; raise ``TaskCallError`` on any failure of the
     task (its exception, timeout, bad return value). A shutdown of this process propagates as it is."""
-    ctx = Context(input_context)
+    ctx = Context._for_running_task(input_context)  # with the secrets scope bound around this call
     returned = _invoke(definition, ctx, timeout_s)
     try:
         return _output_of(definition, ctx, returned)
