@@ -1,5 +1,7 @@
 """``cloacina cron``: list the cron schedules stored in the database (registered by apps' ``setup(runner)``).
 
+Schedule ids are UUID strings, as the runner's cron API returns them.
+
 ::
 
     $ cloacina cron list --json
@@ -12,6 +14,7 @@ from typing import Any
 import click
 
 from cloacina.cli.common import console, db_option, emit_json, fmt_time, json_option, management_runner, new_table
+from cloacina.runner.cron_api import schedule_dicts
 
 
 @click.group("cron")
@@ -26,11 +29,8 @@ def cron_group() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most this many.")
 def cron_list(db_url: str, as_json: bool, enabled_only: bool, limit: int) -> None:
     """List cron schedules with their next and last run times."""
-    with management_runner(db_url) as runner:
-        lister = getattr(runner, "list_cron_schedules", None)
-        if lister is None:
-            raise click.ClickException("this build of cloacina has no cron schedule API (list_cron_schedules)")
-        schedules: list[dict[str, Any]] = lister(enabled_only=enabled_only, limit=limit, offset=0)
+    with management_runner(db_url) as runner:  # reads the store: the runner itself fires no schedule
+        schedules: list[dict[str, Any]] = schedule_dicts(runner.deployment.cron, enabled_only, limit, 0)
     if as_json:
         emit_json(schedules)
         return
@@ -38,7 +38,7 @@ def cron_list(db_url: str, as_json: bool, enabled_only: bool, limit: int) -> Non
         click.echo("No cron schedules" + (" are enabled." if enabled_only else " yet."))
         return
     table = new_table("Cron schedules")
-    table.add_column("id", justify="right")
+    table.add_column("id", no_wrap=True)
     table.add_column("workflow")
     table.add_column("expression", no_wrap=True)
     table.add_column("timezone")
@@ -48,7 +48,7 @@ def cron_list(db_url: str, as_json: bool, enabled_only: bool, limit: int) -> Non
     for s in schedules:
         table.add_row(
             str(s.get("id", "-")),
-            str(s.get("workflow_name", "-")),
+            str(s.get("workflow_name", "-")) + (f" ({s['instance_name']})" if s.get("instance_name") else ""),
             str(s.get("cron_expression", "-")),
             str(s.get("timezone") or "UTC"),
             "[green]yes[/green]" if s.get("enabled") else "[red]no[/red]",

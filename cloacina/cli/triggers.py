@@ -56,7 +56,8 @@ def _require_trigger(runner: DefaultRunner, name: str) -> dict[str, Any]:
 def triggers_list(db_url: str, as_json: bool, enabled_only: bool, limit: int) -> None:
     """List trigger schedules with their poll statistics."""
     with management_runner(db_url) as runner:
-        schedules = runner.list_trigger_schedules(enabled_only=enabled_only, limit=limit)
+        # cloaca's enabled_only lists every enabled trigger (oldest first, unpaged): --limit applies here.
+        schedules = runner.list_trigger_schedules(enabled_only, limit, 0)[:limit]
     if as_json:
         emit_json(schedules)
         return

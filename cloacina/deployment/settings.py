@@ -67,7 +67,12 @@ class CloacinaSettings(BaseSettings):
     # cron
     cron_poll_interval_s: float = Field(5.0, gt=0, description="How often cron schedule rows are re-read.")
     cron_catchup_policy: Literal["skip", "run_all"] = Field("skip", description="Default for missed cron times.")
-    cron_max_catchup_executions: int = Field(100, ge=1, description="Cap on missed times run by run_all.")
+    cron_max_catchup_executions: int = Field(100, ge=1, le=1000, description="Cap on missed times run by run_all.")
+    cron_enable_recovery: bool = Field(True, description="Re-fire cron due times claimed but never handed off.")
+    cron_recovery_interval_s: float = Field(300.0, gt=0, description="How often cron recovery looks for them.")
+    cron_lost_threshold_s: float = Field(600.0, ge=0, description="Age at which a claim without a run is lost.")
+    cron_max_recovery_age_s: float = Field(86_400.0, ge=0, description="Older lost due times are not recovered.")
+    cron_max_recovery_attempts: int = Field(3, ge=0, description="Re-fires tried per lost due time.")
 
     # observability
     task_events: bool = Field(True, description="Celery task events (Flower's task view needs them).")

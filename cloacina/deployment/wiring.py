@@ -34,6 +34,7 @@ from cloacina.execution.dispatcher import Dispatcher, PlanOnly
 from cloacina.execution.heartbeat import AttemptHeartbeats
 from cloacina.packaging.loader import PackageLoader, install_resolver, uninstall_resolver
 from cloacina.scheduling.cron import CronScheduler
+from cloacina.scheduling.cron_recovery import CronRecovery
 from cloacina.scheduling.poll_gate import PollGate
 from cloacina.scheduling.redis_locks import TokenLocks
 from cloacina.scheduling.sweeper import Sweeper
@@ -181,6 +182,19 @@ class Deployment:
             self.workflows.get,
             poll_interval_s=s.cron_poll_interval_s,
             max_catchup_executions=s.cron_max_catchup_executions,
+            run_deadline_s=s.workflow_timeout_s,
+        )
+
+    def cron_recovery(self) -> CronRecovery:
+        s = self.settings
+        return CronRecovery(
+            self.cron,
+            self.coordinator,
+            self.workflows.get,
+            interval_s=s.cron_recovery_interval_s,
+            lost_threshold_s=s.cron_lost_threshold_s,
+            max_age_s=s.cron_max_recovery_age_s,
+            max_attempts=s.cron_max_recovery_attempts,
             run_deadline_s=s.workflow_timeout_s,
         )
 

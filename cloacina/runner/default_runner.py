@@ -19,11 +19,13 @@ are left to the ``cloacina poller`` replicas.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from cloacina.backoff import Backoff
 from cloacina.context import Context, coerce_context
@@ -35,50 +37,84 @@ from cloacina.execution.coordinator import RunCoordinator
 from cloacina.packaging.loader import PackageLoader
 from cloacina.runner.config import DefaultRunnerConfig
 from cloacina.runner.cron_api import CronAPI
+from cloacina.runner.errors import RunnerShutDownError, RunnerStartError, WorkflowTimeoutError
 from cloacina.runner.results import RunHandle, WorkflowResult
 from cloacina.runner.trigger_api import TriggerAPI
 from cloacina.scheduling.cron import CronScheduler
+from cloacina.scheduling.cron_recovery import CronRecovery
 from cloacina.scheduling.cron_triggers import register_cron_triggers
 from cloacina.scheduling.trigger_poller import TriggerScheduler
 from cloacina.store.database import Database
 from cloacina.store.runs import RunEnd, RunStore
 from cloacina.store.triggers import TriggerStore
+from cloacina.store.urls import check_schema_args
 
 log = logging.getLogger("cloacina.runner")
 WAIT_POLL_BACKOFF = Backoff(initial_s=0.002, max_s=0.25)  # wait_for_run's polls of a run finished elsewhere
 NOTICE_FALLBACK_POLL_S = 1.0  # while run-ended notices are heard, the database is only a fallback
+_LIVE_RUNNERS: weakref.WeakSet[DefaultRunner] = weakref.WeakSet()  # shut down at interpreter exit
+
+
+@atexit.register
+def _shutdown_live_runners() -> None:
+    for runner in list(_LIVE_RUNNERS):
+        try:
+            runner.shutdown()
+        except Exception:
+            log.exception("error shutting down a DefaultRunner at exit")
 
 
 class DefaultRunner(TriggerAPI, CronAPI):
-    """Executes workflows and (unless disabled) polls triggers and cron schedules.
+    """Executes workflows and (unless disabled) polls triggers and fires cron schedules.
 
-    ``db_url``: ``":memory:"``, ``"sqlite://file.db"``, ``"sqlite:///abs/file.db"`` or ``"postgresql://..."``.
+    ``database_url``: ``"postgres://..."``/``"postgresql://..."``, or SQLite: ``"sqlite://file.db"``,
+    ``"sqlite:///abs/file.db"``, a bare path (``/...``, ``./...``, ``*.db``, ``*.sqlite``, ``*.sqlite3``), a
+    ``file:`` URI, or ``":memory:"`` (private to this runner). Starting migrates the database; any failure is a
+    ``RuntimeError`` (``Failed to create DefaultRunner: ...``). Live runners are shut down at interpreter exit.
     """
 
     def __init__(
-        self, db_url: str = ":memory:", config: DefaultRunnerConfig | None = None, *, schema: str | None = None
+        self,
+        database_url: str = ":memory:",
+        config: DefaultRunnerConfig | None = None,
+        *,
+        schema: str | None = None,
     ) -> None:
+        if not isinstance(database_url, str):
+            raise TypeError(f"database_url must be a str, got {type(database_url).__name__}")
         if config is not None and not isinstance(config, DefaultRunnerConfig):
             raise TypeError(f"config must be a DefaultRunnerConfig, got {type(config).__name__}")
+        if schema is not None:
+            check_schema_args(database_url, schema)
+        self._closed = True  # until started: shutdown() of a half-built runner does nothing
+        self._services: list[Any] = []
         self.config = config or DefaultRunnerConfig()
-        self.settings = self.config.to_settings(db_url, schema=schema)
-        self.deployment = Deployment(self.settings, role="runner")
+        try:
+            self.settings = self.config.to_settings(database_url, schema=schema)
+            self.deployment = Deployment(self.settings, role="runner")
+        except Exception as exc:
+            raise RunnerStartError(exc) from exc
         try:
             self.deployment.prepare_schema(migrate=True)
-        except Exception:
-            self.deployment.close()
-            raise
+            self._start(self.deployment)
+        except Exception as exc:
+            self._closed = False
+            self.shutdown(0)
+            raise RunnerStartError(exc) from exc
+        _LIVE_RUNNERS.add(self)
+
+    def _start(self, deployment: Deployment) -> None:
         self.broker_url = self.settings.broker_url
         self._waiters: dict[str, threading.Event] = {}
         self._waiters_lock = threading.Lock()
         self._closed = False
         self.trigger_scheduler: TriggerScheduler | None = None
         self.cron_scheduler: CronScheduler | None = None
-        self._services: list[Any] = []
+        self.cron_recovery: CronRecovery | None = None
         self.coordinator.add_run_finished_listener(self._on_run_finished)
         self._notices: RunEndNotices | None = None
         if self.broker_url:  # runs end in the workers: they say so on Redis
-            self._notices = self.deployment.run_notices
+            self._notices = deployment.run_notices
             self._notices.listen(self._wake)
         self._start_services()
 
@@ -104,20 +140,27 @@ class DefaultRunner(TriggerAPI, CronAPI):
         return self.deployment.coordinator
 
     # -- construction helpers (cloaca API) --------------------------------------------------------------
-    @classmethod
-    def with_config(cls, db_url: str, config: DefaultRunnerConfig) -> DefaultRunner:
-        return cls(db_url, config)
+    @staticmethod
+    def with_config(database_url: str, config: DefaultRunnerConfig) -> DefaultRunner:
+        """A runner with ``config`` (a :class:`DefaultRunnerConfig`)."""
+        if not isinstance(config, DefaultRunnerConfig):
+            raise TypeError(f"config must be a DefaultRunnerConfig, got {type(config).__name__}")
+        return DefaultRunner(database_url, config)
 
-    @classmethod
-    def with_schema(cls, db_url: str, schema: str, config: DefaultRunnerConfig | None = None) -> DefaultRunner:
-        """A runner whose tables live in PostgreSQL schema ``schema`` (created if missing): one per tenant."""
-        return cls(db_url, config, schema=schema)
+    @staticmethod
+    def with_schema(database_url: str, schema: str, config: DefaultRunnerConfig | None = None) -> DefaultRunner:
+        """A runner whose tables live in PostgreSQL schema ``schema`` (created and migrated if missing): one per
+        tenant. ``ValueError`` unless the URL is ``postgres://``/``postgresql://`` and the name is non-empty
+        Unicode letters, digits and ``_`` (folded to lower case, as PostgreSQL folds unquoted names)."""
+        check_schema_args(database_url, schema)
+        return DefaultRunner(database_url, config, schema=schema)
 
     def __enter__(self) -> DefaultRunner:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: object) -> Literal[False]:
         self.shutdown()
+        return False
 
     def _start_services(self) -> None:
         """Register declared triggers; start the trigger poller, cron scheduler and sweeper the config enables."""
@@ -138,6 +181,10 @@ class DefaultRunner(TriggerAPI, CronAPI):
             self.cron_scheduler = self.deployment.cron_scheduler()
             self.cron_scheduler.start()
             self._services.append(self.cron_scheduler)
+            if self.config.cron_enable_recovery:
+                self.cron_recovery = self.deployment.cron_recovery()
+                self.cron_recovery.start()
+                self._services.append(self.cron_recovery)
         if self.config.enable_recovery and not self.db.url.is_memory:
             sweeper = self.deployment.sweeper()
             try:
@@ -149,19 +196,19 @@ class DefaultRunner(TriggerAPI, CronAPI):
             sweeper.start()
             self._services.append(sweeper)
 
-    # -- workflows --------------------------------------------------------------------------------------
+    # -- workflows ----------------------------------------------------------------------------------------
     def _workflow(self, workflow: str | Workflow) -> Workflow:
         return self.deployment.workflows.get(workflow)
 
     # -- execution API ----------------------------------------------------------------------------------
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError("this DefaultRunner has been shut down")
+            raise RunnerShutDownError("this DefaultRunner has been shut down")
 
-    def start_run(self, workflow: str | Workflow, context: Context | Mapping[str, Any] | None = None) -> str:
+    def start_run(self, workflow_name: str | Workflow, context: Context | Mapping[str, Any] | None = None) -> str:
         """Create a run and start it; returns its id."""
         self._check_open()
-        wf = self._workflow(workflow)
+        wf = self._workflow(workflow_name)
         ctx = coerce_context(context)
         deadline_s = self.config.workflow_timeout_seconds
         run_id = self.coordinator.create_run(wf, ctx.to_dict(), deadline_s=deadline_s)
@@ -172,17 +219,41 @@ class DefaultRunner(TriggerAPI, CronAPI):
 
     def execute(
         self,
-        workflow: str | Workflow,
+        workflow_name: str | Workflow,
         context: Context | Mapping[str, Any] | None = None,
         *,
         timeout: float | None = None,
     ) -> WorkflowResult:
-        """Run ``workflow`` with ``context`` and wait for it. A failing task gives ``status == "Failed"``."""
-        return self.wait_for_run(self.start_run(workflow, context), timeout)
+        """Run ``workflow_name`` with ``context`` and wait until it is Completed or Failed (a failing task gives
+        ``status == "Failed"``, never an exception).
 
-    def execute_async(self, workflow: str | Workflow, context: Context | Mapping[str, Any] | None = None) -> RunHandle:
-        """Start ``workflow`` and return at once with a handle (``run_id``, ``wait(timeout)``)."""
-        return RunHandle(self.start_run(workflow, context), self.wait_for_run, self._run_status)
+        ``ValueError`` for an unknown workflow or a runner that was shut down;
+        :class:`~cloacina.runner.errors.WorkflowTimeoutError` (a ``ValueError`` and a ``TimeoutError``) when
+        ``workflow_timeout_seconds`` passes first (the run is failed) or ``timeout`` seconds, if given, pass.
+        """
+        run_id = self.start_run(workflow_name, context)
+        limit = timeout if timeout is not None else self.config.workflow_timeout_seconds
+        result = self.wait_for_run(run_id, limit)
+        run = self.runs.get_run(run_id)
+        if (
+            result.status == "Failed"
+            and run is not None
+            and run.deadline_at is not None
+            and run.completed_at is not None
+            and run.completed_at >= run.deadline_at
+        ):
+            raise WorkflowTimeoutError(
+                f"Workflow execution failed: run {run_id} timed out after "
+                f"{self.config.workflow_timeout_seconds}s ({result.error_message})",
+                run_id=run_id,
+            )
+        return result
+
+    def execute_async(
+        self, workflow_name: str | Workflow, context: Context | Mapping[str, Any] | None = None
+    ) -> RunHandle:
+        """Start ``workflow_name`` and return at once with a handle (``run_id``, ``wait(timeout)``)."""
+        return RunHandle(self.start_run(workflow_name, context), self.wait_for_run, self._run_status)
 
     def _run_status(self, run_id: str) -> str:
         run = self.runs.get_run(run_id)
@@ -208,7 +279,10 @@ class DefaultRunner(TriggerAPI, CronAPI):
                     return WorkflowResult.from_record(run)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise TimeoutError(f"run {run_id} is still {run.status} after {timeout}s")
+                    raise WorkflowTimeoutError(
+                        f"Workflow execution failed: run {run_id} is still {run.status} after {timeout}s",
+                        run_id=run_id,
+                    )
                 if self._notices is not None and self._notices.listening:
                     poll_s = NOTICE_FALLBACK_POLL_S
                 if event.wait(poll_s if remaining is None else min(remaining, poll_s)):
@@ -241,6 +315,7 @@ class DefaultRunner(TriggerAPI, CronAPI):
         if self._closed:
             return
         self._closed = True
+        _LIVE_RUNNERS.discard(self)
         for service in reversed(self._services):
             try:
                 service.stop()
@@ -249,7 +324,7 @@ class DefaultRunner(TriggerAPI, CronAPI):
         self.deployment.close(wait_s)
 
     def __repr__(self) -> str:
-        return f"DefaultRunner({self.db.url.display!r})"
+        return "DefaultRunner(thread_separated_async_runtime)"
 
 
 class _ListenerRemover:

@@ -1,4 +1,9 @@
-"""Trigger management methods of ``DefaultRunner`` (names and dict keys as in the cloaca docs).
+"""Trigger management methods of ``DefaultRunner``, as in cloaca: ids are UUID strings, times RFC 3339 text.
+
+Schedule dicts carry cloaca's keys (id, trigger_name, workflow_name, poll_interval_ms, allow_concurrent,
+enabled, last_poll_at, created_at, updated_at) plus cloacina's poll statistics; execution dicts carry cloaca's
+(id, schedule_id, context_hash, workflow_execution_id, started_at, completed_at, created_at) plus the run's
+status. An unknown trigger name is never an error: ``None``, ``[]``, or nothing done.
 
 >>> import cloacina as cloaca
 >>> with cloaca.DefaultRunner(":memory:") as runner:
@@ -13,13 +18,18 @@ from typing import TYPE_CHECKING, Any
 
 from cloacina.definitions import registry
 from cloacina.definitions.trigger import TriggerDefinition
-from cloacina.runner.paging import check_paging
+from cloacina.runner.paging import paging
 
 if TYPE_CHECKING:
     from cloacina.deployment.wiring import Deployment
     from cloacina.scheduling.trigger_poller import TriggerScheduler
 
 log = logging.getLogger("cloacina.trigger")
+
+
+def _check_name(trigger_name: object) -> None:
+    if not isinstance(trigger_name, str):
+        raise TypeError(f"trigger_name must be a str, got {type(trigger_name).__name__}")
 
 
 class TriggerAPI:
@@ -30,37 +40,44 @@ class TriggerAPI:
     trigger_scheduler: TriggerScheduler | None
 
     def list_trigger_schedules(
-        self, enabled_only: bool = False, limit: int = 100, offset: int = 0
+        self, enabled_only: bool | None = None, limit: int | None = None, offset: int | None = None
     ) -> list[dict[str, Any]]:
-        """Every trigger schedule, by name: trigger_name, workflow_name, poll_interval_ms, allow_concurrent,
-        enabled, last_poll_at, next_poll_at, last_fire_at, poll/fire/skip/dedup_skip/error counts, last_error."""
-        check_paging(limit, offset)
+        """Trigger schedules, newest first and paged (``None``: 100, 0). With ``enabled_only=True`` every
+        enabled trigger, oldest first, and ``limit``/``offset`` are ignored (cloaca's semantics)."""
+        limit, offset = paging(limit, offset)
+        if enabled_only is not None and not isinstance(enabled_only, bool):
+            raise TypeError(f"enabled_only must be True, False or None, got {enabled_only!r}")
         self._flush_trigger_stats()
-        return self.deployment.triggers.list_schedules(enabled_only=enabled_only, limit=limit, offset=offset)
+        return self.deployment.triggers.list_schedules(enabled_only=bool(enabled_only), limit=limit, offset=offset)
 
-    def get_trigger_schedule(self, name: str) -> dict[str, Any] | None:
-        """The schedule of trigger ``name``, or ``None`` if there is none."""
+    def get_trigger_schedule(self, trigger_name: str) -> dict[str, Any] | None:
+        """The schedule of trigger ``trigger_name``, or ``None`` if there is none."""
+        _check_name(trigger_name)
         self._flush_trigger_stats()
-        return self.deployment.triggers.get_schedule(name)
+        return self.deployment.triggers.get_schedule(trigger_name)
 
     def _flush_trigger_stats(self) -> None:
         if self.trigger_scheduler is not None:
             self.trigger_scheduler.flush_stats()
 
-    def set_trigger_enabled(self, name: str, enabled: bool) -> None:
-        """Enable or disable polling of ``name``; survives restarts. ``ValueError`` if the trigger is unknown."""
+    def set_trigger_enabled(self, trigger_name: str, enabled: bool) -> None:
+        """Enable or disable polling of ``trigger_name``; survives restarts. An unknown name does nothing."""
+        _check_name(trigger_name)
         if not isinstance(enabled, bool):
             raise TypeError(f"enabled must be True or False, got {enabled!r}")
-        if not self.deployment.triggers.set_enabled(name, enabled):
-            known = ", ".join(s["trigger_name"] for s in self.deployment.triggers.list_schedules(limit=50)) or "none"
-            raise ValueError(f"unknown trigger {name!r}; known triggers: {known}")
+        if not self.deployment.triggers.set_enabled(trigger_name, enabled):
+            log.debug("set_trigger_enabled: no trigger schedule named %r", trigger_name)
+            return
         if self.trigger_scheduler is not None:
-            self.trigger_scheduler.set_enabled(name, enabled)
+            self.trigger_scheduler.set_enabled(trigger_name, enabled)
 
-    def get_trigger_execution_history(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
-        """Runs fired by ``name``, newest first: run_id, status, context_hash, started_at, completed_at."""
-        check_paging(limit, 0)
-        return self.deployment.triggers.execution_history(name, limit=limit)
+    def get_trigger_execution_history(
+        self, trigger_name: str, limit: int | None = None, offset: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Runs fired by ``trigger_name``, newest first (``None``: 100, 0); ``[]`` for an unknown name."""
+        _check_name(trigger_name)
+        limit, offset = paging(limit, offset)
+        return self.deployment.triggers.execution_history(trigger_name, limit=limit, offset=offset)
 
     def _register_known_triggers(self) -> list[TriggerDefinition]:
         """Write a schedule row for every trigger declared so far (without polling them)."""

@@ -15,8 +15,13 @@ Catch-up, when a schedule is found with several due times passed (downtime, a lo
 - ``run_all``: fire every missed time, oldest first, capped at ``max_catchup_executions``: the newest ones are
   kept and the number of dropped older ones is logged.
 
-Either way the cursor then moves to the first due time after *now*. Errors (database down, unknown workflow)
-are logged with the schedule id; that schedule is retried after ``poll_interval_s`` and the others go on.
+Either way the cursor then moves to the first due time after *now*. A due time whose workflow cannot be
+resolved here (not deployed yet) is claimed without a run and the cursor moves on; cron recovery
+(:mod:`cloacina.scheduling.cron_recovery`) re-fires it later. Other errors (database down) are logged with the
+schedule id; that schedule is retried after ``poll_interval_s`` and the others go on.
+
+A run's context is the schedule's instance ``params`` (if any) as flat keys, then ``scheduled_time`` (RFC 3339),
+``schedule_id``, ``schedule_timezone`` and ``schedule_expression``, which always win (:func:`cron_run_context`).
 
 The loop has the LoopService shape: all logic in :meth:`run_once` (tests call it with their own ``now``);
 :meth:`start` runs it on a daemon thread that sleeps until the earliest ``next_run_at``, at most
@@ -34,7 +39,8 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from cloacina.definitions.workflow import Workflow
 from cloacina.execution.coordinator import RunCoordinator
@@ -48,16 +54,42 @@ CATCHUP_POLICIES = ("skip", "run_all")
 DROPPED_COUNT_CAP = 10_000  # counting missed times is O(n); beyond this the log says "more than"
 _MIN_SLEEP_S = 0.005
 _TICK = timedelta(microseconds=1)
+# Context keys the schedulers own: an instance's params never override them.
+RESERVED_FIRE_KEYS = frozenset(
+    ("scheduled_time", "schedule_id", "schedule_timezone", "schedule_expression", "trigger_name", "triggered_at")
+)
+
+
+def cron_run_context(schedule: CronScheduleRecord, scheduled_time: datetime) -> dict[str, Any]:
+    """The input context of the run for ``scheduled_time``: instance params first, the scheduler's keys win.
+
+    >>> when = datetime(2025, 1, 1, tzinfo=UTC)
+    >>> s = CronScheduleRecord("5f0c", "wf", "0 2 * * *", "UTC", True, "skip", None, None, when, when,
+    ...                        params={"region": "eu", "schedule_id": "spoofed"})
+    >>> ctx = cron_run_context(s, datetime(2025, 3, 1, 2, tzinfo=UTC))
+    >>> ctx["region"], ctx["schedule_id"], ctx["scheduled_time"]
+    ('eu', '5f0c', '2025-03-01T02:00:00+00:00')
+    """
+    context = {k: v for k, v in (schedule.params or {}).items() if k not in RESERVED_FIRE_KEYS}
+    context.update(
+        scheduled_time=scheduled_time.astimezone(UTC).isoformat(),
+        schedule_id=schedule.id,
+        schedule_timezone=schedule.timezone,
+        schedule_expression=schedule.cron_expression,
+    )
+    return context
 
 
 @dataclass(frozen=True)
 class FireOutcome:
-    """What one pass did for one schedule."""
+    """What one pass did for one schedule: runs created, due times another scheduler had claimed, due times
+    claimed without a run (workflow unknown here: left to cron recovery), older missed times dropped."""
 
-    schedule_id: int
+    schedule_id: str
     created: int
     already_claimed: int
     dropped: int
+    unhanded: int = 0
 
 
 class CronScheduler:
@@ -87,7 +119,7 @@ class CronScheduler:
         self.clock = clock
         self.runs_created = 0  # totals since start, for logs and tests
         self.claims_refused = 0
-        self._retry_after: dict[int, datetime] = {}  # schedule id -> not before (after an error)
+        self._retry_after: dict[str, datetime] = {}  # schedule id -> not before (after an error)
         self._next_wake: datetime | None = None
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -172,27 +204,32 @@ class CronScheduler:
                 schedule.catchup_policy,
                 extra={"schedule_id": schedule.id, "workflow": schedule.workflow_name},
             )
-        created = claimed_elsewhere = 0
-        if times:
-            workflow = self.resolve_workflow(schedule.workflow_name)
-            for scheduled_time in times:
-                run_id = self.coordinator.create_run(
-                    workflow,
-                    {"scheduled_time": scheduled_time.isoformat(), "schedule_id": schedule.id},
-                    cron=CronClaim(schedule.id, scheduled_time),
-                    deadline_s=self.run_deadline_s,
-                )
-                if run_id is None:
-                    claimed_elsewhere += 1
+        created = claimed_elsewhere = unhanded = 0
+        workflow = self._workflow_or_none(schedule, len(times)) if times else None
+        for scheduled_time in times:
+            if workflow is None:  # claimed for cron recovery; a scheduler that knows the workflow may win it
+                if self.store.claim_without_run(schedule, scheduled_time):
+                    unhanded += 1
                 else:
-                    created += 1
-                    log.info(
-                        "cron schedule %s fired %s for %s",
-                        schedule.id,
-                        schedule.workflow_name,
-                        scheduled_time.isoformat(),
-                        extra={"schedule_id": schedule.id, "run_id": run_id, "workflow": schedule.workflow_name},
-                    )
+                    claimed_elsewhere += 1
+                continue
+            run_id = self.coordinator.create_run(
+                workflow,
+                cron_run_context(schedule, scheduled_time),
+                cron=CronClaim(schedule.row_id, scheduled_time),
+                deadline_s=self.run_deadline_s,
+            )
+            if run_id is None:
+                claimed_elsewhere += 1
+                continue
+            created += 1
+            log.info(
+                "cron schedule %s fired %s for %s",
+                schedule.id,
+                schedule.workflow_name,
+                scheduled_time.isoformat(),
+                extra={"schedule_id": schedule.id, "run_id": run_id, "workflow": schedule.workflow_name},
+            )
         self.runs_created += created
         self.claims_refused += claimed_elsewhere
         following = cron_math.next_due(expr, tz, now)
@@ -203,7 +240,21 @@ class CronScheduler:
             last_run_at=times[-1] if times else None,
         ):
             log.debug("cron schedule %s was advanced or changed by someone else", schedule.id)
-        return FireOutcome(schedule.id, created, claimed_elsewhere, dropped), following
+        return FireOutcome(schedule.id, created, claimed_elsewhere, dropped, unhanded), following
+
+    def _workflow_or_none(self, schedule: CronScheduleRecord, due: int) -> Workflow | None:
+        try:
+            return self.resolve_workflow(schedule.workflow_name)
+        except Exception as exc:
+            log.error(
+                "cron schedule %s: workflow %r cannot be run here (%s); %d due time(s) claimed for cron recovery",
+                schedule.id,
+                schedule.workflow_name,
+                _first_line(exc),
+                due,
+                extra={"schedule_id": schedule.id, "workflow": schedule.workflow_name},
+            )
+            return None
 
     # -- the loop ---------------------------------------------------------------------------------------
     def seconds_until_next_pass(self, now_utc: datetime) -> float:

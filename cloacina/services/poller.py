@@ -2,8 +2,9 @@
 
 Each replica: polls the triggers it owns (rendezvous over live pollers, at most one poll per interval across all
 replicas), takes the Redis dedup lock and the SQL claim for each fire, publishes the run's canvas to Celery,
-fires cron due times (claimed once in SQL), sweeps lost work (one replica at a time), renews its lease and the
-dedup locks of runs it fired, and serves ``/healthz`` and ``/metrics``.
+fires cron due times (claimed once in SQL), re-fires cron due times claimed without a run (cron recovery),
+sweeps lost work (one replica at a time), renews its lease and the dedup locks of runs it fired, and serves
+``/healthz`` and ``/metrics``.
 
 A database or Redis outage is logged and retried; the service keeps running and catches up when it returns.
 """
@@ -102,7 +103,10 @@ class PollerService:
         register_cron_triggers(deployment.cron, s.cron_catchup_policy)  # @trigger(cron=...) are cron schedules
         cron = deployment.cron_scheduler()
         sweeper = deployment.sweeper(may_sweep=self._sweeper_turn)
-        for loop in (triggers, cron, sweeper):
+        loops: list[Any] = [triggers, cron, sweeper]
+        if s.cron_enable_recovery:  # re-fires cron due times claimed without a run (safe in every replica)
+            loops.append(deployment.cron_recovery())
+        for loop in loops:
             loop.start()
             self._loops.append(loop)
         self._spawn(self._maintenance_loop, "cloacina-poller-maintenance")

@@ -1,15 +1,19 @@
-"""Repository for cron schedules and their execution history.
+"""Repository for cron schedules, their claimed due times (executions) and cron recovery's bookkeeping.
 
-Every method is one transaction and returns frozen dataclasses (``.to_dict()`` for the public API), never ORM
-objects. Due times are *claimed* elsewhere: :meth:`cloacina.store.runs.RunStore.create_run` with a ``CronClaim``
-inserts the run and its ``cron_executions`` row together, and the unique (schedule_id, scheduled_time) decides
-which of N schedulers fires a due time. This module only moves the schedule's cursor (``next_run_at``) forward,
-with a guarded ``UPDATE ... WHERE next_run_at = <what I read>`` so a stale scheduler never moves it back.
+Every method is one transaction and returns frozen dataclasses, never ORM objects. Schedules and executions are
+addressed by their public UUID (``id`` in the records); the integer keys (``row_id``) stay inside the store and
+the run-creation claim (:class:`cloacina.store.runs.CronClaim`).
+
+Due times are *claimed* elsewhere: :meth:`cloacina.store.runs.RunStore.create_run` with a ``CronClaim`` inserts
+the run and its ``cron_executions`` row together, and the unique (schedule_id, scheduled_time) decides which of N
+schedulers fires a due time. A due time whose run cannot be created (its workflow is unknown here) is claimed
+alone (:meth:`CronStore.claim_without_run`); cron recovery re-fires it later. The schedule's cursor
+(``next_run_at``) only moves forward, with a guarded ``UPDATE ... WHERE next_run_at = <what I read>``.
 
 Example::
 
     store = CronStore(db)
-    schedule, created = store.get_or_create_schedule("nightly", "0 2 * * *", "Europe/Berlin", "skip", next_run)
+    schedule = store.create_schedule("nightly", "0 2 * * *", "Europe/Berlin", "skip", next_run)
     store.advance_schedule(schedule.id, expected_next_run_at=next_run, next_run_at=following, last_run_at=next_run)
     store.execution_history(schedule.id, limit=10)
 """
@@ -17,26 +21,29 @@ Example::
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
-from datetime import datetime
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import case, delete, func, select, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from cloacina.engine.states import RunStatus
+from cloacina.errors import DefinitionError
 from cloacina.store.database import Database, rowcount
 from cloacina.store.models import CronExecution, CronSchedule, WorkflowRun
 from cloacina.timestamps import utcnow
 
 _UNSET: Any = object()
+LOST_AFTER = timedelta(minutes=10)  # a due time with no run this long after its claim counts as lost (stats)
 
 
 @dataclass(frozen=True)
 class CronScheduleRecord:
-    """One row of ``cron_schedules``."""
+    """One row of ``cron_schedules``; ``id`` is its public UUID."""
 
-    id: int
+    id: str
     workflow_name: str
     cron_expression: str
     timezone: str
@@ -46,49 +53,98 @@ class CronScheduleRecord:
     last_run_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    instance_name: str | None = None
+    params: dict[str, Any] | None = None
+    row_id: int = field(default=0, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The public fields (the row id stays inside the store)."""
+        return {
+            "id": self.id,
+            "workflow_name": self.workflow_name,
+            "cron_expression": self.cron_expression,
+            "timezone": self.timezone,
+            "enabled": self.enabled,
+            "catchup_policy": self.catchup_policy,
+            "next_run_at": self.next_run_at,
+            "last_run_at": self.last_run_at,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "instance_name": self.instance_name,
+            "params": self.params,
+        }
 
 
 @dataclass(frozen=True)
 class CronExecutionRecord:
-    """One claimed due time, with the status of the run it started (``None`` if that run was deleted)."""
+    """One claimed due time, with the run it started (``run_id`` ``None``: no run, or the run was deleted)."""
 
-    id: int
-    schedule_id: int
+    id: str
+    schedule_id: str
     scheduled_time: datetime
     claimed_at: datetime
     run_id: str | None
-    status: str | None
+    status: str | None  # the run's status
+    updated_at: datetime
+    handoff_pending: bool = False
+    recovery_attempts: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "id": self.id,
+            "schedule_id": self.schedule_id,
+            "scheduled_time": self.scheduled_time,
+            "claimed_at": self.claimed_at,
+            "workflow_execution_id": self.run_id,
+            "created_at": self.claimed_at,
+            "updated_at": self.updated_at,
+            "run_id": self.run_id,
+            "status": self.status,
+            "handoff_pending": self.handoff_pending,
+            "recovery_attempts": self.recovery_attempts,
+        }
 
 
 @dataclass(frozen=True)
 class CronExecutionStats:
-    """Executions claimed since ``since``, by the status of their runs (``"Lost"``: the run row is gone).
+    """Executions claimed at or after ``since`` (all schedules).
 
-    ``success_rate`` is the percentage of finished runs (Completed or Failed) that completed; 0.0 if none.
+    ``successful_executions`` were handed off to a run; ``lost_executions`` have no run (never created, or
+    deleted) and were claimed more than ten minutes ago; ``success_rate`` is successful/total in percent (0.0 if
+    there are none). ``by_status`` counts them by their run's status (``"None"``: no run).
     """
 
-    since: datetime
     total_executions: int
     successful_executions: int
-    failed_executions: int
-    in_progress_executions: int
     lost_executions: int
     success_rate: float
     by_status: dict[str, int]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "total_executions": self.total_executions,
+            "successful_executions": self.successful_executions,
+            "lost_executions": self.lost_executions,
+            "success_rate": self.success_rate,
+            "by_status": dict(self.by_status),
+        }
+
+
+@dataclass(frozen=True)
+class LostExecution:
+    """A due time claimed without a run, with what re-firing it needs."""
+
+    row_id: int
+    id: str
+    scheduled_time: datetime
+    claimed_at: datetime
+    recovery_attempts: int
+    schedule: CronScheduleRecord
 
 
 def _record(row: CronSchedule) -> CronScheduleRecord:
     return CronScheduleRecord(
-        id=row.id,
+        id=row.public_id,
         workflow_name=row.workflow_name,
         cron_expression=row.cron_expression,
         timezone=row.timezone,
@@ -98,11 +154,14 @@ def _record(row: CronSchedule) -> CronScheduleRecord:
         last_run_at=row.last_run_at,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        instance_name=row.instance_name,
+        params=json.loads(row.params) if row.params is not None else None,
+        row_id=row.id,
     )
 
 
 class CronStore:
-    """Reads and writes cron schedules; every method is one transaction."""
+    """Reads and writes cron schedules and executions; every method is one transaction."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -117,10 +176,32 @@ class CronStore:
         next_run_at: datetime | None,
         *,
         enabled: bool = True,
+        instance_name: str | None = None,
+        params: dict[str, Any] | None = None,
     ) -> CronScheduleRecord:
-        """Insert a new schedule (callers validate the expression and compute ``next_run_at``)."""
-        with self.db.session() as s:
-            return self._insert(s, workflow_name, cron_expression, timezone, catchup_policy, next_run_at, enabled)
+        """Insert a new schedule (callers validate the expression and compute ``next_run_at``).
+
+        ``DefinitionError`` (a ``ValueError``) if ``instance_name`` is already taken for ``workflow_name``.
+        """
+        try:
+            with self.db.session() as s:
+                return self._insert(
+                    s,
+                    workflow_name,
+                    cron_expression,
+                    timezone,
+                    catchup_policy,
+                    next_run_at,
+                    enabled,
+                    instance_name,
+                    params,
+                )
+        except IntegrityError:
+            if instance_name is None:
+                raise
+            raise DefinitionError(
+                f"workflow {workflow_name!r} already has an instance named {instance_name!r}", subject=instance_name
+            ) from None
 
     def get_or_create_schedule(
         self,
@@ -130,11 +211,11 @@ class CronStore:
         catchup_policy: str,
         next_run_at: datetime | None,
     ) -> tuple[CronScheduleRecord, bool]:
-        """The schedule with this (workflow, expression, zone), created if absent; ``True`` if created now.
+        """The plain (not instance) schedule with this (workflow, expression, zone), created if absent; ``True``
+        if created now. For code that declares its schedules at every start (``@trigger(cron=...)``).
 
-        There is no unique constraint on that triple, so concurrent registrations (every replica of an app
-        registering its schedules at start-up) are serialised instead: a transaction-scoped advisory lock on
-        PostgreSQL, the database write lock (taken by a no-op ``UPDATE``) on SQLite.
+        There is no unique constraint on that triple, so concurrent registrations are serialised instead: a
+        transaction-scoped advisory lock on PostgreSQL, the database write lock (a no-op ``UPDATE``) on SQLite.
         """
         with self.db.session() as s:
             self._lock_registration(s, workflow_name, cron_expression, timezone)
@@ -144,13 +225,17 @@ class CronStore:
                     CronSchedule.workflow_name == workflow_name,
                     CronSchedule.cron_expression == cron_expression,
                     CronSchedule.timezone == timezone,
+                    CronSchedule.instance_name.is_(None),
                 )
                 .order_by(CronSchedule.id)
                 .limit(1)
             ).first()
             if existing is not None:
                 return _record(existing), False
-            return self._insert(s, workflow_name, cron_expression, timezone, catchup_policy, next_run_at, True), True
+            record = self._insert(
+                s, workflow_name, cron_expression, timezone, catchup_policy, next_run_at, True, None, None
+            )
+            return record, True
 
     def _lock_registration(self, s: Session, workflow_name: str, cron_expression: str, timezone: str) -> None:
         if self.db.dialect == "postgresql":
@@ -169,6 +254,8 @@ class CronStore:
         catchup_policy: str,
         next_run_at: datetime | None,
         enabled: bool,
+        instance_name: str | None,
+        params: dict[str, Any] | None,
     ) -> CronScheduleRecord:
         now = utcnow()
         row = CronSchedule(
@@ -180,22 +267,24 @@ class CronStore:
             next_run_at=next_run_at,
             created_at=now,
             updated_at=now,
+            instance_name=instance_name,
+            params=json.dumps(params, sort_keys=True) if params is not None else None,
         )
         s.add(row)
         s.flush()
         return _record(row)
 
-    def get_schedule(self, schedule_id: int) -> CronScheduleRecord | None:
+    def get_schedule(self, schedule_id: str) -> CronScheduleRecord | None:
         with self.db.session() as s:
-            row = s.get(CronSchedule, schedule_id)
+            row = s.scalars(select(CronSchedule).where(CronSchedule.public_id == schedule_id)).one_or_none()
             return _record(row) if row is not None else None
 
     def list_schedules(
         self, *, enabled_only: bool = False, limit: int | None = 100, offset: int = 0
     ) -> list[CronScheduleRecord]:
-        """Schedules in id order; ``limit=None`` for all of them."""
+        """Schedules, newest first; ``limit=None`` for all of them."""
         with self.db.session() as s:
-            q = select(CronSchedule).order_by(CronSchedule.id).offset(offset)
+            q = select(CronSchedule).order_by(CronSchedule.created_at.desc(), CronSchedule.id.desc()).offset(offset)
             if enabled_only:
                 q = q.where(CronSchedule.enabled.is_(True))
             if limit is not None:
@@ -204,7 +293,7 @@ class CronStore:
 
     def update_schedule(
         self,
-        schedule_id: int,
+        schedule_id: str,
         *,
         cron_expression: str | None = None,
         timezone: str | None = None,
@@ -222,32 +311,38 @@ class CronStore:
         if next_run_at is not _UNSET:
             values["next_run_at"] = next_run_at
         with self.db.session() as s:
-            res = s.execute(update(CronSchedule).where(CronSchedule.id == schedule_id).values(**values))
+            res = s.execute(update(CronSchedule).where(CronSchedule.public_id == schedule_id).values(**values))
             if rowcount(res) != 1:
                 return None
-            row = s.get(CronSchedule, schedule_id, populate_existing=True)
-            assert row is not None
+            row = s.scalars(
+                select(CronSchedule)
+                .where(CronSchedule.public_id == schedule_id)
+                .execution_options(populate_existing=True)
+            ).one()
             return _record(row)
 
-    def set_enabled(self, schedule_id: int, enabled: bool, *, next_run_at: datetime | None = _UNSET) -> bool:
+    def set_enabled(self, schedule_id: str, enabled: bool, *, next_run_at: datetime | None = _UNSET) -> bool:
         """Enable or disable a schedule (optionally moving its cursor); ``False`` if it does not exist."""
         values: dict[str, Any] = {"enabled": bool(enabled), "updated_at": utcnow()}
         if next_run_at is not _UNSET:
             values["next_run_at"] = next_run_at
         with self.db.session() as s:
-            res = s.execute(update(CronSchedule).where(CronSchedule.id == schedule_id).values(**values))
+            res = s.execute(update(CronSchedule).where(CronSchedule.public_id == schedule_id).values(**values))
             return rowcount(res) == 1
 
-    def delete_schedule(self, schedule_id: int) -> bool:
-        """Delete a schedule and (by cascade) its execution history; its runs are kept."""
+    def delete_schedule(self, schedule_id: str) -> bool:
+        """Delete a schedule and its execution history; the runs it started are kept."""
         with self.db.session() as s:
-            s.execute(delete(CronExecution).where(CronExecution.schedule_id == schedule_id))
-            res = s.execute(delete(CronSchedule).where(CronSchedule.id == schedule_id))
-            return rowcount(res) == 1
+            row_id = s.scalars(select(CronSchedule.id).where(CronSchedule.public_id == schedule_id)).one_or_none()
+            if row_id is None:
+                return False
+            s.execute(delete(CronExecution).where(CronExecution.schedule_id == row_id))
+            s.execute(delete(CronSchedule).where(CronSchedule.id == row_id))
+            return True
 
     def advance_schedule(
         self,
-        schedule_id: int,
+        schedule_id: str,
         *,
         expected_next_run_at: datetime | None,
         next_run_at: datetime,
@@ -267,47 +362,139 @@ class CronStore:
             else CronSchedule.next_run_at == expected_next_run_at
         )
         with self.db.session() as s:
-            res = s.execute(update(CronSchedule).where(CronSchedule.id == schedule_id, guard).values(**values))
+            res = s.execute(update(CronSchedule).where(CronSchedule.public_id == schedule_id, guard).values(**values))
             return rowcount(res) == 1
 
     # -- executions -------------------------------------------------------------------------------------
-    def execution_history(self, schedule_id: int, limit: int = 100) -> list[CronExecutionRecord]:
+    def claim_without_run(self, schedule: CronScheduleRecord, scheduled_time: datetime) -> bool:
+        """Claim a due time whose run could not be created, for cron recovery to re-fire; ``False`` if the due
+        time was claimed already (by another scheduler, with or without a run)."""
+        now = utcnow()
+        try:
+            with self.db.session() as s:
+                s.add(
+                    CronExecution(
+                        schedule_id=schedule.row_id,
+                        scheduled_time=scheduled_time,
+                        claimed_at=now,
+                        updated_at=now,
+                        handoff_pending=True,
+                        recovery_attempts=0,
+                    )
+                )
+            return True
+        except IntegrityError:
+            return False
+
+    def execution_history(self, schedule_id: str, limit: int = 100, offset: int = 0) -> list[CronExecutionRecord]:
         """Claimed due times of one schedule, newest first, with their run's status."""
         with self.db.session() as s:
             rows = s.execute(
                 select(CronExecution, WorkflowRun.status)
+                .join(CronSchedule, CronSchedule.id == CronExecution.schedule_id)
                 .outerjoin(WorkflowRun, WorkflowRun.id == CronExecution.run_id)
-                .where(CronExecution.schedule_id == schedule_id)
+                .where(CronSchedule.public_id == schedule_id)
                 .order_by(CronExecution.scheduled_time.desc(), CronExecution.id.desc())
                 .limit(limit)
+                .offset(offset)
             ).all()
             return [
-                CronExecutionRecord(e.id, e.schedule_id, e.scheduled_time, e.claimed_at, e.run_id, status)
+                CronExecutionRecord(
+                    id=e.public_id,
+                    schedule_id=schedule_id,
+                    scheduled_time=e.scheduled_time,
+                    claimed_at=e.claimed_at,
+                    run_id=e.run_id,
+                    status=status,
+                    updated_at=e.updated_at or e.claimed_at,
+                    handoff_pending=bool(e.handoff_pending),
+                    recovery_attempts=int(e.recovery_attempts),
+                )
                 for e, status in rows
             ]
 
-    def execution_stats(self, since: datetime) -> CronExecutionStats:
-        """Counts of executions claimed at or after ``since`` (all schedules), by run status."""
+    def execution_stats(self, since: datetime, now: datetime | None = None) -> CronExecutionStats:
+        """Counts of executions claimed at or after ``since`` (all schedules); see :class:`CronExecutionStats`."""
+        lost_before = (now or utcnow()) - LOST_AFTER
+        no_run = WorkflowRun.id.is_(None)
         with self.db.session() as s:
             rows = s.execute(
-                select(WorkflowRun.status, func.count(CronExecution.id))
+                select(
+                    WorkflowRun.status,
+                    func.count(CronExecution.id),
+                    func.sum(case((CronExecution.run_id.is_not(None), 1), else_=0)),
+                    func.sum(case((no_run & (CronExecution.claimed_at < lost_before), 1), else_=0)),
+                )
                 .select_from(CronExecution)
                 .outerjoin(WorkflowRun, WorkflowRun.id == CronExecution.run_id)
                 .where(CronExecution.claimed_at >= since)
                 .group_by(WorkflowRun.status)
             ).all()
-        by_status = {status or "Lost": int(n) for status, n in rows}
-        completed = by_status.get(RunStatus.COMPLETED.value, 0)
-        failed = by_status.get(RunStatus.FAILED.value, 0)
-        finished = completed + failed
+        by_status = {str(status): int(n) for status, n, _, _ in rows}
+        total = sum(by_status.values())
+        successful = sum(int(handed or 0) for _, _, handed, _ in rows)
+        lost = sum(int(gone or 0) for _, _, _, gone in rows)
         return CronExecutionStats(
-            since=since,
-            total_executions=sum(by_status.values()),
-            successful_executions=completed,
-            failed_executions=failed,
-            in_progress_executions=by_status.get(RunStatus.PENDING.value, 0)
-            + by_status.get(RunStatus.RUNNING.value, 0),
-            lost_executions=by_status.get("Lost", 0),
-            success_rate=round(100.0 * completed / finished, 2) if finished else 0.0,
+            total_executions=total,
+            successful_executions=successful,
+            lost_executions=lost,
+            success_rate=successful / total * 100.0 if total else 0.0,
             by_status=by_status,
         )
+
+    # -- recovery ---------------------------------------------------------------------------------------
+    def lost_executions(
+        self, *, claimed_before: datetime, claimed_after: datetime, max_attempts: int, limit: int = 100
+    ) -> list[LostExecution]:
+        """Due times claimed without a run in (``claimed_after``, ``claimed_before``), with fewer than
+        ``max_attempts`` recovery attempts, of schedules that still exist and are enabled; oldest first."""
+        with self.db.session() as s:
+            rows = s.execute(
+                select(CronExecution, CronSchedule)
+                .join(CronSchedule, CronSchedule.id == CronExecution.schedule_id)
+                .where(
+                    CronExecution.handoff_pending.is_(True),
+                    CronExecution.run_id.is_(None),
+                    CronExecution.claimed_at < claimed_before,
+                    CronExecution.claimed_at > claimed_after,
+                    CronExecution.recovery_attempts < max_attempts,
+                    CronSchedule.enabled.is_(True),
+                )
+                .order_by(CronExecution.scheduled_time, CronExecution.id)
+                .limit(limit)
+            ).all()
+            return [
+                LostExecution(e.id, e.public_id, e.scheduled_time, e.claimed_at, int(e.recovery_attempts), _record(sc))
+                for e, sc in rows
+            ]
+
+    def claim_recovery(self, lost: LostExecution, now: datetime, *, stale_before: datetime) -> bool:
+        """Take the re-fire of ``lost`` (counting one attempt); ``False`` if another process has it, or it
+        was recovered meanwhile. A claim older than ``stale_before`` (its owner died) may be taken over."""
+        with self.db.session() as s:
+            res = s.execute(
+                update(CronExecution)
+                .where(
+                    CronExecution.id == lost.row_id,
+                    CronExecution.handoff_pending.is_(True),
+                    CronExecution.recovery_attempts == lost.recovery_attempts,
+                    (CronExecution.recovery_claimed_at.is_(None)) | (CronExecution.recovery_claimed_at < stale_before),
+                )
+                .values(recovery_attempts=CronExecution.recovery_attempts + 1, recovery_claimed_at=now, updated_at=now)
+            )
+            return rowcount(res) == 1
+
+    def complete_handoff(self, lost: LostExecution, run_id: str, now: datetime) -> None:
+        """Link the re-fired run to its execution (and the run to its schedule): no longer lost."""
+        with self.db.session() as s:
+            s.execute(
+                update(CronExecution)
+                .where(CronExecution.id == lost.row_id)
+                .values(run_id=run_id, handoff_pending=False, recovery_claimed_at=None, updated_at=now)
+            )
+            s.execute(update(WorkflowRun).where(WorkflowRun.id == run_id).values(cron_schedule_id=lost.schedule.row_id))
+
+    def release_recovery(self, lost: LostExecution) -> None:
+        """A re-fire failed: let the next recovery pass try again (the attempt stays counted)."""
+        with self.db.session() as s:
+            s.execute(update(CronExecution).where(CronExecution.id == lost.row_id).values(recovery_claimed_at=None))

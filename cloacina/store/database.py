@@ -2,14 +2,15 @@
 
 SQLite is made safe for a multi-threaded runner by serialising store access in-process (a re-entrant lock)
 and using WAL with a busy timeout across processes; ``:memory:`` uses one shared connection. PostgreSQL uses
-a normal connection pool; ``schema=`` puts every table in its own PostgreSQL schema (one per tenant).
+a normal connection pool; ``schema=`` puts every table in its own PostgreSQL schema (one per tenant): every
+connection sets its ``search_path``, and :meth:`Database.upgrade` creates the schema if it is missing (a
+tenant's own role, which may not create schemas, can use a schema its administrator made).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,11 +23,10 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
 from cloacina.errors import SchemaNotMigratedError, StoreError
-from cloacina.store.urls import DatabaseURL, parse_database_url
+from cloacina.store.urls import DatabaseURL, InvalidSchemaError, parse_database_url, schema_identifier
 
 log = logging.getLogger("cloacina.store")
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 CONNECT_TIMEOUT_S = 10
 
@@ -47,12 +47,9 @@ class Database:
 
     def __init__(self, url: str, *, schema: str | None = None, pool_size: int = 10) -> None:
         self.url: DatabaseURL = parse_database_url(url)
-        self.schema = schema
-        if schema is not None:
-            if self.url.dialect != "postgresql":
-                raise StoreError("with_schema() needs a PostgreSQL URL; SQLite has no schemas")
-            if not _SCHEMA_NAME.match(schema):
-                raise StoreError(f"invalid schema name {schema!r}: use lowercase letters, digits and '_'")
+        self.schema = schema_identifier(schema) if schema is not None else None
+        if schema is not None and self.url.dialect != "postgresql":
+            raise InvalidSchemaError("with_schema() needs a PostgreSQL URL; SQLite has no schemas")
         self._lock: threading.RLock | None = threading.RLock() if self.url.dialect == "sqlite" else None
         self.engine: Engine = self._create_engine(pool_size)
 
@@ -164,8 +161,17 @@ class Database:
 
         lock = self._lock or contextlib.nullcontext()
         with lock, self.engine.begin() as conn:
+            if self.schema is not None:
+                self._ensure_schema(conn)
             command.upgrade(self._alembic_config(conn), revision)
         log.info("database %s migrated to %s", self.url.display, revision)
+
+    def _ensure_schema(self, conn: Connection) -> None:
+        """Create the tenant schema unless it exists (checked first: ``CREATE SCHEMA IF NOT EXISTS`` needs the
+        privilege to create schemas even when there is nothing to create)."""
+        found = conn.execute(text("SELECT 1 FROM pg_namespace WHERE nspname = :s"), {"s": self.schema}).first()
+        if found is None:
+            conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
 
     def current_revision(self) -> str | None:
         from alembic.runtime.migration import MigrationContext

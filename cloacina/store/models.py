@@ -8,11 +8,16 @@ The SQL rows are the source of truth in every mode. Two constraints carry the pr
   runs for one key cannot exist, whatever the locks say.
 - ``uq_cron_exec_time``: unique (schedule_id, scheduled_time), so each due time is claimed once.
 
+Schedules and executions keep their integer primary keys for joins and the hot path; the id the public API shows
+is ``public_id``, a random UUID string the database fills in on every insert (``gen_random_uuid()`` on
+PostgreSQL, an expression of ``randomblob`` on SQLite), so every insert path, old or new, gets one.
+
 Timestamps are stored as UTC and always read back as aware UTC datetimes.
 """
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,10 +34,14 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import FunctionElement
 
 # Column defaults; re-exported for execution/coordinator.py until it imports ``cloacina.timestamps`` itself.
 from cloacina.timestamps import utcnow as utcnow
@@ -63,6 +72,44 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class NewUuidText(FunctionElement[str]):
+    """A random UUID as lower-case hyphenated text, computed by the database (a column's server default)."""
+
+    type = String(36)
+    name = "new_uuid_text"
+    inherit_cache = True
+
+
+# The expression PostgreSQL reflects back for the default, so that migrations compare equal to the models.
+PG_NEW_UUID = "(gen_random_uuid())::text"
+# UUID version 4 on SQLite: 122 random bits, the version nibble 4 and the variant nibble 8, 9, a or b.
+SQLITE_NEW_UUID = (
+    "(lower(hex(randomblob(4))) || '-' || lower(hex(randomblob(2))) || '-4' || substr(lower(hex(randomblob(2))), 2)"
+    " || '-' || substr('89ab', 1 + (abs(random()) % 4), 1) || substr(lower(hex(randomblob(2))), 2) || '-'"
+    " || lower(hex(randomblob(6))))"
+)
+
+
+@compiles(NewUuidText, "postgresql")
+def _pg_new_uuid(element: NewUuidText, compiler: SQLCompiler, **kw: Any) -> str:
+    return PG_NEW_UUID
+
+
+@compiles(NewUuidText, "sqlite")
+def _sqlite_new_uuid(element: NewUuidText, compiler: SQLCompiler, **kw: Any) -> str:
+    return SQLITE_NEW_UUID
+
+
+def new_public_id() -> str:
+    """A fresh public id (what the server default computes, made in Python when cloacina inserts the row)."""
+    return str(uuid.uuid4())
+
+
+def public_id_column() -> Mapped[str]:
+    """The UUID string the public API shows for a row (see the module docstring)."""
+    return mapped_column(String(36), default=new_public_id, server_default=NewUuidText(), unique=True)
 
 
 class Base(DeclarativeBase):
@@ -138,6 +185,7 @@ class TriggerSchedule(Base):
     __tablename__ = "trigger_schedules"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    public_id: Mapped[str] = public_id_column()
     trigger_name: Mapped[str] = mapped_column(String(200), unique=True)
     workflow_name: Mapped[str] = mapped_column(String(200))
     poll_interval_ms: Mapped[int] = mapped_column(Integer)
@@ -172,6 +220,7 @@ class TriggerExecution(Base):
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    public_id: Mapped[str] = public_id_column()
     trigger_name: Mapped[str] = mapped_column(String(200))
     context_hash: Mapped[str] = mapped_column(String(64))
     run_id: Mapped[str] = mapped_column(ForeignKey("workflow_runs.id", ondelete="CASCADE"), index=True)
@@ -182,10 +231,16 @@ class TriggerExecution(Base):
 
 
 class CronSchedule(Base):
+    """A cron schedule; a named *instance* (``instance_name``) also carries ``params`` (JSON) for its runs."""
+
     __tablename__ = "cron_schedules"
+    __table_args__ = (UniqueConstraint("workflow_name", "instance_name", name="uq_cron_schedules_instance"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    public_id: Mapped[str] = public_id_column()
     workflow_name: Mapped[str] = mapped_column(String(200), index=True)
+    instance_name: Mapped[str | None] = mapped_column(String(200))
+    params: Mapped[str | None] = mapped_column(Text)
     cron_expression: Mapped[str] = mapped_column(String(200))
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -197,14 +252,23 @@ class CronSchedule(Base):
 
 
 class CronExecution(Base):
+    """One claimed due time. Normally claimed together with its run (``run_id`` set at once). A due time whose
+    run could not be created (its workflow unknown here) is claimed alone with ``handoff_pending``; cron recovery
+    re-fires it later (``recovery_attempts`` counts its tries, ``recovery_claimed_at`` stops two at once)."""
+
     __tablename__ = "cron_executions"
     __table_args__ = (UniqueConstraint("schedule_id", "scheduled_time", name="uq_cron_exec_time"),)
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    public_id: Mapped[str] = public_id_column()
     schedule_id: Mapped[int] = mapped_column(ForeignKey("cron_schedules.id", ondelete="CASCADE"), index=True)
     scheduled_time: Mapped[datetime] = mapped_column()
     claimed_at: Mapped[datetime] = mapped_column(default=utcnow)
     run_id: Mapped[str | None] = mapped_column(ForeignKey("workflow_runs.id", ondelete="SET NULL"))
+    handoff_pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    recovery_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    recovery_claimed_at: Mapped[datetime | None] = mapped_column()
+    updated_at: Mapped[datetime | None] = mapped_column()
 
 
 class Package(Base):

@@ -1,5 +1,8 @@
 """Repository for trigger schedules (one row per trigger name) and trigger executions (one row per fire).
 
+Returned dicts carry the keys of cloaca's trigger management API (``id`` is the row's public UUID, times are
+RFC 3339 text) plus cloacina's poll statistics.
+
 Poll statistics are written in batches (:meth:`TriggerStore.flush_poll_stats`): a runner with a thousand
 triggers polled every second would otherwise spend a transaction per poll. Fires are not batched: a fire is a
 run creation, and it goes through :meth:`cloacina.store.runs.RunStore.create_run` with its dedup claim.
@@ -75,7 +78,7 @@ _FLUSH_STATS = (
 
 def _schedule_dict(row: TriggerSchedule) -> dict[str, Any]:
     return {
-        "id": row.id,
+        "id": row.public_id,
         "trigger_name": row.trigger_name,
         "workflow_name": row.workflow_name,
         "poll_interval_ms": row.poll_interval_ms,
@@ -150,11 +153,19 @@ class TriggerStore:
             return _schedule_dict(row) if row else None
 
     def list_schedules(self, enabled_only: bool = False, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        """Schedules newest first, ``limit``/``offset`` paged; with ``enabled_only`` every enabled one, oldest
+        first, unpaged (cloaca's semantics: the set a poller would poll)."""
         with self.db.session() as s:
-            q = select(TriggerSchedule).order_by(TriggerSchedule.trigger_name)
             if enabled_only:
-                q = q.where(TriggerSchedule.enabled.is_(True))
-            return [_schedule_dict(r) for r in s.scalars(q.limit(limit).offset(offset)).all()]
+                q = (
+                    select(TriggerSchedule)
+                    .where(TriggerSchedule.enabled.is_(True))
+                    .order_by(TriggerSchedule.created_at, TriggerSchedule.id)
+                )
+            else:
+                newest = (TriggerSchedule.created_at.desc(), TriggerSchedule.id.desc())
+                q = select(TriggerSchedule).order_by(*newest).limit(limit).offset(offset)
+            return [_schedule_dict(r) for r in s.scalars(q).all()]
 
     def schedule_states(self) -> dict[str, ScheduleState]:
         """Enabled flag and interval of every schedule (what the poller re-reads periodically)."""
@@ -205,30 +216,42 @@ class TriggerStore:
             with self.db.connection() as c:
                 c.execute(_FLUSH_STATS, rows)
 
-    def execution_history(self, trigger_name: str, limit: int = 100) -> list[dict[str, Any]]:
-        """Fires of ``trigger_name`` that started a run, newest first, with the run's status."""
+    def execution_history(self, trigger_name: str, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        """Fires of ``trigger_name`` that started a run, newest first, with the run's status (``[]`` for an
+        unknown name). ``schedule_id`` is the public id of the trigger's schedule (``None`` if it was removed)."""
         with self.db.session() as s:
             rows = s.execute(
-                select(TriggerExecution, WorkflowRun.status, WorkflowRun.workflow_name, WorkflowRun.error_message)
+                select(
+                    TriggerExecution,
+                    TriggerSchedule.public_id,
+                    WorkflowRun.status,
+                    WorkflowRun.workflow_name,
+                    WorkflowRun.error_message,
+                )
                 .join(WorkflowRun, WorkflowRun.id == TriggerExecution.run_id)
+                .outerjoin(TriggerSchedule, TriggerSchedule.trigger_name == TriggerExecution.trigger_name)
                 .where(TriggerExecution.trigger_name == trigger_name)
                 .order_by(TriggerExecution.started_at.desc(), TriggerExecution.id.desc())
                 .limit(limit)
+                .offset(offset)
             ).all()
             return [
                 {
-                    "id": ex.id,
+                    "id": ex.public_id,
+                    "schedule_id": schedule_id,
+                    "context_hash": ex.context_hash,
+                    "workflow_execution_id": ex.run_id,
+                    "started_at": iso(ex.started_at),
+                    "completed_at": iso(ex.completed_at),
+                    "created_at": iso(ex.started_at),
                     "trigger_name": ex.trigger_name,
                     "workflow_name": workflow_name,
-                    "context_hash": ex.context_hash,
                     "run_id": ex.run_id,
                     "status": status,
                     "is_active": ex.dedup_active,
-                    "started_at": iso(ex.started_at),
-                    "completed_at": iso(ex.completed_at),
                     "error_message": error,
                 }
-                for ex, status, workflow_name, error in rows
+                for ex, schedule_id, status, workflow_name, error in rows
             ]
 
     def active_hashes(self, trigger_name: str) -> set[str]:

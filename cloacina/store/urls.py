@@ -1,28 +1,74 @@
-"""Turn the database URLs the cloaca API accepts into SQLAlchemy URLs.
+"""Turn the database URLs the cloaca API accepts into SQLAlchemy URLs, and check PostgreSQL schema names.
 
-Accepted forms: ``":memory:"``, ``sqlite://relative.db``, ``sqlite:///abs/path.db`` (three slashes: an
-absolute path, as in Cloacina), ``sqlite:////abs/path.db`` (SQLAlchemy's spelling), optional query strings such
-as ``?mode=rwc``, and ``postgresql://`` / ``postgres://`` URLs (driven by psycopg 3).
+Accepted forms:
+
+- ``postgresql://`` / ``postgres://`` URLs (driven by psycopg 3);
+- ``":memory:"``, ``sqlite://`` and ``sqlite://:memory:``: a database private to the one runner;
+- ``sqlite://relative.db``, ``sqlite:///abs/path.db`` (three slashes: an absolute path, as in Cloacina),
+  ``sqlite:////abs/path.db`` (SQLAlchemy's spelling); ``?mode=rwc|rw|memory`` is honoured, other query options
+  are ignored with a warning (as cloaca does);
+- bare paths: ``/abs/path``, ``./rel``, ``../rel``, or any name ending in ``.db``, ``.sqlite``, ``.sqlite3``
+  (taken byte for byte, no query string);
+- SQLite URIs ``file:...`` (e.g. ``file:name?mode=memory&cache=shared``), handed to SQLite as URIs.
 
 >>> parse_database_url(":memory:").sqlalchemy_url
 'sqlite://'
 >>> parse_database_url("sqlite:///tmp/x.db?mode=rwc").sqlalchemy_url
 'sqlite:////tmp/x.db'
+>>> parse_database_url("/tmp/app.sqlite3").sqlalchemy_url
+'sqlite:////tmp/app.sqlite3'
 >>> parse_database_url("postgres://u:secret@h/db").display
 'postgresql+psycopg://u:***@h/db'
+>>> schema_identifier("Tenant_A")
+'tenant_a'
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
 from sqlalchemy.engine import make_url
 
 from cloacina.errors import StoreError
 
+log = logging.getLogger("cloacina.store")
 _SQLITE_MODES = {"rwc", "rw", "ro", "memory"}
+_BARE_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+class InvalidSchemaError(StoreError, ValueError):
+    """A PostgreSQL schema (tenant) was asked for with a URL or a name that cannot have one."""
+
+
+def schema_identifier(schema: str) -> str:
+    """The PostgreSQL schema ``schema`` names: ASCII letters folded to lower case, as PostgreSQL folds unquoted
+    names (so ``"Tenant_A"`` and ``"tenant_a"`` are one schema, as in cloaca). ``InvalidSchemaError`` (a
+    ``ValueError``) unless it is non-empty Unicode letters, digits and ``_``."""
+    if not isinstance(schema, str):
+        raise TypeError(f"schema name must be a str, got {type(schema).__name__}")
+    if not schema:
+        raise InvalidSchemaError("Schema name cannot be empty")
+    if not all(c.isalnum() or c == "_" for c in schema):
+        raise InvalidSchemaError(
+            f"invalid schema name {schema!r}: Schema name must contain only alphanumeric characters and underscores"
+        )
+    return schema.translate(_ASCII_LOWER)
+
+
+def check_schema_args(database_url: str, schema: str) -> None:
+    """What ``DefaultRunner.with_schema`` checks before connecting: a PostgreSQL URL and a valid name."""
+    if not isinstance(database_url, str):
+        raise TypeError(f"database_url must be a str, got {type(database_url).__name__}")
+    if not database_url.strip().startswith(("postgres://", "postgresql://", "postgresql+psycopg://")):
+        raise InvalidSchemaError(
+            "Schema-based multi-tenancy requires PostgreSQL (a postgres:// or postgresql:// URL); "
+            "SQLite has no schemas: use one database file per tenant"
+        )
+    schema_identifier(schema)
 
 
 @dataclass(frozen=True)
@@ -49,6 +95,10 @@ def parse_database_url(url: str) -> DatabaseURL:
         return DatabaseURL("sqlite", "sqlite://", is_memory=True)
     if url.startswith("sqlite:"):
         return _parse_sqlite(url)
+    if url.startswith("file:"):
+        return _parse_sqlite_uri(url)
+    if url.startswith(("/", "./", "../")) or url.endswith(_BARE_SQLITE_SUFFIXES):
+        return DatabaseURL("sqlite", f"sqlite:///{os.path.abspath(url)}")
     for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
         if url.startswith(prefix):
             rest = url[len(prefix) :]
@@ -67,7 +117,7 @@ def _parse_sqlite(url: str) -> DatabaseURL:
     if mode not in _SQLITE_MODES:
         raise StoreError(f"unsupported sqlite mode {mode!r} in {url!r}; use one of {sorted(_SQLITE_MODES)}")
     if params:
-        raise StoreError(f"unsupported sqlite URL option(s) {sorted(params)} in {url!r}")
+        log.warning("ignoring sqlite URL option(s) %s (WAL and the busy timeout are set already)", sorted(params))
     if not path.startswith("//"):
         raise StoreError(f"sqlite URL must start with 'sqlite://', got {url!r}")
     path = path[2:]
@@ -80,3 +130,12 @@ def _parse_sqlite(url: str) -> DatabaseURL:
     if mode == "rw" and not os.path.exists(path):
         raise StoreError(f"sqlite database {path!r} does not exist and mode={mode} does not create it")
     return DatabaseURL("sqlite", f"sqlite:///{path}", read_only=(mode == "ro"))
+
+
+def _parse_sqlite_uri(url: str) -> DatabaseURL:
+    """``file:`` URIs go to SQLite as URIs (``uri=true``); ``mode=memory`` is an in-memory database."""
+    _, _, query = url.partition("?")
+    params = dict(parse_qsl(query, keep_blank_values=True))
+    is_memory = params.get("mode") == "memory" or url.startswith("file::memory:")
+    joiner = "&" if query else "?"
+    return DatabaseURL("sqlite", f"sqlite:///{quote(url, safe=':/?&=._-~')}{joiner}uri=true", is_memory=is_memory)
