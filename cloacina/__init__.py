@@ -56,6 +56,7 @@ from cloacina.errors import (
 )
 from cloacina.runner.config import DefaultRunnerConfig
 from cloacina.runner.default_runner import DefaultRunner
+from cloacina.runner.errors import RunnerShutDownError, RunnerStartError, WorkflowTimeoutError
 from cloacina.runner.results import RunHandle, WorkflowResult
 from cloacina.secrets import EnvSecretsBackend, SecretsBackend, get_secrets_backend, set_secrets_backend
 from cloacina.tenants import DatabaseAdmin, TenantConfig, TenantCredentials
@@ -120,5 +121,8 @@ __all__ = [
     "StoreError",
     "SchemaNotMigratedError",
     "WorkflowNotFoundError",
+    "RunnerStartError",
+    "RunnerShutDownError",
+    "WorkflowTimeoutError",
     "TenantError",
 ]
