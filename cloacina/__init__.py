@@ -28,7 +28,7 @@ from cloacina.definitions.declare import WorkflowBuilder, task, trigger
 from cloacina.definitions.duration import parse_duration_ms
 from cloacina.definitions.namespace import TaskNamespace, WorkflowContext
 from cloacina.definitions.registry import register_workflow_constructor
-from cloacina.definitions.retry import RetryPolicy
+from cloacina.definitions.retry import BackoffStrategy, RetryCondition, RetryPolicy, RetryPolicyBuilder
 from cloacina.definitions.rules import (
     all_of,
     always,
@@ -41,6 +41,7 @@ from cloacina.definitions.rules import (
 )
 from cloacina.definitions.trigger import TriggerResult
 from cloacina.definitions.workflow import Workflow
+from cloacina.execution.task_handle import TaskHandle
 from cloacina.errors import (
     CloacinaError,
     DefinitionError,
@@ -74,6 +75,10 @@ __all__ = [
     "task",
     "register_workflow_constructor",
     "RetryPolicy",
+    "RetryPolicyBuilder",
+    "BackoffStrategy",
+    "RetryCondition",
+    "TaskHandle",
     "trigger",
     "TriggerResult",
     "parse_duration_ms",

@@ -1,7 +1,13 @@
-"""RetryPolicy: validation, attempt counting, which errors are retried, and backoff delays with jitter."""
+"""The engine's view of a RetryPolicy: our keyword constructor, retry decisions on failure messages, failure kinds,
+delays with a seeded random source, and the JSON form stored with a workflow.
+
+The cloaca surface (``RetryPolicy.default()``, the builder, ``BackoffStrategy``, ``RetryCondition``) is tested in
+``test_compat_retry.py``.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -10,178 +16,188 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cloacina import PermanentError, RetryPolicy, TaskTimeoutError, TransientError
-from cloacina.definitions.retry import JITTER_FRACTION, classify_error
+from cloacina.definitions.retry import JITTER_RANGE, BackoffStrategy, RetryCondition, failure_kind, is_transient
+
+PREFIX = "Python task execution failed: "
 
 
-# -- validation ------------------------------------------------------------------------------------------
-def test_default_policy() -> None:
+# -- the keyword constructor (our extension) ---------------------------------------------------------------
+def test_constructor_defaults_equal_the_cloaca_default() -> None:
+    assert RetryPolicy() == RetryPolicy.default()
     policy = RetryPolicy()
-    assert policy.max_retries == 3 and policy.max_attempts == 4
-    assert policy.backoff == "exponential" and policy.initial_delay_ms == 1000 and policy.max_delay_ms == 60_000
-    assert policy.condition == "all" and policy.jitter is True
-    assert JITTER_FRACTION == 0.25
+    assert (policy.max_attempts, policy.initial_delay, policy.max_delay, policy.with_jitter) == (3, 1.0, 60.0, True)
+    assert policy.backoff == BackoffStrategy.exponential(2.0) and policy.condition == RetryCondition.all_errors()
+    assert JITTER_RANGE == (0.75, 1.25)
+
+
+def test_constructor_takes_the_task_keyword_names_for_backoff_and_condition() -> None:
+    policy = RetryPolicy(backoff="linear", condition="transient")
+    assert policy.backoff == BackoffStrategy("Linear") and policy.condition == RetryCondition.transient_only()
+    assert RetryPolicy(backoff="quadratic").backoff == BackoffStrategy.fixed()  # other names mean fixed
+    assert RetryPolicy(condition="sometimes").condition == RetryCondition.all_errors()  # other names mean all
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("kwargs", "error"),
     [
-        ({"backoff": "quadratic"}, "retry_backoff"),
-        ({"backoff": None}, "retry_backoff"),
-        ({"condition": "sometimes"}, "retry_condition"),
-        ({"condition": "Transient"}, "retry_condition"),
-        ({"max_retries": -1}, "retry_attempts"),
-        ({"max_retries": 1.5}, "retry_attempts"),
-        ({"max_retries": True}, "retry_attempts"),
-        ({"max_retries": "3"}, "retry_attempts"),
-        ({"initial_delay_ms": -1}, "retry_delay_ms"),
-        ({"initial_delay_ms": 10.5}, "retry_delay_ms"),
-        ({"max_delay_ms": -1, "initial_delay_ms": 0}, "retry_max_delay_ms"),
-        ({"max_delay_ms": False, "initial_delay_ms": 0}, "retry_max_delay_ms"),
-        ({"initial_delay_ms": 500, "max_delay_ms": 100}, "below"),
-        ({"jitter": "yes"}, "retry_jitter"),
-        ({"jitter": 1}, "retry_jitter"),
+        ({"max_attempts": 1.5}, TypeError),
+        ({"max_attempts": "3"}, TypeError),
+        ({"max_attempts": True}, TypeError),
+        ({"initial_delay": -1}, ValueError),
+        ({"initial_delay": math.nan}, ValueError),
+        ({"max_delay": "60"}, TypeError),
+        ({"with_jitter": 1}, TypeError),
+        ({"backoff": 2}, TypeError),
+        ({"condition": None}, TypeError),
     ],
 )
-def test_invalid_policy_raises_value_error(kwargs: dict, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+def test_bad_constructor_arguments(kwargs: dict, error: type[Exception]) -> None:
+    with pytest.raises(error):
         RetryPolicy(**kwargs)
 
 
-def test_zero_values_are_valid_and_policy_is_immutable() -> None:
-    policy = RetryPolicy(max_retries=0, initial_delay_ms=0, max_delay_ms=0)
-    assert policy.max_attempts == 1
+def test_policy_is_immutable_and_a_value() -> None:
+    policy = RetryPolicy(max_attempts=5)
     with pytest.raises(AttributeError):
-        policy.max_retries = 5  # type: ignore[misc]
-
-
-def test_dict_round_trip() -> None:
-    policy = RetryPolicy(max_retries=7, backoff="linear", initial_delay_ms=5, max_delay_ms=50, condition="transient")
-    assert RetryPolicy.from_dict(policy.to_dict()) == policy
-    assert policy.to_dict()["backoff"] == "linear"
-
-
-# -- attempts and conditions -----------------------------------------------------------------------------
-@pytest.mark.parametrize(("retries", "condition", "attempts"), [(0, "all", 1), (3, "all", 4), (5, "never", 1)])
-def test_max_attempts(retries: int, condition: str, attempts: int) -> None:
-    assert RetryPolicy(max_retries=retries, condition=condition).max_attempts == attempts  # type: ignore[arg-type]
-
-
-TRANSIENT = [TransientError("x"), TaskTimeoutError("t", 1.0), TimeoutError(), ConnectionError(), ConnectionResetError()]
-OTHER = [ValueError("x"), RuntimeError("x"), KeyError("x")]
-
-
-@pytest.mark.parametrize("error", TRANSIENT + OTHER + [PermanentError("x")], ids=repr)
-def test_condition_never_retries_nothing(error: BaseException) -> None:
-    assert not RetryPolicy(condition="never", max_retries=5).should_retry(error, 1)
-
-
-@pytest.mark.parametrize("error", TRANSIENT, ids=repr)
-def test_transient_errors_are_retried_under_transient_and_all(error: BaseException) -> None:
-    assert RetryPolicy(condition="transient").should_retry(error, 1)
-    assert RetryPolicy(condition="all").should_retry(error, 1)
-    assert classify_error(error) == "transient"
-
-
-@pytest.mark.parametrize("error", OTHER, ids=repr)
-def test_other_errors_are_retried_only_under_all(error: BaseException) -> None:
-    assert not RetryPolicy(condition="transient").should_retry(error, 1)
-    assert RetryPolicy(condition="all").should_retry(error, 1)
-    assert classify_error(error) == "error"
-
-
-@pytest.mark.parametrize("condition", ["never", "transient", "all"])
-def test_permanent_error_is_never_retried(condition: str) -> None:
-    class MyPermanent(PermanentError):
-        pass
-
-    policy = RetryPolicy(condition=condition, max_retries=10)  # type: ignore[arg-type]
-    for error in (PermanentError("no"), MyPermanent("no")):
-        assert not policy.should_retry(error, 1)
-        assert classify_error(error) == "permanent"
-    assert not policy.should_retry_kind("permanent", 1)
-
-
-def test_should_retry_stops_at_max_attempts() -> None:
-    policy = RetryPolicy(max_retries=2)
-    assert [policy.should_retry(RuntimeError(), a) for a in (1, 2, 3, 4)] == [True, True, False, False]
-    assert [policy.should_retry_kind("error", a) for a in (1, 2, 3)] == [True, True, False]
+        policy.max_attempts = 1  # type: ignore[misc]
+    assert policy == RetryPolicy(max_attempts=5) and hash(policy) == hash(RetryPolicy(max_attempts=5))
 
 
 @pytest.mark.parametrize(
-    ("condition", "kind", "expected"),
+    "policy",
     [
-        ("all", "error", True),
-        ("all", "transient", True),
-        ("transient", "transient", True),
-        ("transient", "error", False),
-        ("never", "transient", False),
-        ("all", "permanent", False),
+        RetryPolicy(),
+        RetryPolicy(max_attempts=7, backoff="linear", initial_delay=0.005, max_delay=0.05, condition="transient"),
+        RetryPolicy(backoff=BackoffStrategy.exponential(3.0, 0.5), condition=RetryCondition.error_pattern(["x"])),
+        RetryPolicy(backoff=BackoffStrategy.linear(2.5), with_jitter=False, condition=RetryCondition.never()),
+    ],
+    ids=repr,
+)
+def test_json_round_trip(policy: RetryPolicy) -> None:
+    data = json.loads(json.dumps(policy.to_dict(), allow_nan=False))
+    assert RetryPolicy.from_dict(data) == policy
+
+
+@pytest.mark.parametrize(("max_attempts", "limit"), [(3, 3), (1, 1), (0, 1), (-2, 1)])
+def test_attempt_limit_is_at_least_the_first_attempt(max_attempts: int, limit: int) -> None:
+    assert RetryPolicy(max_attempts=max_attempts).attempt_limit == limit
+
+
+# -- decisions ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "message",
+    [
+        "TimeoutError: read timed out after 5s (timeout)",
+        "ConnectionResetError: [Errno 104] Connection reset by peer",
+        "URLError: <urlopen error [Errno 111] Connection refused>",
+        "RuntimeError: NETWORK is down",
+        "OSError: temporary failure in name resolution",
+        "RuntimeError: service Unavailable",
     ],
 )
-def test_should_retry_kind_matches_should_retry(condition: str, kind: str, expected: bool) -> None:
-    policy = RetryPolicy(condition=condition)  # type: ignore[arg-type]
-    assert policy.should_retry_kind(kind, 1) is expected
-    sample = {"error": RuntimeError(), "transient": TransientError(), "permanent": PermanentError()}[kind]
-    assert policy.should_retry(sample, 1) is expected
+def test_transient_by_the_words_of_the_message(message: str) -> None:
+    assert is_transient(PREFIX + message)
+    assert failure_kind(PREFIX + message) == "transient"
+    assert RetryPolicy(condition="transient").permits_retry(1, PREFIX + message)
 
 
-# -- delays ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("message", ["ValueError: bad input", "RuntimeError: busy", "KeyError: 'rate limit'"])
+def test_other_messages_are_not_transient(message: str) -> None:
+    assert not is_transient(PREFIX + message)
+    assert failure_kind(PREFIX + message) == "error"
+    assert not RetryPolicy(condition="transient").permits_retry(1, PREFIX + message)
+    assert RetryPolicy(condition="all").permits_retry(1, PREFIX + message)
+
+
+def test_our_own_error_classes_are_extras() -> None:
+    transient, timeout, permanent = TransientError("x"), TaskTimeoutError("t", 1.0), PermanentError("x")
+    assert is_transient(PREFIX + "TransientError: x", transient)
+    assert is_transient("task 't' ran too long", timeout)  # a timed-out attempt is transient whatever its text
+    assert failure_kind(PREFIX + "PermanentError: x", permanent) == "permanent"
+    for condition in ("all", "transient", "never"):
+        assert not RetryPolicy(condition=condition).permits_retry(1, PREFIX + "PermanentError: timeout", permanent)
+
+
+def test_retries_stop_at_max_attempts_and_under_never() -> None:
+    policy = RetryPolicy(max_attempts=3)
+    assert [policy.permits_retry(a, "x") for a in (1, 2, 3, 4)] == [True, True, False, False]
+    assert not RetryPolicy(max_attempts=0).permits_retry(1, "x")
+    assert not RetryPolicy(max_attempts=5, condition="never").permits_retry(1, PREFIX + "TimeoutError: timeout")
+
+
+def test_error_pattern_matches_the_message_case_insensitively() -> None:
+    policy = RetryPolicy(condition=RetryCondition.error_pattern(["Deadlock", "quota"]))
+    assert policy.permits_retry(1, PREFIX + "OperationalError: deadlock detected")
+    assert policy.permits_retry(1, PREFIX + "RuntimeError: QUOTA exceeded")
+    assert not policy.permits_retry(1, PREFIX + "RuntimeError: timeout")
+
+
+# -- delays ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("backoff", "expected"),
     [
-        ("fixed", [100, 100, 100, 100, 100]),
-        ("linear", [100, 200, 300, 400, 500]),
-        ("exponential", [100, 200, 400, 800, 1600]),
+        (BackoffStrategy.fixed(), [0.1, 0.1, 0.1, 0.1, 0.1]),
+        (BackoffStrategy.linear(1.0), [0.1, 0.2, 0.3, 0.4, 0.5]),
+        (BackoffStrategy.linear(2.0), [0.2, 0.4, 0.6, 0.8, 1.0]),
+        (BackoffStrategy.exponential(2.0), [0.1, 0.2, 0.4, 0.8, 1.6]),
+        (BackoffStrategy.exponential(3.0, 0.5), [0.05, 0.15, 0.45, 1.35, 4.05]),
     ],
+    ids=repr,
 )
-def test_delay_without_jitter(backoff: str, expected: list[int]) -> None:
-    policy = RetryPolicy(backoff=backoff, initial_delay_ms=100, max_delay_ms=10_000, jitter=False)  # type: ignore[arg-type]
-    assert [policy.delay_ms(a) for a in range(1, 6)] == expected
+def test_delay_without_jitter(backoff: BackoffStrategy, expected: list[float]) -> None:
+    policy = RetryPolicy(backoff=backoff, initial_delay=0.1, max_delay=10.0, with_jitter=False)
+    assert [policy.retry_delay_s(n) for n in range(1, 6)] == pytest.approx(expected)
+
+
+def test_delays_are_whole_milliseconds_except_a_fixed_delay() -> None:
+    assert RetryPolicy(backoff="linear", initial_delay=0.0015, with_jitter=False).retry_delay_s(1) == 0.001
+    assert RetryPolicy(backoff="fixed", initial_delay=0.0015, with_jitter=False).retry_delay_s(1) == 0.0015
 
 
 @pytest.mark.parametrize("backoff", ["fixed", "linear", "exponential"])
-def test_delay_is_capped_at_max_delay(backoff: str) -> None:
-    policy = RetryPolicy(backoff=backoff, initial_delay_ms=300, max_delay_ms=1000, jitter=False)  # type: ignore[arg-type]
-    delays = [policy.delay_ms(a) for a in range(1, 200)]
-    assert max(delays) <= 1000
-    if backoff != "fixed":
-        assert delays[-1] == 1000
+def test_delay_is_capped_before_jitter(backoff: str) -> None:
+    plain = RetryPolicy(backoff=backoff, initial_delay=0.3, max_delay=1.0, with_jitter=False)
+    delays = [plain.retry_delay_s(a) for a in range(1, 200)]
+    assert max(delays) <= 1.0
+    if backoff == "fixed":
+        return
+    assert delays[-1] == 1.0
+    jittered = RetryPolicy(backoff=backoff, initial_delay=0.3, max_delay=1.0)
+    # Jitter comes after the cap: a capped delay may come out up to 25% above the cap.
+    assert any(jittered.retry_delay_s(199, random.Random(seed)) > 1.0 for seed in range(50))
 
 
 def test_huge_attempt_numbers_do_not_overflow() -> None:
-    policy = RetryPolicy(initial_delay_ms=1000, max_delay_ms=60_000, jitter=False)
-    assert policy.delay_ms(10_000) == 60_000
-    assert policy.delay_ms(0) == policy.delay_ms(1) == 1000  # attempt numbers below 1 act as the first
+    policy = RetryPolicy(initial_delay=1.0, max_delay=60.0, with_jitter=False)
+    assert policy.retry_delay_s(100_000) == 60.0
+    assert RetryPolicy(backoff=BackoffStrategy.exponential(0.5), with_jitter=False).retry_delay_s(100_000) == 0.0
 
 
 def test_zero_delay_stays_zero_with_jitter() -> None:
-    policy = RetryPolicy(initial_delay_ms=0, max_delay_ms=0)
-    assert {policy.delay_ms(a, random.Random(a)) for a in range(1, 20)} == {0}
+    policy = RetryPolicy(initial_delay=0, max_delay=0)
+    assert {policy.retry_delay_s(a, random.Random(a)) for a in range(1, 20)} == {0.0}
 
 
 def test_jitter_is_deterministic_with_a_seeded_rng_and_varies() -> None:
-    policy = RetryPolicy(backoff="fixed", initial_delay_ms=10_000, max_delay_ms=10_000 * 2)
-    first = [policy.delay_ms(1, random.Random(42)) for _ in range(3)]
-    assert len(set(first)) == 1
+    policy = RetryPolicy(backoff="fixed", initial_delay=10.0, max_delay=20.0)
+    assert len({policy.retry_delay_s(1, random.Random(42)) for _ in range(3)}) == 1
     rng = random.Random(7)
-    assert len({policy.delay_ms(1, rng) for _ in range(50)}) > 10
+    assert len({policy.retry_delay_s(1, rng) for _ in range(50)}) > 10
 
 
 @given(
     seed=st.integers(0, 2**32),
     backoff=st.sampled_from(["fixed", "linear", "exponential"]),
-    initial=st.integers(0, 100_000),
-    extra=st.integers(0, 500_000),
+    initial_ms=st.integers(0, 100_000),
+    cap_ms=st.integers(0, 600_000),
     attempt=st.integers(1, 80),
 )
-def test_jitter_stays_within_25_percent_and_the_cap(
-    seed: int, backoff: str, initial: int, extra: int, attempt: int
+def test_jitter_stays_within_25_percent_of_the_capped_delay(
+    seed: int, backoff: str, initial_ms: int, cap_ms: int, attempt: int
 ) -> None:
-    cap = initial + extra
-    plain = RetryPolicy(backoff=backoff, initial_delay_ms=initial, max_delay_ms=cap, jitter=False)  # type: ignore[arg-type]
-    jittered = RetryPolicy(backoff=backoff, initial_delay_ms=initial, max_delay_ms=cap, jitter=True)  # type: ignore[arg-type]
-    base = plain.delay_ms(attempt)
-    delay = jittered.delay_ms(attempt, random.Random(seed))
-    assert isinstance(delay, int)
-    assert 0 <= delay <= cap
-    assert math.floor(base * 0.75) <= delay <= math.ceil(base * 1.25)
+    options = {"backoff": backoff, "initial_delay": initial_ms / 1000, "max_delay": cap_ms / 1000}
+    base_ms = round(RetryPolicy(**options, with_jitter=False).retry_delay_s(attempt) * 1000)
+    delay_ms = RetryPolicy(**options).retry_delay_s(attempt, random.Random(seed)) * 1000
+    assert base_ms <= cap_ms
+    assert math.floor(base_ms * 0.75) - 1e-6 <= delay_ms <= math.ceil(base_ms * 1.25) + 1e-6
+    assert delay_ms == pytest.approx(round(delay_ms))  # whole milliseconds

@@ -66,7 +66,7 @@ def _chain() -> None:
         @cloaca.task(id="second", dependencies=["first"])
         def second(ctx):
             ctx.set("trail", [*ctx.get("trail"), "second"])
-            return None  # None keeps the in-place changes
+            return None  # None passes the input on as received: the in-place change is discarded (cloaca)
 
         @cloaca.task(id="third", dependencies=["second"])
         def third(ctx):
@@ -81,7 +81,7 @@ def test_execute_returns_a_workflow_result(make_runner) -> None:
     assert result.status == "Completed" and result.is_success
     assert result.error_message is None
     assert isinstance(result.final_context, cloaca.Context)
-    assert result.final_context.to_dict() == {"trail": ["input", "first", "second", "third"], "done": True}
+    assert result.final_context.to_dict() == {"trail": ["input", "first", "third"], "done": True}
     assert result.start_time.utcoffset() == timedelta(0)
     assert result.end_time is not None and result.start_time <= result.end_time
     record = runner.runs.get_run(result.run_id)
@@ -148,6 +148,7 @@ def test_workflow_constructor_is_built_on_first_use(make_runner) -> None:
             @cloaca.task(id="only")
             def only(ctx):
                 ctx.set("lazy", True)
+                return ctx  # None would pass the input on unchanged
 
         return builder.build()
 
@@ -162,14 +163,17 @@ def test_false_rule_skips_the_task_and_downstream_still_runs(make_runner) -> Non
         @cloaca.task(id="start")
         def start(ctx):
             ctx.set("go", False)
+            return ctx  # None would pass the input on unchanged
 
         @cloaca.task(id="gate", dependencies=["start"], trigger_rules=cloaca.context_value("go", "==", True))
         def gate(ctx):
             ctx.set("gate_ran", True)
+            return ctx  # None would pass the input on unchanged
 
         @cloaca.task(id="after", dependencies=["gate"])
         def after(ctx):
             ctx.set("after_ran", True)
+            return ctx  # None would pass the input on unchanged
 
     runner = make_runner()
     result = runner.execute("gated")
@@ -191,14 +195,17 @@ def test_failed_task_skips_downstream_and_fails_the_run(make_runner) -> None:
         @cloaca.task(id="child", dependencies=["explode"])
         def child(ctx):
             ctx.set("child", True)
+            return ctx  # None would pass the input on unchanged
 
         @cloaca.task(id="grandchild", dependencies=["child"])
         def grandchild(ctx):
             ctx.set("grandchild", True)
+            return ctx  # None would pass the input on unchanged
 
         @cloaca.task(id="independent")
         def independent(ctx):
             ctx.set("independent", True)
+            return ctx  # None would pass the input on unchanged
 
     runner = make_runner()
     result = runner.execute("breaks", {"x": 1})
@@ -224,10 +231,12 @@ def test_task_failed_rule_runs_an_error_handler(make_runner) -> None:
         @cloaca.task(id="on_error", dependencies=["fetch"], trigger_rules=cloaca.task_failed("fetch"))
         def on_error(ctx):
             ctx.set("handled", True)
+            return ctx  # None would pass the input on unchanged
 
         @cloaca.task(id="on_ok", dependencies=["fetch"], trigger_rules=cloaca.task_success("fetch"))
         def on_ok(ctx):
             ctx.set("ok", True)
+            return ctx  # None would pass the input on unchanged
 
     runner = make_runner()
     result = runner.execute("handled", {"source": "api"})
@@ -250,6 +259,7 @@ def test_async_tasks(make_runner) -> None:
         @cloaca.task(id="b", dependencies=["a"])
         async def b(ctx):
             ctx.set("b", ctx.get("a"))
+            return ctx  # None would pass the input on unchanged
 
     result = make_runner().execute("async_wf")
     assert result.status == "Completed"
@@ -313,6 +323,7 @@ def test_execute_async_handle(make_runner) -> None:
         def hold(ctx):
             release.wait(10)
             ctx.set("released", True)
+            return ctx  # None would pass the input on unchanged
 
     runner = make_runner()
     handle = runner.execute_async("held", {"k": "v"})

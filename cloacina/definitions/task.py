@@ -5,9 +5,12 @@ which also registers the result) and builds the definition.
 
 >>> def hello(context):
 ...     return context
->>> definition = make_task_definition(hello, {"dependencies": ["extract"], "retry_attempts": 0})
->>> definition.task_id, definition.dependencies, definition.retry.max_retries
-('hello', ('extract',), 0)
+>>> definition = make_task_definition(hello, {"dependencies": ["extract"], "retry_attempts": 1})
+>>> definition.task_id, definition.dependencies, definition.retry.max_attempts, definition.wants_handle
+('hello', ('extract',), 1, False)
+
+A function whose second positional parameter is named ``handle`` or ``task_handle`` is called as
+``fn(context, handle)`` with a :class:`~cloacina.execution.task_handle.TaskHandle`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloacina.definitions.naming import check_name
-from cloacina.definitions.retry import RetryPolicy
+from cloacina.definitions.retry import BackoffStrategy, RetryCondition, RetryPolicy
 from cloacina.definitions.rules import Rule
 from cloacina.errors import DefinitionError
 
@@ -26,14 +29,16 @@ TaskFunction = Callable[..., Any]
 SuccessCallback = Callable[[str, Any], None]
 FailureCallback = Callable[[str, str, Any], None]
 
-_RETRY_OPTIONS = {
-    "retry_attempts": "max_retries",
-    "retry_backoff": "backoff",
-    "retry_delay_ms": "initial_delay_ms",
-    "retry_max_delay_ms": "max_delay_ms",
-    "retry_condition": "condition",
-    "retry_jitter": "jitter",
-}
+_RETRY_OPTIONS = (
+    "retry_attempts",
+    "retry_backoff",
+    "retry_delay_ms",
+    "retry_max_delay_ms",
+    "retry_condition",
+    "retry_jitter",
+)
+HANDLE_PARAMETERS = ("handle", "task_handle")
+_OUT_OF_SCOPE = ("invokes", "post_invocation")  # computation graphs: accepted as None only
 _OTHER_OPTIONS = {
     "id",
     "dependencies",
@@ -43,6 +48,7 @@ _OTHER_OPTIONS = {
     "trigger_rules",
     "timeout_seconds",
     "description",
+    *_OUT_OF_SCOPE,
 }
 
 
@@ -63,6 +69,12 @@ class TaskDefinition:
     @property
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.function)
+
+    @property
+    def wants_handle(self) -> bool:
+        """Called as ``fn(context, handle)``: two or more positional parameters, the second named ``handle`` or
+        ``task_handle`` (cloaca reads the function's code object the same way)."""
+        return _second_parameter(self.function) in HANDLE_PARAMETERS
 
     def code_fingerprint(self) -> str:
         """Text that changes when the function's code changes (used in the workflow's content hash)."""
@@ -85,15 +97,54 @@ def _dependency_id(dep: Any) -> str:
     raise DefinitionError(f"task dependency must be a task id or a @task function, got {dep!r}")
 
 
+def _second_parameter(fn: TaskFunction) -> str | None:
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        return str(code.co_varnames[1]) if code.co_argcount >= 2 else None
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return positional[1].name if len(positional) >= 2 else None
+
+
+def _count(value: object, option: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{option} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise DefinitionError(f"{option} must be >= 0, got {value}")
+    return value
+
+
 def _build_retry(options: dict[str, Any], retry: RetryPolicy | None) -> RetryPolicy:
+    """The policy of ``retry=`` or of the ``retry_*`` keywords (``None`` meaning the default), never both."""
     given = {k: v for k, v in options.items() if v is not None}
     if retry is not None:
         if given:
-            raise DefinitionError(f"pass either retry=RetryPolicy(...) or {', '.join(sorted(given))}, not both")
+            raise DefinitionError(
+                f"retry=RetryPolicy(...) cannot be combined with the retry_* keywords (got {', '.join(sorted(given))})"
+            )
         if not isinstance(retry, RetryPolicy):
-            raise DefinitionError(f"retry must be a cloacina.RetryPolicy, got {type(retry).__name__}")
+            raise TypeError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
         return retry
-    return RetryPolicy(**{_RETRY_OPTIONS[k]: v for k, v in given.items()})
+    changes: dict[str, Any] = {}
+    if "retry_attempts" in given:
+        changes["max_attempts"] = _count(given["retry_attempts"], "retry_attempts")
+    if "retry_backoff" in given:
+        changes["backoff"] = BackoffStrategy.named(given["retry_backoff"])
+    if "retry_delay_ms" in given:
+        changes["initial_delay"] = _count(given["retry_delay_ms"], "retry_delay_ms") / 1000
+    if "retry_max_delay_ms" in given:
+        changes["max_delay"] = _count(given["retry_max_delay_ms"], "retry_max_delay_ms") / 1000
+    if "retry_condition" in given:
+        changes["condition"] = RetryCondition.named(given["retry_condition"])
+    if "retry_jitter" in given:
+        jitter = given["retry_jitter"]
+        if not isinstance(jitter, bool):
+            raise TypeError(f"retry_jitter must be a bool, got {type(jitter).__name__}")
+        changes["with_jitter"] = jitter
+    return RetryPolicy(**changes)
 
 
 def _build_rule(rules: Any) -> Rule | None:
@@ -126,10 +177,15 @@ def make_task_definition(fn: TaskFunction, options: dict[str, Any]) -> TaskDefin
         raise DefinitionError(f"task {task_id!r} lists a dependency twice: {list(deps)}")
     if task_id in deps:
         raise DefinitionError(f"task {task_id!r} depends on itself")
+    for name in _OUT_OF_SCOPE:
+        if options.get(name) is not None:
+            raise DefinitionError(f"task {task_id!r}: {name}= (computation graphs) is not supported by cloacina")
     try:
         retry = _build_retry({k: options.get(k) for k in _RETRY_OPTIONS}, options.get("retry"))
     except DefinitionError as exc:
         raise DefinitionError(f"task {task_id!r}: {exc}", subject=task_id) from None
+    except TypeError as exc:
+        raise TypeError(f"task {task_id!r}: {exc}") from None
     timeout = options.get("timeout_seconds")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0):
         raise DefinitionError(f"task {task_id!r}: timeout_seconds must be a positive number, got {timeout!r}")

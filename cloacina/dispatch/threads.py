@@ -1,20 +1,29 @@
-"""Embedded dispatcher: a bounded thread pool for task attempts plus one timer thread for delayed work.
+"""Embedded dispatcher: concurrency slots, a growable thread pool for task attempts, and a timer thread.
 
-It implements :class:`~cloacina.execution.dispatcher.Dispatcher`: Ready tasks run on the pool, a retry is
+It implements :class:`~cloacina.execution.dispatcher.Dispatcher`: Ready tasks run as slots allow, a retry is
 re-submitted after its delay, and a run's deadline is a timer.
+
+Slots, not threads, bound concurrency: :class:`SlotPool` holds ``max_concurrent_tasks`` permits and an attempt
+starts only with one. A task that calls ``handle.defer_until(...)`` gives its permit back while it waits (its
+thread stays parked), so the next Ready task starts on another thread; when the condition holds it takes a
+permit again, ahead of tasks that have not started yet. Threads (:class:`CachedThreads`) are therefore created
+on demand, reused when idle, and retired after a minute without work.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
+import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from cloacina.execution.task_handle import holding_slot
 from cloacina.timestamps import utcnow
 
 if TYPE_CHECKING:
@@ -64,11 +73,133 @@ class TimerThread:
         self._thread.join(timeout=2)
 
 
+class SlotPool:
+    """``permits`` concurrency slots. Work takes one with :meth:`try_lease`; a task resuming after a deferral
+    waits for one with :meth:`SlotLease.reacquire` and goes first. ``on_free`` is called (outside any lock)
+    whenever a permit comes back, so the owner can start waiting work."""
+
+    def __init__(self, permits: int, on_free: Callable[[], None] | None = None) -> None:
+        if permits < 1:
+            raise ValueError(f"a slot pool needs at least one permit, got {permits}")
+        self.permits = permits
+        self._free = permits
+        self._resuming = 0
+        self._cond = threading.Condition()
+        self._on_free = on_free
+
+    @property
+    def free(self) -> int:
+        with self._cond:
+            return self._free
+
+    def try_lease(self) -> SlotLease | None:
+        """A lease on a free permit, or ``None`` when none is free (or a resuming task is waiting for one)."""
+        with self._cond:
+            if self._free == 0 or self._resuming:
+                return None
+            self._free -= 1
+        return SlotLease(self)
+
+    def _give_back(self) -> None:
+        with self._cond:
+            self._free += 1
+            self._cond.notify_all()
+        if self._on_free is not None:
+            self._on_free()
+
+
+class SlotLease:
+    """One attempt's hold on a permit of a :class:`SlotPool` (a :class:`~cloacina.execution.task_handle.
+    ConcurrencySlot`). :meth:`close` ends it: the permit goes back and a pending :meth:`reacquire` fails."""
+
+    def __init__(self, pool: SlotPool) -> None:
+        self._pool = pool
+        self._held = True
+        self._closed = False
+
+    @property
+    def is_held(self) -> bool:
+        return self._held
+
+    def release(self) -> None:
+        with self._pool._cond:
+            if not self._held:
+                return
+            self._held = False
+        self._pool._give_back()
+
+    def reacquire(self) -> bool:
+        pool = self._pool
+        with pool._cond:
+            if self._held:
+                return True
+            pool._resuming += 1
+            try:
+                while not self._closed and pool._free == 0:
+                    pool._cond.wait()
+                if self._closed:
+                    return False
+                pool._free -= 1
+                self._held = True
+                return True
+            finally:
+                pool._resuming -= 1
+
+    def close(self) -> None:
+        with self._pool._cond:
+            self._closed = True
+            was_held, self._held = self._held, False
+            self._pool._cond.notify_all()
+        if was_held:
+            self._pool._give_back()
+
+
+class CachedThreads:
+    """Runs functions on daemon threads: an idle thread if there is one, else a new one. Threads retire after
+    ``idle_s`` without work. Nothing bounds the count: callers bound the work they submit (with slots)."""
+
+    def __init__(self, name: str, idle_s: float = 60.0) -> None:
+        self._name = name
+        self._idle_s = idle_s
+        self._work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._count = itertools.count(1)
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            self._work.put(fn)
+            if self._idle:
+                self._idle -= 1  # that idle thread takes it (or another one does: the count only errs low)
+                return
+        threading.Thread(target=self._loop, name=f"{self._name}-{next(self._count)}", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                fn = self._work.get(timeout=self._idle_s)
+            except queue.Empty:
+                with self._lock:
+                    if not self._work.empty():
+                        continue
+                    self._idle = max(0, self._idle - 1)
+                    return
+            try:
+                fn()
+            except Exception:
+                log.exception("pooled function failed")
+            with self._lock:
+                self._idle += 1
+
+
 class ThreadDispatcher:
-    """Runs task attempts on at most ``max_workers`` threads of this process."""
+    """Runs task attempts on threads of this process, at most ``max_workers`` of them holding a slot at a time."""
 
     def __init__(self, max_workers: int) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="cloacina-worker")
+        self._slots = SlotPool(max_workers, on_free=self._start_pending)
+        self._threads = CachedThreads("cloacina-worker")
+        self._pending: deque[tuple[str, str]] = deque()
+        self._pending_lock = threading.Lock()
         self._timer = TimerThread()
         self._coordinator: RunDriver | None = None
         self._closed = False
@@ -107,7 +238,7 @@ class ThreadDispatcher:
             raise RuntimeError("ThreadDispatcher is not attached to a coordinator")
         return self._coordinator
 
-    # -- the pool ---------------------------------------------------------------------------------------------
+    # -- slots and threads --------------------------------------------------------------------------------------
     def submit(self, run_id: str, task_id: str, delay_s: float = 0.0) -> None:
         if delay_s > 0:
             with self._idle:
@@ -119,11 +250,21 @@ class ThreadDispatcher:
             return
         with self._idle:
             self._inflight += 1
-        try:
-            self._pool.submit(self._run, run_id, task_id)
-        except RuntimeError:  # pool shut down between the check and the submit
-            self._done()
-            log.warning("dispatcher closed; task %s of run %s not started", task_id, run_id)
+        with self._pending_lock:
+            self._pending.append((run_id, task_id))
+        self._start_pending()
+
+    def _start_pending(self) -> None:
+        """Start waiting attempts while slots are free."""
+        while True:
+            with self._pending_lock:
+                if self._closed or not self._pending:
+                    return
+                lease = self._slots.try_lease()
+                if lease is None:
+                    return
+                run_id, task_id = self._pending.popleft()
+            self._threads.submit(functools.partial(self._run, run_id, task_id, lease))
 
     def _submit_delayed(self, run_id: str, task_id: str) -> None:
         try:
@@ -133,14 +274,16 @@ class ThreadDispatcher:
                 self._delayed -= 1
                 self._idle.notify_all()
 
-    def _run(self, run_id: str, task_id: str) -> None:
+    def _run(self, run_id: str, task_id: str, lease: SlotLease) -> None:
         try:
-            outcome = self._attached().run_task(run_id, task_id)
+            with holding_slot(lease):
+                outcome = self._attached().run_task(run_id, task_id)
             if outcome.kind == "retry":
                 self.submit(run_id, task_id, outcome.delay_s)
         except Exception:
             log.exception("task %s of run %s could not be executed", task_id, run_id)
         finally:
+            lease.close()  # frees the slot (and starts the next waiting attempt)
             self._done()
 
     def _done(self) -> None:
@@ -155,6 +298,10 @@ class ThreadDispatcher:
         with self._idle:
             while (self._inflight > 0 or self._delayed > 0) and time.monotonic() < deadline:
                 self._idle.wait(max(0.0, deadline - time.monotonic()))
-        self._closed = True
+        with self._pending_lock:
+            self._closed = True
+            dropped = len(self._pending)
+            self._pending.clear()
+        with self._idle:
+            self._inflight -= dropped
         self._timer.stop()
-        self._pool.shutdown(wait=False, cancel_futures=True)

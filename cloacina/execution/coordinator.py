@@ -10,15 +10,19 @@ The coordinator does no dispatching of its own: it talks to a :class:`~cloacina.
 Embedded, a thread pool runs Ready tasks and re-submits retries after their delay. Distributed, new runs are
 published as Celery canvases whose nodes call :meth:`run_node`, which turns a retry into a Celery retry. Rules,
 skips, retries, callbacks and ``final_context`` are the same code in both modes.
+
+Callbacks (cloaca's order): ``on_failure(task_id, message, context)`` after every attempt whose function raised,
+retries included, with the Context object the function received; ``on_success(task_id, context)`` once, with
+the output, before the completion is recorded. A callback that raises is printed to stderr and ignored.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import random
 import socket
+import sys
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
@@ -29,7 +33,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from cloacina.backoff import Backoff
 from cloacina.context import Context
-from cloacina.definitions.retry import classify_error
+from cloacina.definitions.retry import failure_kind
 from cloacina.definitions.task import TaskDefinition
 from cloacina.definitions.workflow import Workflow
 from cloacina.engine.planner import final_context
@@ -206,11 +210,13 @@ class RunCoordinator:
             try:
                 output = call_task(definition, started.input_context, timeout_s)
             except TaskCallError as failure:
-                return self._record_failure(run_id, workflow, definition, started, failure.cause, fields)
+                if failure.raised:  # after every attempt that raised, retries included, before it is recorded
+                    self._callback(definition, "on_failure", task_id, failure.message, failure.context)
+                return self._record_failure(run_id, workflow, definition, started, failure, fields)
             # on_success runs before the task is marked completed (cloaca's order), so recording the completion
             # can plan the successors and end the run, when this was its last task, in one transaction.
             if definition.on_success is not None:
-                self._callback(definition, "on_success", task_id, Context(copy.deepcopy(output)))
+                self._callback(definition, "on_success", task_id, Context(output))
         transition = _record(
             lambda: self.store.complete_attempt(run_id, task_id, started.attempt, output, workflow, started.basis)
         )
@@ -226,19 +232,17 @@ class RunCoordinator:
         workflow: Workflow,
         definition: TaskDefinition,
         started: StartedAttempt,
-        cause: BaseException,
+        failure: TaskCallError,
         fields: dict[str, Any],
     ) -> NodeOutcome:
-        message = describe_error(cause)
-        attempt = started.attempt
-        retry = definition.retry.should_retry(cause, attempt)
-        delay_s = definition.retry.delay_ms(attempt, self._rng) / 1000 if retry else 0.0
+        message, attempt, policy = failure.message, started.attempt, definition.retry
+        retry = policy.permits_retry(attempt, message, failure.cause)
+        delay_s = policy.retry_delay_s(attempt, self._rng) if retry else 0.0
         retry_at = utcnow() + timedelta(seconds=delay_s) if retry else None
-        if not retry:  # before the failure is recorded: recording it may end the run
-            self._callback(definition, "on_failure", definition.task_id, message, Context(started.input_context))
+        kind = failure_kind(message, failure.cause)
         transition = _record(
             lambda: self.store.fail_attempt(
-                run_id, definition.task_id, attempt, message, classify_error(cause), retry_at, workflow, started.basis
+                run_id, definition.task_id, attempt, message, kind, retry_at, workflow, started.basis
             )
         )
         if not transition.applied:
@@ -269,15 +273,18 @@ class RunCoordinator:
 
     @staticmethod
     def _callback(definition: TaskDefinition, name: str, *args: Any) -> None:
+        """Run a task callback; one that raises is reported on stderr (as cloaca does) and changes nothing."""
         callback = getattr(definition, name)
         if callback is None:
             return
         try:
             callback(*args)
         except Exception as exc:  # callbacks never change a task's outcome
-            log.warning(
-                "%s callback of task %r raised %s", name, definition.task_id, describe_error(exc), exc_info=True
+            print(
+                f"[cloaca] {name} callback failed for task {definition.task_id!r}: {describe_error(exc)}",
+                file=sys.stderr,
             )
+            log.info("%s callback of task %r raised %s", name, definition.task_id, describe_error(exc), exc_info=True)
 
 
 def _record(write: Callable[[], Transition]) -> Transition:

@@ -71,7 +71,7 @@ def describe_registry() -> dict[str, Any]:
                 "function": _function_name(t.function),
                 "dependencies": list(t.dependencies),
                 "description": t.description,
-                "retries": t.retry.max_retries,
+                "retries": t.retry.attempt_limit - 1,
                 "timeout_seconds": t.timeout_s,
             }
             for task_id in workflow.topological_order

@@ -79,7 +79,7 @@ def initial_task_rows(
             "task_id": task.task_id,
             "status": TaskStatus.NOT_STARTED.value,
             "attempt": 0,
-            "max_attempts": task.retry.max_attempts,
+            "max_attempts": task.retry.attempt_limit,
             "updated_at": now,
             "input_context": None,
             "skip_reason": None,
