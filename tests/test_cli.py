@@ -172,7 +172,7 @@ def db(tmp_path: Path) -> str:
         def flaky(ctx: cloaca.Context) -> cloaca.Context:
             raise RuntimeError("disk [full]")
 
-        @cloaca.task(id="after", dependencies=["flaky"])
+        @cloaca.task(id="after", dependencies=["flaky"], trigger_rules=cloaca.task_success("flaky"))
         def after(ctx: cloaca.Context) -> cloaca.Context:
             return ctx
 

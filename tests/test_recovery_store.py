@@ -13,6 +13,7 @@ from datetime import timedelta
 import pytest
 
 import cloacina as cloaca
+from cloacina.definitions import registry
 from cloacina.definitions.workflow import Workflow
 from cloacina.engine.states import RunStatus, TaskStatus
 from cloacina.store.database import Database
@@ -39,7 +40,7 @@ def _workflow() -> Workflow:
         def only(ctx: cloaca.Context) -> cloaca.Context:
             return ctx
 
-    return builder.build()
+    return registry.get_workflow(builder.name)
 
 
 def _new_run(runs: RunStore, workflow: Workflow, deadline_s: float | None = None) -> str:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 import cloacina as cloaca
+from cloacina.definitions import registry
 from cloacina.definitions.workflow import Workflow
 from cloacina.engine.states import RunStatus, TaskStatus
 from cloacina.store.database import Database
@@ -41,7 +42,7 @@ def _workflow(name: str, *, gate_rule: bool = False) -> Workflow:
         def c(ctx):
             return ctx
 
-    return builder.build()
+    return registry.get_workflow(builder.name)
 
 
 def test_open_run_writes_the_roots_ready_with_their_input(store: RunStore) -> None:

@@ -15,6 +15,7 @@ from conftest import PG_URL
 from sqlalchemy import event
 
 import cloacina as cloaca
+from cloacina.definitions import registry
 from cloacina.definitions.workflow import Workflow
 from cloacina.engine.states import RunStatus, TaskStatus
 from cloacina.store.database import Database
@@ -37,14 +38,14 @@ def _chain() -> Workflow:
     with cloaca.WorkflowBuilder("fast_chain") as builder:
         for name, deps in (("a", []), ("b", ["a"]), ("c", ["b"])):
             cloaca.task(id=name, dependencies=deps)(lambda ctx: ctx)
-    return builder.build()
+    return registry.get_workflow(builder.name)
 
 
 def _diamond() -> Workflow:
     with cloaca.WorkflowBuilder("fast_diamond") as builder:
         for name, deps in (("a", []), ("b", ["a"]), ("c", ["a"]), ("d", ["b", "c"])):
             cloaca.task(id=name, dependencies=deps)(lambda ctx: ctx)
-    return builder.build()
+    return registry.get_workflow(builder.name)
 
 
 class Statements:
@@ -168,8 +169,26 @@ def test_a_lost_attempt_given_back_meanwhile_is_not_recorded(store: RunStore) ->
     assert done.applied and done.ready == ("b",)
 
 
-def test_a_final_failure_skips_downstream_and_ends_the_run_in_one_statement(store: RunStore) -> None:
+def _guarded_chain() -> Workflow:
+    """``a -> b -> c`` where each runs only if its predecessor succeeded (the default rule would run them)."""
+    with cloaca.WorkflowBuilder("fast_guarded") as builder:
+        cloaca.task(id="a")(lambda ctx: ctx)
+        cloaca.task(id="b", dependencies=["a"], trigger_rules=cloaca.task_success("a"))(lambda ctx: ctx)
+        cloaca.task(id="c", dependencies=["b"], trigger_rules=cloaca.task_success("b"))(lambda ctx: ctx)
+    return registry.get_workflow(builder.name)
+
+
+def test_a_final_failure_readies_downstream_by_default(store: RunStore) -> None:
     wf = _chain()
+    opened = store.open_run(wf, {})
+    assert opened is not None
+    started = _start(store, opened.run_id, "a")
+    step = store.fail_attempt(opened.run_id, "a", 1, "ValueError: boom", "error", None, wf, started.basis)
+    assert step.ended is None and step.ready == ("b",)
+
+
+def test_a_final_failure_skips_guarded_downstream_and_ends_the_run_in_one_statement(store: RunStore) -> None:
+    wf = _guarded_chain()
     opened = store.open_run(wf, {})
     assert opened is not None
     started = _start(store, opened.run_id, "a")

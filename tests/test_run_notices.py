@@ -15,6 +15,7 @@ import redis
 from sqlalchemy import event
 
 import cloacina as cloaca
+from cloacina.definitions import registry
 from cloacina.dispatch.run_notices import RunEndNotices
 from cloacina.engine.states import RunStatus
 from tests.support import wait_until
@@ -57,7 +58,7 @@ def test_a_client_runner_wakes_on_the_notice_not_by_polling(tmp_path: Path, redi
         def only(ctx: cloaca.Context) -> cloaca.Context:
             return ctx
 
-    workflow = builder.build()
+    workflow = registry.get_workflow(builder.name)
     config = cloaca.DefaultRunnerConfig(broker_url=redis_url)
     with cloaca.DefaultRunner(f"sqlite:///{tmp_path}/client.db", config) as runner:
         wait_until(lambda: runner._notices is not None and runner._notices.listening, 10, message="subscription")

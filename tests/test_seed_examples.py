@@ -311,7 +311,9 @@ def test_seed003_callback_samples(capsys, caplog, monkeypatch, tmp_path: Path) -
         f"Cleaned up temp directory: {tmp_path / 'scratch'}",
     ]
     # "The task will complete successfully, and the callback error will be logged."
-    workflow = cloaca.WorkflowBuilder("resilient").add_task("resilient_task").build()
+    builder = cloaca.WorkflowBuilder("resilient")
+    builder.add_task("resilient_task")
+    workflow = builder.build()
     with caplog.at_level(logging.WARNING, logger="cloacina"), cloaca.DefaultRunner(":memory:", NO_SCHEDULERS) as r:
         result = r.execute(workflow)
     assert result.status == "Completed" and result.final_context.get("result") == "success"

@@ -19,6 +19,7 @@ from sqlalchemy import create_engine, func, select, text, update
 from sqlalchemy.exc import StatementError
 
 import cloacina as cloaca
+from cloacina.definitions import registry
 from cloacina.definitions.workflow import Workflow
 from cloacina.engine.planner import Decision
 from cloacina.engine.states import RunStatus, TaskStatus
@@ -49,7 +50,7 @@ def _workflow(name: str = "store_wf") -> Workflow:
         def load(ctx):
             return ctx
 
-    return builder.build()
+    return registry.get_workflow(builder.name)
 
 
 def _count(store: RunStore, model: type) -> int:
@@ -238,12 +239,14 @@ def test_final_failure_ends_the_run_naming_the_task(store: RunStore) -> None:
     assert (retrying.applied, retrying.ready, retrying.ended) == (True, (), None)  # a retry plans nothing
     store.start_attempt(run_id, "extract")
     step = store.fail_attempt(run_id, "extract", 2, "ValueError: bad row", "error", None, wf)
-    assert _end_of(store, run_id, wf, step).status == RunStatus.FAILED
+    assert step.ended is None and step.ready == ("load",)  # the default rule (Always) runs load all the same
+    store.start_attempt(run_id, "load")
+    last = store.complete_attempt(run_id, "load", 1, {"loaded": True}, wf)
+    assert _end_of(store, run_id, wf, last).status == RunStatus.FAILED  # a failed task fails the run
     run = store.get_run(run_id)
     assert run is not None and run.status == RunStatus.FAILED
     assert run.error_message is not None and "extract: ValueError: bad row" in run.error_message
-    load = store.get_tasks(run_id)["load"]
-    assert (load.status, load.skip_reason) == (TaskStatus.SKIPPED, "upstream_failed")
+    assert store.get_tasks(run_id)["load"].status == TaskStatus.COMPLETED
 
 
 def test_finish_run_only_once_and_settles_every_task(store: RunStore) -> None:

@@ -16,6 +16,7 @@ from conftest import PG_URL, require_postgres
 from sqlalchemy import inspect
 
 import cloacina as cloaca
+from cloacina.definitions import registry
 from cloacina.errors import SchemaNotMigratedError, StoreError
 from cloacina.store.database import Database
 from cloacina.store.models import Base
@@ -183,7 +184,7 @@ def test_upgrade_is_idempotent_and_keeps_data(fresh_db: Database) -> None:
             return ctx
 
     store = RunStore(fresh_db)
-    run_id = store.create_run(builder.build(), {"kept": True})
+    run_id = store.create_run(registry.get_workflow(builder.name), {"kept": True})
     tables = fresh_db.table_names()
     fresh_db.upgrade()
     fresh_db.upgrade("head")

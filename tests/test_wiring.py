@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import cloacina as cloaca
+from cloacina.definitions import registry
 from cloacina.deployment.settings import CloacinaSettings
 from cloacina.deployment.wiring import DEFAULT_POOL_SIZE, Deployment, celery_options
 from cloacina.dispatch.celery_app import NodeTask, publisher_app
@@ -161,7 +162,7 @@ def test_an_embedded_deployment_runs_a_workflow_through_the_seam(tmp_path: Path,
             ctx.set("n", ctx.get("n") * 10)
             return ctx
 
-    workflow = builder.build()
+    workflow = registry.get_workflow(builder.name)
     deployment = Deployment(CloacinaSettings(database_url=f"sqlite:///{tmp_path}/run.db"), role="runner")
     ended: list[str] = []
     try:
