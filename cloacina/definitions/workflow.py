@@ -5,11 +5,12 @@ Inside, task ids are plain (``"load"``): the engine and the store use them. The 
 (``topological_sort``, ``get_execution_levels``, ``get_roots``, ``get_leaves``) return qualified ids
 ``"tenant::package::workflow::task"``, as cloaca does.
 
-Validation rejects, with a ``ValueError`` naming the culprit: an empty workflow, a duplicate task id, a
-dependency on an unknown task, a cycle (the message shows it), and a trigger rule that reads a task which is
-not upstream of the rule's task (its status could not be known when the rule is evaluated).
+Validation rejects, with a ``ValueError`` naming the culprit: an empty workflow, a dependency on an unknown
+task, a cycle (the message shows it), and a trigger rule that reads a task which is not upstream of the rule's
+task (its status could not be known when the rule is evaluated).
 
 >>> from cloacina import WorkflowBuilder, task
+>>> from cloacina.definitions.registry import get_workflow
 >>> with WorkflowBuilder("doc_diamond") as b:
 ...     @task(id="a")
 ...     def a(ctx): return ctx
@@ -19,7 +20,7 @@ not upstream of the rule's task (its status could not be known when the rule is 
 ...     def c(ctx): return ctx
 ...     @task(id="d", dependencies=["b", "c"])
 ...     def d(ctx): return ctx
->>> wf = b.build()
+>>> wf = get_workflow("doc_diamond")  # registered when the block closed
 >>> wf.topological_order, wf.roots, wf.leaves
 (('a', 'b', 'c', 'd'), ('a',), ('d',))
 >>> wf.get_execution_levels()[1]

@@ -20,6 +20,7 @@ callbacks behave exactly as embedded, and a node delivered twice, or for tasks a
 >>> with WorkflowBuilder("doc_canvas") as b:
 ...     for name, deps in (("a", []), ("b", ["a"]), ("c", ["a"]), ("d", ["b", "c"]), ("e", ["d"])):
 ...         _ = task(id=name, dependencies=deps)(lambda ctx: ctx)
+...         b.add_task(name)
 >>> stretches(b.build())
 [['a'], ['b'], ['c'], ['d', 'e']]
 >>> canvas_levels(b.build())
