@@ -24,7 +24,7 @@ from cloacina.definitions.authoring import (
     workflow_params,
     workflow_secrets,
 )
-from cloacina.definitions.declare import WorkflowBuilder, task, trigger
+from cloacina.definitions.declare import TaskDecorator, TriggerDecorator, WorkflowBuilder, task, trigger
 from cloacina.definitions.duration import parse_duration_ms
 from cloacina.definitions.namespace import TaskNamespace, WorkflowContext
 from cloacina.definitions.registry import register_workflow_constructor
@@ -73,6 +73,7 @@ __all__ = [
     "WorkflowBuilder",
     "Workflow",
     "task",
+    "TaskDecorator",
     "register_workflow_constructor",
     "RetryPolicy",
     "RetryPolicyBuilder",
@@ -80,6 +81,7 @@ __all__ = [
     "RetryCondition",
     "TaskHandle",
     "trigger",
+    "TriggerDecorator",
     "TriggerResult",
     "parse_duration_ms",
     # Package authoring, runtime variables and namespaces
