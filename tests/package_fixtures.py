@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -117,3 +118,158 @@ def with_member(data: bytes, name: str, content: bytes | None = b"", kind: bytes
                 info.size = len(body)
             out.addfile(info, io.BytesIO(body) if body is not None else None)
     return buffer.getvalue()
+
+
+# -- cloaca's archive forms ----------------------------------------------------------------------------------
+CLOACA_TOML = """\
+[package]
+name = "{name}"
+version = "{version}"
+interface = "cloacina-workflow-plugin"
+interface_version = 1
+extension = "cloacina"
+
+[metadata]
+language = "python"
+workflow_name = "{workflow}"
+entry_module = "{entry}"
+description = "ETL pipeline for analytics data"
+author = "you@example.com"
+requires_python = ">=3.10"
+"""
+
+#: Today's cloaca: bare module-level decorators; the loader supplies the workflow context.
+CLOACA_TASKS = """\
+import cloaca
+
+from . import helpers
+
+
+@cloaca.task(dependencies=[])
+def extract(context):
+    context.set("raw", helpers.numbers())
+    return context
+
+
+@cloaca.task(dependencies=["extract"])
+def transform(context):
+    context.set("total", sum(context.get("raw")))
+    context.set("module", __name__)
+    return context
+
+
+@cloaca.trigger(on="{workflow}", poll_interval="100ms")
+def new_data():
+    return cloaca.TriggerResult.fire(cloaca.Context({{"source": "trigger"}}))
+"""
+
+
+def cloaca_sources(*, name: str = "data-pipeline", version: str = "1.0.0", workflow: str = "data_pipeline",
+                   tasks: str = CLOACA_TASKS) -> dict[str, str]:  # fmt: skip
+    """A cloaca package directory (``package.toml``, ``workflow/data_pipeline/``) as relative path -> text."""
+    return {
+        "package.toml": CLOACA_TOML.format(name=name, version=version, workflow=workflow, entry="data_pipeline.tasks"),
+        "workflow/data_pipeline/__init__.py": "",
+        "workflow/data_pipeline/helpers.py": "def numbers():\n    return [1, 2, 3]\n",
+        "workflow/data_pipeline/tasks.py": tasks.format(workflow=workflow),
+    }
+
+
+def tar_bytes(members: dict[str, bytes | str | None], compression: str = "bz2",
+              raw: list[tarfile.TarInfo] | None = None) -> bytes:  # fmt: skip
+    """A tar written the way ``tar -cjf`` would (``None`` = a directory), plus ``raw`` headers (links, devices)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=f"w:{compression}") as tar:  # type: ignore[call-overload]
+        for path, body in members.items():
+            info = tarfile.TarInfo(path)
+            if body is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+                continue
+            data = body.encode() if isinstance(body, str) else body
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for info in raw or []:
+            tar.addfile(info)
+    return buffer.getvalue()
+
+
+def cloaca_archive(files: dict[str, str] | None = None, *, top: str = "data-pipeline-1.0.0",
+                   extra: dict[str, bytes | str | None] | None = None, compression: str = "bz2") -> bytes:  # fmt: skip
+    """A ``.cloacina`` file as cloaca packs it: bzip2 tar, everything under ``top/`` (plus ``extra`` members)."""
+    sources = cloaca_sources() if files is None else files
+    members: dict[str, bytes | str | None] = {f"{top}/": None}
+    members.update({f"{top}/{path}": text for path, text in sources.items()})
+    members.update(extra or {})
+    return tar_bytes(members, compression)
+
+
+#: The older documented form: a WorkflowBuilder block; the trigger is bound by manifest.json.
+OLDER_CODE = """\
+import cloaca
+
+with cloaca.WorkflowBuilder("data_pipeline") as builder:
+    builder.description("ETL pipeline, older packaging")
+
+    @cloaca.task(id="extract")
+    def extract(context):
+        context.set("raw", [4, 5, 6])
+        return context
+
+    @cloaca.task(id="load", dependencies=["extract"])
+    def load(context):
+        context.set("total", sum(context.get("raw")))
+        context.set("module", __name__)
+        return context
+
+
+@cloaca.trigger(name="inbox_watcher", poll_interval="5s")
+def inbox_watcher():
+    return cloaca.TriggerResult.fire(cloaca.Context({"source": "older"}))
+"""
+
+
+def older_manifest(**changes: object) -> dict[str, object]:
+    """Cloaca's older ``manifest.json`` (format "2") for :data:`OLDER_CODE`; ``changes`` replace top-level keys."""
+    document: dict[str, object] = {
+        "format_version": "2",
+        "package": {
+            "name": "data-pipeline",
+            "version": "1.0.0",
+            "description": "ETL pipeline for analytics data",
+            "fingerprint": "sha256:placeholder",
+            "targets": ["linux-x86_64", "linux-arm64", "macos-x86_64", "macos-arm64"],
+        },
+        "language": "python",
+        "python": {"requires_python": ">=3.10", "entry_module": "data_pipeline"},
+        "tasks": [
+            {"id": "extract", "function": "data_pipeline:extract", "dependencies": []},
+            {"id": "load", "function": "data_pipeline:load", "dependencies": ["extract"], "retries": 2},
+        ],
+        "triggers": [
+            {
+                "name": "inbox_watcher",
+                "trigger_type": "python",
+                "workflow": "data-pipeline",  # the package's name stands for its only workflow
+                "poll_interval": "100ms",
+                "allow_concurrent": False,
+                "config": {"path": "/data/inbox/"},
+            }
+        ],
+        "created_at": "2026-01-15T10:30:00Z",
+    }
+    document.update(changes)
+    return document
+
+
+def older_archive(manifest: dict[str, object] | None = None, code: str = OLDER_CODE,
+                  extra: dict[str, bytes | str | None] | None = None, compression: str = "bz2") -> bytes:  # fmt: skip
+    """An older-form archive as its docs built it (``cd build && tar -cjf ../x.cloacina .``)."""
+    members: dict[str, bytes | str | None] = {
+        "./": None,
+        "./manifest.json": json.dumps(older_manifest() if manifest is None else manifest, indent=2),
+        "./data_pipeline/": None,
+        "./data_pipeline/__init__.py": code,
+    }
+    members.update(extra or {})
+    return tar_bytes(members, compression)

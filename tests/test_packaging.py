@@ -177,7 +177,10 @@ def test_schema_command_prints_a_json_schema_that_accepts_real_manifests(data_in
     validator.validate(good)
     assert not validator.is_valid({**good, "surprise": 1})
     assert not validator.is_valid({**good, "language": "rust"})
-    assert set(schema["properties"]) == {"format_version", "package", "language", "python", "tasks", "triggers"}
+    assert set(schema["properties"]) == {
+        "format_version", "package", "language", "python", "tasks", "triggers", "origin",
+    }  # fmt: skip
+    assert "origin" not in good  # written only for manifests derived from cloaca archives
 
 
 def _manifest_dict(**overrides: object) -> dict[str, object]:

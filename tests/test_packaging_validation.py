@@ -188,7 +188,7 @@ def test_compressed_size_limit(good: bytes) -> None:
 
 
 def test_not_an_archive() -> None:
-    rejected(b"definitely not gzip", "not_an_archive", "not a gzip-compressed tar archive")
+    rejected(b"definitely not gzip", "not_an_archive", "expected a gzip- or bzip2-compressed tar file")
     rejected(gzip.compress(b"not a tar either" * 100), "not_an_archive", "not a gzip-compressed tar archive")
 
 
@@ -212,7 +212,8 @@ def test_manifest_in_a_subdirectory_does_not_count(good: bytes) -> None:
         (b"\xff\xfe", "not valid JSON"),
         (b'{"a": 1, "a": 2}', "duplicate key"),
         (b'{"x": NaN}', "NaN is not JSON"),
-        (b"[]", "does not match the schema"),
+        (b"[]", "must hold a JSON object"),
+        (b'{"format_version": 1, "language": "rust"}', "does not match the schema"),
     ],
 )
 def test_invalid_manifest_json(good: bytes, raw: bytes, match: str) -> None:

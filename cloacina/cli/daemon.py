@@ -110,7 +110,7 @@ def _engine(db_url: str) -> Iterator[tuple[PackageLoader, TriggerScheduler | Non
     help="Folder of .cloacina archives to deploy (repeatable). Default: ~/.cloacina/packages.",
 )
 @daemon_db_option
-@click.option("--verify-timeout", "verify_timeout_s", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+@click.option("--verify-timeout", "verify_timeout_s", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
               help="Seconds allowed for importing a package in a child process before it is deployed.")  # fmt: skip
 @click.option("--rescan-interval", "rescan_interval_s", type=click.FloatRange(min=0.1), default=30.0,
               show_default=True, help="Full rescan of the folders and the registry at least this often.")  # fmt: skip

@@ -2,7 +2,8 @@
 
 ::
 
-    $ cloacina package build examples/packages/data_ingest -o dist
+    $ cloacina package build examples/packages/data_ingest -o dist   # pyproject.toml [tool.cloaca]: our format
+    $ cloacina package build my-pipeline -o dist                     # package.toml + workflow/: cloaca's format
     $ cloacina package validate dist/data-ingest-1.0.0.cloacina      # exit 0 and a summary, or exit 1 and why
     $ cloacina package inspect dist/data-ingest-1.0.0.cloacina --json
     $ cloacina package schema > manifest.schema.json
@@ -10,6 +11,8 @@
     $ cloacina package deploy dist/data-ingest-1.0.0.cloacina --db postgresql://db/cloacina   # registry only
     $ cloacina package list --json
 
+Every command reads our archives and cloaca's (``package.toml`` with ``workflow/``, or the older root
+``manifest.json``); a cloaca archive is described by the manifest derived from it, our canonical form.
 ``validate`` and ``deploy`` import the package in a separate process (``validate --static`` skips that);
 ``inspect`` never imports it. ``deploy`` copies atomically into a watched folder (``--to``, default the
 daemon's) or stores the archive in a database's package registry (``--db``), where a running daemon picks it up
@@ -28,14 +31,21 @@ from cloacina.cli.common import cli_errors, console, emit_json, fmt_bool, fmt_ti
 from cloacina.cli.daemon import daemon_db_option, default_database_url, default_watch_dir, prepare_sqlite_dir
 from cloacina.packaging.archive import PackageError, ValidatedArchive, read_archive, write_atomically
 from cloacina.packaging.builder import build_package
+from cloacina.packaging.cloaca_build import build_cloaca, is_cloaca_source
+from cloacina.packaging.discover import IMPORT_TIMEOUT_S
 from cloacina.packaging.manifest import Manifest, manifest_json_schema
 from cloacina.packaging.verify import verify_archive
 
+_FORMATS = {
+    "cloacina": "cloacina (manifest.json)",
+    "cloaca": "cloaca (package.toml)",
+    "cloaca-manifest": "cloaca, older form (manifest.json)",
+}
 _TIMEOUT = click.option(
     "--timeout",
     "timeout_s",
     type=click.FloatRange(min=0.1),
-    default=30.0,
+    default=IMPORT_TIMEOUT_S,
     show_default=True,
     help="Seconds allowed for importing the package in a child process.",
 )
@@ -47,12 +57,19 @@ def _fail(exc: PackageError) -> click.ClickException:
 
 def _summary(manifest: Manifest) -> str:
     p = manifest.package
-    workflows = ", ".join(manifest.workflow_names) or "none"
-    triggers = ", ".join(f"{t.name} -> {t.workflow}" for t in manifest.triggers) or "none"
+    origin = manifest.origin
+    if origin is not None and not manifest.tasks:  # statically read: the code has not been imported
+        workflows = f"{origin.workflow_name} (tasks are declared in code)"
+    else:
+        workflows = f"{', '.join(manifest.workflow_names) or 'none'} ({len(manifest.tasks)} tasks)"
+    triggers = ", ".join(
+        f"{t.name} -> {t.workflow}{f' (cron {t.cron})' if t.cron else ''}" for t in manifest.triggers
+    ) or ("declared in code" if origin is not None and origin.format == "cloaca" and not manifest.tasks else "none")
     return (
         f"{p.name} {p.version}  fingerprint {p.fingerprint}\n"
+        f"  format: {_FORMATS[manifest.source_format]}\n"
         f"  entry module: {manifest.python.entry_module}\n"
-        f"  workflows: {workflows} ({len(manifest.tasks)} tasks)\n"
+        f"  workflows: {workflows}\n"
         f"  triggers: {triggers}"
     )
 
@@ -75,14 +92,24 @@ def package() -> None:
 )
 @_TIMEOUT
 def build_command(src_dir: Path, out_dir: Path, timeout_s: float) -> None:
-    """Build SRC_DIR (with a pyproject.toml naming [tool.cloaca] entry_module) into a .cloacina archive."""
+    """Build SRC_DIR into a .cloacina archive.
+
+    A cloaca package directory (package.toml, modules under workflow/) becomes a cloaca-format archive (bzip2 tar
+    under NAME-VERSION/), deployable here and on cloaca; a directory with a pyproject.toml naming
+    [tool.cloaca] entry_module becomes one of ours (gzip tar with our manifest.json).
+    """
     try:
-        path = build_package(src_dir, out_dir, timeout_s=timeout_s)
-        validated = read_archive(path)
+        if is_cloaca_source(src_dir):
+            path, manifest = build_cloaca(src_dir, out_dir, timeout_s=timeout_s)
+            validated = read_archive(path, runtime_checks=False)
+        else:
+            path = build_package(src_dir, out_dir, timeout_s=timeout_s)
+            validated = read_archive(path, runtime_checks=False)
+            manifest = validated.manifest
     except PackageError as exc:
         raise click.ClickException(f"cannot build package ({exc.reason}): {exc}") from exc
     click.echo(f"built {path} ({validated.size_bytes} bytes)")
-    click.echo(_summary(validated.manifest))
+    click.echo(_summary(manifest))
 
 
 @package.command("validate")
@@ -113,7 +140,7 @@ def _inspect_document(validated: ValidatedArchive) -> dict[str, object]:
 def inspect_command(file: Path, as_json: bool) -> None:
     """Show FILE's manifest and contents (static checks only; the code is not imported)."""
     try:
-        validated = read_archive(file)
+        validated = read_archive(file, runtime_checks=False)
     except PackageError as exc:
         raise _fail(exc) from exc
     if as_json:
@@ -125,6 +152,11 @@ def inspect_command(file: Path, as_json: bool) -> None:
         click.echo(f"  description: {manifest.package.description}")
     if manifest.python.requires_python:
         click.echo(f"  requires-python: {manifest.python.requires_python}")
+    if manifest.origin is not None:
+        click.echo(f"  workflow context: {manifest.origin.workflow_name}")
+        click.echo(f"  import paths: {', '.join(manifest.origin.import_paths)}")
+        if manifest.origin.author:
+            click.echo(f"  author: {manifest.origin.author}")
     click.echo("tasks:")
     for task in manifest.tasks:
         deps = f" <- {', '.join(task.dependencies)}" if task.dependencies else ""
@@ -163,7 +195,7 @@ def deploy_command(file: Path, to_dir: Path | None, db_url: str | None, timeout_
         raise click.UsageError("--to and --db exclude each other: deploy into a folder or into a registry")
     try:
         validated = read_archive(file)
-        verify_archive(validated, timeout_s=timeout_s)
+        validated = validated.with_manifest(verify_archive(validated, timeout_s=timeout_s))
     except PackageError as exc:
         raise _fail(exc) from exc
     p = validated.manifest.package

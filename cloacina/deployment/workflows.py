@@ -4,7 +4,8 @@
    process's package loader (fetched from the registry table on first use), else from any other loader of the
    process.
 2. Otherwise: a ``Workflow`` object handed to this runner directly, else the process-wide registry (workflows
-   declared with ``WorkflowBuilder`` by imported code).
+   declared with ``WorkflowBuilder`` by imported code), else the active package of the registry that declares
+   it (the runs of a package's ``@trigger(cron=...)`` schedule name its workflow only).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import threading
 from cloacina.definitions import registry
 from cloacina.definitions.packages import package_workflow
 from cloacina.definitions.workflow import Workflow
+from cloacina.errors import WorkflowNotFoundError
 from cloacina.packaging.loader import PackageLoader, PackageNotFoundError
 
 log = logging.getLogger("cloacina.workflows")
@@ -38,7 +40,15 @@ class WorkflowCatalog:
             raise TypeError(f"workflow must be a name or a Workflow, got {type(workflow).__name__}")
         with self._lock:
             found = self._local.get(workflow)
-        return found if found is not None else registry.get_workflow(workflow)
+        if found is not None:
+            return found
+        try:
+            return registry.get_workflow(workflow)
+        except WorkflowNotFoundError:  # a deployed package's workflow (a package cron trigger's runs name it)
+            packaged = self.packages.active_workflow(workflow) if self.packages is not None else None
+            if packaged is None:
+                raise
+            return packaged
 
     def resolve(self, name: str, version: str, package_fingerprint: str | None = None) -> Workflow:
         """The workflow a stored run names (``RunCoordinator``'s resolver)."""

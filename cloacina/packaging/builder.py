@@ -43,7 +43,7 @@ from cloacina.packaging.archive import (
     normalize_member_name,
     write_archive,
 )
-from cloacina.packaging.discover import discover_package
+from cloacina.packaging.discover import IMPORT_TIMEOUT_S, discover_package
 from cloacina.packaging.manifest import MANIFEST_NAME, Manifest, PackageInfo, PythonInfo, TaskEntry, TriggerEntry
 
 _TRIGGER_KEYS = {"workflow", "config"}
@@ -259,7 +259,7 @@ def stage_files(files: dict[str, bytes], dest: Path) -> None:
 
 
 def build_package(
-    src_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] = ".", timeout_s: float = 30
+    src_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] = ".", timeout_s: float = IMPORT_TIMEOUT_S
 ) -> Path:
     """Build ``OUT_DIR/NAME-VERSION.cloacina`` from ``src_dir``; ``PackageError`` says what is wrong."""
     project = read_pyproject(src_dir)

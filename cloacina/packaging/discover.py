@@ -31,10 +31,19 @@ import subprocess
 import sys
 import threading
 import traceback
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from types import ModuleType
+from typing import IO, TYPE_CHECKING, Any
 
-from cloacina.packaging.archive import PackageError
+from cloacina.packaging.members import PackageError
+
+if TYPE_CHECKING:
+    from cloacina.definitions.trigger import TriggerDefinition
+    from cloacina.definitions.workflow import Workflow
+    from cloacina.packaging.archive import ValidatedArchive
+
+IMPORT_TIMEOUT_S = 60.0  #: cloaca's limit on importing a package's entry module
 
 _KEPT_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TEMP", "TMP", "SYSTEMROOT", "TZ")
 _MAX_STDOUT_BYTES = 16 * 1024 * 1024
@@ -58,56 +67,139 @@ def _function_name(fn: Any) -> str:
     return f"{module}:{qualname}"
 
 
-def describe_registry() -> dict[str, Any]:
-    """The workflows and triggers registered in this process, as the JSON-able discovery document."""
-    from cloacina.definitions import registry
+def _retries(policy: object) -> int:
+    """Retries after the first attempt (the manifest's ``retries``), from a policy counting total attempts."""
+    attempts = getattr(policy, "max_attempts", None)
+    if isinstance(attempts, int):
+        return max(attempts - 1, 0)
+    return int(getattr(policy, "max_retries", 0))
 
-    workflows = []
-    for name in registry.workflow_names():
-        workflow = registry.get_workflow(name)
+
+def describe_workflows(workflows: Mapping[str, Workflow]) -> list[dict[str, Any]]:
+    """Workflows as the discovery document lists them (name, description, tasks in topological order)."""
+    described = []
+    for name in sorted(workflows):
+        workflow = workflows[name]
         tasks = [
             {
                 "id": task_id,
                 "function": _function_name(t.function),
                 "dependencies": list(t.dependencies),
                 "description": t.description,
-                "retries": t.retry.attempt_limit - 1,
+                "retries": _retries(t.retry),
                 "timeout_seconds": t.timeout_s,
             }
             for task_id in workflow.topological_order
             for t in (workflow.tasks[task_id],)
         ]
-        workflows.append({"name": name, "description": workflow.description, "tasks": tasks})
-    triggers = [
+        described.append({"name": name, "description": workflow.description, "tasks": tasks})
+    return described
+
+
+def describe_triggers(triggers: Iterable[TriggerDefinition]) -> list[dict[str, Any]]:
+    """Triggers as the discovery document lists them (``cron`` set for ``@trigger(cron=...)``)."""
+    return [
         {
             "name": t.name,
             "workflow": t.workflow,
             "poll_interval": t.poll_interval,
             "poll_interval_ms": t.poll_interval_ms,
             "allow_concurrent": t.allow_concurrent,
+            "cron": t.cron,
+            "timezone": t.timezone,
             "function": _function_name(t.function),
         }
-        for t in sorted(registry.triggers(), key=lambda t: t.name)
+        for t in sorted(triggers, key=lambda t: t.name)
     ]
-    return {"workflows": workflows, "triggers": triggers}
+
+
+def describe_registry() -> dict[str, Any]:
+    """The workflows and triggers registered in this process, as the JSON-able discovery document."""
+    from cloacina.definitions import registry
+
+    workflows = {name: registry.get_workflow(name) for name in registry.workflow_names()}
+    return {"workflows": describe_workflows(workflows), "triggers": describe_triggers(registry.triggers())}
+
+
+def import_in_context(
+    import_entry: Callable[[], ModuleType], context: tuple[str, str] | None
+) -> tuple[ModuleType, Workflow | None]:
+    """Import (``import_entry()``), inside the workflow context ``(workflow, package)`` if one is given.
+
+    Returns the module and the workflow the bare ``@task`` decorators formed in that context (``None`` if none
+    registered there). This is how a cloaca package is imported, here and in the loader.
+    """
+    from cloacina.definitions import registry
+
+    if context is None:
+        return import_entry(), None
+    workflow, package = context
+    before = registry.namespace_tasks(workflow, package=package)
+    with registry.workflow_context(workflow, package=package):
+        module = import_entry()
+    added = {k: t for k, t in registry.namespace_tasks(workflow, package=package).items() if before.get(k) is not t}
+    if not added:
+        return module, None
+    return module, registry.collect_workflow(workflow, package=package)
+
+
+def merge_context_workflow(workflows: dict[str, Workflow], context_workflow: Workflow | None) -> dict[str, Workflow]:
+    """``workflows`` (registered by ``WorkflowBuilder`` blocks) plus the context's workflow; a name clash fails."""
+    if context_workflow is None:
+        return workflows
+    if context_workflow.name in workflows:
+        raise PackageError(
+            f"workflow {context_workflow.name!r} is declared twice: by module-level @cloaca.task decorators "
+            "(the package's workflow context) and by a WorkflowBuilder block of the same name",
+            reason="duplicate_workflow",
+            member=context_workflow.name,
+        )
+    return {**workflows, context_workflow.name: context_workflow}
+
+
+def _parse_options(raw: str | None) -> tuple[list[str], tuple[str, str] | None]:
+    if raw is None:
+        return [""], None
+    options = json.loads(raw)
+    context = options.get("context")
+    return list(options.get("paths") or [""]), (context[0], context[1]) if context else None
+
+
+def discovery_options(validated: ValidatedArchive) -> str | None:
+    """The child's third argument for a cloaca package (import paths and workflow context), ``None`` for ours."""
+    origin = validated.manifest.origin
+    if origin is None:
+        return None
+    return json.dumps({"paths": validated.import_paths, "context": [origin.workflow_name, validated.name]})
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Child entry point: import ``ENTRY_MODULE`` from ``SRC_DIR`` and print the discovery JSON on stdout."""
+    """Child entry point: import ``ENTRY_MODULE`` from ``SRC_DIR`` and print the discovery JSON on stdout.
+
+    An optional third argument (JSON, :func:`discovery_options`) gives a cloaca package's import paths (relative
+    to ``SRC_DIR``) and the workflow context to import it in.
+    """
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        print("usage: python -m cloacina.packaging.discover SRC_DIR ENTRY_MODULE", file=sys.stderr)
+    if len(args) not in (2, 3):
+        print("usage: python -m cloacina.packaging.discover SRC_DIR ENTRY_MODULE [OPTIONS_JSON]", file=sys.stderr)
         return 2
     src_dir, entry_module = os.path.abspath(args[0]), args[1]
+    paths, context = _parse_options(args[2] if len(args) == 3 else None)
     import cloacina
+    from cloacina.definitions import registry
 
     sys.modules["cloaca"] = cloacina  # package code written for cloaca says `import cloaca`
-    sys.path.insert(0, src_dir)
+    sys.path[:0] = [os.path.join(src_dir, p) if p else src_dir for p in paths]
     sys.stdout.flush()
     result_fd = os.dup(1)
     os.dup2(2, 1)  # whatever the package prints (even from C) lands on stderr, not in our JSON
     sys.stdout = sys.stderr
-    importlib.import_module(entry_module)
+    before = set(registry.workflow_names())
+    _, context_workflow = import_in_context(lambda: importlib.import_module(entry_module), context)
+    if context is not None:  # a cloaca package: what its import declared, the context's workflow included
+        declared = {n: registry.get_workflow(n) for n in registry.workflow_names() if n not in before}
+        for name, workflow in merge_context_workflow(declared, context_workflow).items():
+            registry.register_workflow(workflow, name)
     document = {"entry_module": entry_module, **describe_registry()}
     with os.fdopen(result_fd, "w", encoding="utf-8") as out:
         json.dump(document, out)
@@ -162,13 +254,20 @@ def _tail(data: bytes | bytearray) -> str:
     return text[-_STDERR_TAIL_BYTES:] if text else "(no output on stderr)"
 
 
-def discover_package(src_dir: str | os.PathLike[str], entry_module: str, timeout_s: float = 30) -> dict[str, Any]:
-    """Import ``entry_module`` from ``src_dir`` in a child process; ``PackageError`` on failure or timeout."""
+def discover_package(
+    src_dir: str | os.PathLike[str], entry_module: str, timeout_s: float = IMPORT_TIMEOUT_S, options: str | None = None
+) -> dict[str, Any]:
+    """Import ``entry_module`` from ``src_dir`` in a child process; ``PackageError`` on failure or timeout.
+
+    ``options``: :func:`discovery_options` of a cloaca package.
+    """
     import cloacina
 
     src = Path(src_dir).resolve()
     root = str(Path(cloacina.__file__).resolve().parent.parent)
     cmd = [sys.executable, "-I", "-B", "-c", _BOOTSTRAP, root, str(src), entry_module]
+    if options is not None:
+        cmd.append(options)
     proc = subprocess.Popen(
         cmd,
         stdin=subprocess.DEVNULL,

@@ -12,6 +12,12 @@ import declared. While it runs, one import at a time per process:
 - the global registry is held and captured: what the import registers is returned, the registry is put back as
   it was, and registry listeners (a running scheduler) hear nothing.
 
+A cloaca package (:mod:`~cloacina.packaging.cloaca_format`) is laid out differently: its ``workflow/`` and
+``vendor/`` directories are the search locations of its private package (so both are on its import path, and
+its absolute imports of vendored libraries are served like self-imports), and its entry module is imported
+inside the workflow context ``workflow_name`` of package ``name``, so bare module-level ``@task`` decorators
+form that workflow.
+
 Used by :class:`cloacina.packaging.loader.PackageLoader`; call it only for archives that passed
 :func:`~cloacina.packaging.verify.verify_archive` (or, in workers, static validation of registry bytes).
 
@@ -38,7 +44,8 @@ from typing import Any
 from cloacina.definitions import registry
 from cloacina.definitions.trigger import TriggerDefinition
 from cloacina.definitions.workflow import Workflow
-from cloacina.packaging.archive import PackageError, ValidatedArchive, top_level_modules
+from cloacina.packaging.archive import PackageError, ValidatedArchive
+from cloacina.packaging.discover import import_in_context, merge_context_workflow
 
 MODULE_PREFIX = "_cloacina_pkg_"
 # One package import at a time per process: the registry capture and the sys.modules edits are process-wide.
@@ -137,20 +144,29 @@ def _package_import_scope(prefix: str, names: set[str]) -> Iterator[None]:
 
 
 def import_isolated(root: Path, validated: ValidatedArchive) -> ImportedCode:
-    """Import the entry module of ``validated`` (extracted at ``root``) in isolation; see the module docstring."""
+    """Import the entry module of ``validated`` (extracted at ``root``) in isolation; see the module docstring.
+
+    A cloaca package's import paths (``workflow/``, ``vendor/``) are its private package's search locations, and
+    its entry module is imported inside the workflow context its manifest names.
+    """
     manifest = validated.manifest
     fingerprint = manifest.package.fingerprint
     entry = manifest.python.entry_module
+    origin = manifest.origin
+    context = (origin.workflow_name, manifest.package.name) if origin is not None else None
+    locations = [str(root / p) if p else str(root) for p in validated.import_paths if (root / p).is_dir()]
     with _IMPORT_LOCK:
         prefix = f"{MODULE_PREFIX}{fingerprint[:16]}"
         if prefix in sys.modules:  # this fingerprint was loaded before (another loader): a fresh module tree
             prefix = f"{prefix}_{next(_suffixes)}"
         spec = importlib.machinery.ModuleSpec(prefix, None, is_package=True)
-        spec.submodule_search_locations = [str(root)]
+        spec.submodule_search_locations = locations
         sys.modules[prefix] = importlib.util.module_from_spec(spec)
         try:
-            with registry.capture() as before, _package_import_scope(prefix, top_level_modules(validated.files)):
-                module = importlib.import_module(f"{prefix}.{entry}")
+            with registry.capture() as before, _package_import_scope(prefix, validated.importable_modules()):
+                module, context_workflow = import_in_context(
+                    lambda: importlib.import_module(f"{prefix}.{entry}"), context
+                )
                 after = registry.snapshot()
                 workflows = {n: w for n, w in after["workflows"].items() if before["workflows"].get(n) is not w}
                 for name, constructor in after["constructors"].items():
@@ -159,10 +175,13 @@ def import_isolated(root: Path, validated: ValidatedArchive) -> ImportedCode:
                         if not isinstance(built, Workflow):
                             raise TypeError(f"constructor of workflow {name!r} returned {type(built).__name__}")
                         workflows[name] = built
+                workflows = merge_context_workflow(workflows, context_workflow)
                 triggers = [t for n, t in after["triggers"].items() if before["triggers"].get(n) is not t]
         except (Exception, SystemExit) as exc:
             for key in [k for k in sys.modules if k == prefix or k.startswith(prefix + ".")]:
                 del sys.modules[key]
+            if isinstance(exc, PackageError):
+                raise
             raise PackageError(
                 f"importing {entry!r} of package {manifest.package.name} {manifest.package.version} failed: "
                 f"{type(exc).__name__}: {exc}",

@@ -50,8 +50,10 @@ from cloacina.packaging.archive import (
     extract_archive,
     read_archive,
 )
+from cloacina.packaging.cloaca_binding import finish_manifest
+from cloacina.packaging.discover import describe_triggers, describe_workflows
 from cloacina.packaging.isolation import import_isolated
-from cloacina.packaging.manifest import MANIFEST_NAME, Manifest
+from cloacina.packaging.manifest import Manifest
 
 if TYPE_CHECKING:
     from cloacina.store.packages import PackageStore
@@ -70,7 +72,10 @@ class PackageNotFoundError(PackageError):
 
 @dataclass(frozen=True)
 class LoadedPackage:
-    """A package imported in isolation: its manifest, where it lives, its workflows and its bound triggers."""
+    """A package imported in isolation: its manifest, where it lives, its workflows and its bound triggers.
+
+    ``manifest`` is complete for a cloaca package too: its tasks and triggers as its import declared them.
+    """
 
     manifest: Manifest
     path: Path
@@ -158,6 +163,27 @@ class PackageLoader:
         """Workflow ``name`` of package ``fingerprint``, loading the package first if needed."""
         return self.load(fingerprint).workflow(name)
 
+    def active_workflow(self, name: str) -> Workflow | None:
+        """Workflow ``name`` of the active registry package that declares it (newest first), or ``None``.
+
+        For runs that name a package workflow without its fingerprint: those of a cron schedule a package's
+        ``@trigger(cron=...)`` created, or an ``execute("name")`` in a process that deploys packages.
+        """
+        if self.store is None:
+            return None
+        try:
+            rows = self.store.list(active_only=True)
+        except Exception as exc:  # the registry is unreachable: the name stays unknown
+            log.warning("cannot read the package registry to find workflow %r: %s", name, exc)
+            return None
+        for row in rows:
+            if any(task.get("workflow") == name for task in row["manifest"].get("tasks", [])):
+                try:
+                    return self.load(row["fingerprint"]).workflow(name)
+                except (PackageError, WorkflowNotFoundError) as exc:
+                    log.warning("active package %s cannot provide workflow %r: %s", row["name"], name, exc)
+        return None
+
     # -- fetching and extracting ------------------------------------------------------------------------
     def _fetch(self, fingerprint: str) -> ValidatedArchive:
         if self.store is None:
@@ -203,7 +229,7 @@ def _holds_exactly(root: Path, validated: ValidatedArchive) -> bool:
     """Whether ``root`` contains the archive's files and nothing else (``__pycache__`` aside), byte for byte."""
     if not root.is_dir() or root.is_symlink():
         return False
-    expected = {**validated.files, MANIFEST_NAME: validated.manifest_bytes}
+    expected = validated.members()
     seen = 0
     for current, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if d != "__pycache__"]
@@ -218,8 +244,25 @@ def _holds_exactly(root: Path, validated: ValidatedArchive) -> bool:
 
 def _import_isolated(root: Path, validated: ValidatedArchive) -> LoadedPackage:
     code = import_isolated(root, validated)
-    bound = _bind_triggers(validated.manifest, code.workflows, code.triggers)
-    return LoadedPackage(validated.manifest, root, code.module, MappingProxyType(code.workflows), bound)
+    if validated.manifest.origin is None:
+        bound = _bind_triggers(validated.manifest, code.workflows, code.triggers)
+        return LoadedPackage(validated.manifest, root, code.module, MappingProxyType(code.workflows), bound)
+    discovered = {"workflows": describe_workflows(code.workflows), "triggers": describe_triggers(code.triggers)}
+    manifest = finish_manifest(validated.manifest, discovered)  # a cloaca package: its code says what it holds
+    entries = {entry.name: entry for entry in manifest.triggers}
+    fingerprint = manifest.package.fingerprint
+    bound = tuple(
+        replace(
+            definition,
+            workflow=entries[definition.name].workflow,
+            poll_interval=entries[definition.name].poll_interval,
+            poll_interval_ms=entries[definition.name].poll_interval_ms,
+            allow_concurrent=entries[definition.name].allow_concurrent,
+            package_fingerprint=fingerprint,
+        )
+        for definition in sorted(code.triggers, key=lambda t: t.name)
+    )
+    return LoadedPackage(manifest, root, code.module, MappingProxyType(code.workflows), bound)
 
 
 def _bind_triggers(

@@ -25,7 +25,15 @@ import json
 import re
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from cloacina.definitions.duration import parse_duration_ms
 from cloacina.definitions.naming import check_name
@@ -46,6 +54,15 @@ def _name(value: str, what: str) -> str:
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _drop_unset(data: Any, keys: tuple[str, ...]) -> Any:
+    """Serialized model without the optional ``keys`` that are ``None`` (so older manifests keep their bytes)."""
+    if isinstance(data, dict):
+        for key in keys:
+            if data.get(key, 0) is None:
+                del data[key]
+    return data
 
 
 class PackageInfo(_Strict):
@@ -137,6 +154,12 @@ class TriggerEntry(_Strict):
     poll_interval: str = Field(default="5s", description="'100ms', '5s', '1m' or '1h'.")
     allow_concurrent: bool = False
     config: dict[str, Any] = Field(default_factory=dict, description="Free-form JSON for the trigger.")
+    cron: str | None = Field(default=None, description="@trigger(cron=...): a cron schedule, not a poll trigger.")
+    timezone: str | None = Field(default=None, description="IANA zone of cron (default UTC).")
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return _drop_unset(handler(self), ("cron", "timezone"))
 
     @field_validator("name")
     @classmethod
@@ -151,7 +174,7 @@ class TriggerEntry(_Strict):
     @field_validator("poll_interval")
     @classmethod
     def _check_poll_interval(cls, value: str) -> str:
-        parse_duration_ms(value, what="poll_interval")
+        parse_duration_ms(value, what="poll_interval", allow_zero=True)
         return value
 
     @field_validator("config")
@@ -165,11 +188,32 @@ class TriggerEntry(_Strict):
 
     @property
     def poll_interval_ms(self) -> int:
-        return parse_duration_ms(self.poll_interval, what="poll_interval")
+        return parse_duration_ms(self.poll_interval, what="poll_interval", allow_zero=True)
+
+
+class OriginInfo(_Strict):
+    """Set when the manifest was derived from a cloaca archive (:mod:`cloacina.packaging.cloaca_format`)."""
+
+    format: Literal["cloaca", "cloaca-manifest"] = Field(
+        description="'cloaca': package.toml with workflow/ and vendor/; 'cloaca-manifest': the older manifest.json."
+    )
+    workflow_name: str = Field(description="Workflow context the loader activates while importing the entry module.")
+    import_paths: list[str] = Field(description="Directories (relative to the package root) on its import path.")
+    declared_tasks: list[str] = Field(default_factory=list, description="Task ids the older manifest.json lists.")
+    author: str | None = None
+
+    @field_validator("workflow_name")
+    @classmethod
+    def _check_workflow(cls, value: str) -> str:
+        return _name(value, "workflow name")
 
 
 class Manifest(_Strict):
-    """The whole ``manifest.json``: package identity, how to load it, its tasks and its triggers."""
+    """The whole ``manifest.json``: package identity, how to load it, its tasks and its triggers.
+
+    It is the canonical form of every package: a cloaca archive is described by a manifest derived from its
+    ``package.toml`` (or older ``manifest.json``), with ``origin`` saying how to lay out and import it.
+    """
 
     format_version: Literal[1] = FORMAT_VERSION
     package: PackageInfo
@@ -177,6 +221,11 @@ class Manifest(_Strict):
     python: PythonInfo
     tasks: list[TaskEntry] = Field(default_factory=list)
     triggers: list[TriggerEntry] = Field(default_factory=list)
+    origin: OriginInfo | None = None
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return _drop_unset(handler(self), ("origin",))
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Manifest:
@@ -203,6 +252,11 @@ class Manifest(_Strict):
     def workflow_names(self) -> list[str]:
         """Workflows that have tasks in this package, sorted."""
         return sorted({t.workflow for t in self.tasks})
+
+    @property
+    def source_format(self) -> str:
+        """``"cloacina"`` (ours), ``"cloaca"`` (package.toml) or ``"cloaca-manifest"`` (older manifest.json)."""
+        return self.origin.format if self.origin is not None else "cloacina"
 
     def to_json(self) -> str:
         """Deterministic JSON text (field order of the models, 2-space indent, trailing newline)."""

@@ -2,7 +2,11 @@
 
 :func:`verify_package` first runs :func:`~cloacina.packaging.archive.read_archive` (nothing is imported if the
 archive is unsafe), then extracts it to a temporary directory and imports the entry module in a child process
-(:func:`~cloacina.packaging.discover.discover_package`). The code must agree with the manifest:
+(:func:`~cloacina.packaging.discover.discover_package`, 60 s at most by default, cloaca's limit).
+
+A cloaca archive is imported with its own layout and workflow context and checked by
+:func:`~cloacina.packaging.cloaca_binding.finish_manifest` (tasks registered, triggers bound); the result is its
+complete manifest, which is what the registry stores. One of ours must agree with its manifest:
 
 - every manifest task exists in code in the same workflow with the same dependencies, and vice versa;
 - every manifest trigger exists in code with the same name, workflow, poll interval and ``allow_concurrent``,
@@ -14,7 +18,7 @@ trigger or task and both values, e.g. ``trigger 'inbox_watcher': manifest says n
 
 Example (not run here, it spawns a process)::
 
-    manifest = verify_package("data-ingest-1.0.0.cloacina", timeout_s=30)
+    manifest = verify_package("data-ingest-1.0.0.cloacina")
     [t.name for t in manifest.triggers]   # ['inbox_watcher']
 """
 
@@ -33,7 +37,8 @@ from cloacina.packaging.archive import (
     extract_archive,
     read_archive,
 )
-from cloacina.packaging.discover import discover_package
+from cloacina.packaging.cloaca_binding import finish_manifest
+from cloacina.packaging.discover import IMPORT_TIMEOUT_S, discover_package, discovery_options
 from cloacina.packaging.manifest import Manifest, TaskEntry, TriggerEntry
 
 
@@ -80,7 +85,7 @@ def _trigger_problems(manifest_triggers: list[TriggerEntry], code_triggers: list
             problems.append(
                 f"trigger {name!r}: manifest says workflow {entry.workflow!r}, code says {found['workflow']!r}"
             )
-        if parse_duration_ms(found["poll_interval"]) != entry.poll_interval_ms:
+        if parse_duration_ms(found["poll_interval"], allow_zero=True) != entry.poll_interval_ms:
             problems.append(
                 f"trigger {name!r}: manifest says poll_interval {entry.poll_interval!r}, "
                 f"code says {found['poll_interval']!r}"
@@ -104,17 +109,22 @@ def compare_with_code(manifest: Manifest, discovered: dict[str, Any]) -> None:
         )
 
 
-def verify_archive(validated: ValidatedArchive, timeout_s: float = 30) -> Manifest:
-    """Import an already statically validated archive in isolation and compare it with its manifest."""
+def verify_archive(validated: ValidatedArchive, timeout_s: float = IMPORT_TIMEOUT_S) -> Manifest:
+    """Import an already statically validated archive in isolation and check it; returns its complete manifest."""
+    entry = validated.manifest.python.entry_module
     with tempfile.TemporaryDirectory(prefix="cloacina-verify-") as tmp:
         src = extract_archive(validated, os.path.join(tmp, "src"))
-        discovered = discover_package(src, validated.manifest.python.entry_module, timeout_s=timeout_s)
+        discovered = discover_package(src, entry, timeout_s=timeout_s, options=discovery_options(validated))
+    if validated.manifest.origin is not None:
+        return finish_manifest(validated.manifest, discovered)
     compare_with_code(validated.manifest, discovered)
     return validated.manifest
 
 
 def verify_package(
-    archive: str | os.PathLike[str] | bytes, timeout_s: float = 30, limits: ArchiveLimits = DEFAULT_LIMITS
+    archive: str | os.PathLike[str] | bytes,
+    timeout_s: float = IMPORT_TIMEOUT_S,
+    limits: ArchiveLimits = DEFAULT_LIMITS,
 ) -> Manifest:
     """Validate a ``.cloacina`` file or its bytes completely; returns its manifest or raises ``PackageError``."""
     return verify_archive(read_archive(archive, limits), timeout_s=timeout_s)

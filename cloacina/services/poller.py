@@ -139,9 +139,13 @@ class PollerService:
             except Exception as exc:
                 log.error("package %s cannot be loaded; its triggers are not polled here: %s", fingerprint[:12], exc)
                 continue
-            for definition in loaded.triggers:
+            polled = [t for t in loaded.triggers if t.cron is None]
+            crons = [t for t in loaded.triggers if t.cron is not None]  # a package's @trigger(cron=...): schedules
+            if crons:
+                register_cron_triggers(self.deployment.cron, self.settings.cron_catchup_policy, crons)
+            for definition in polled:
                 self.triggers.add(definition)
-            self._package_triggers[fingerprint] = {t.name for t in loaded.triggers}
+            self._package_triggers[fingerprint] = {t.name for t in polled}
         for fingerprint in sorted(set(self._package_triggers) - active):
             for name in self._package_triggers.pop(fingerprint):
                 self.triggers.remove(name)

@@ -18,6 +18,11 @@ One pass:
   kept), the package marked inactive. If another file holds a valid version of the same package, that one is
   deployed instead.
 - Packages stored with ``cloacina package deploy --db`` (active, no source file) are deployed the same way.
+- Cloaca's archives (``package.toml`` with ``workflow/``, or the older root ``manifest.json``) go through the same
+  steps: their manifest is derived statically, their import checked in a child process, and the registry stores
+  the complete manifest that import produced. Their ``@trigger(cron=...)`` definitions become cron schedules of
+  the workflow (created, or re-enabled, on deploy; disabled on removal or when an upgrade drops them); the runs
+  of those schedules resolve the workflow through the loader's active package.
 
 Trigger schedules are re-enabled when a package is deployed while no version of it is active (a redeploy after a
 removal); an upgrade or a daemon restart keeps the enabled flags operators set.
@@ -39,12 +44,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cloacina.definitions import registry
+from cloacina.definitions.trigger import TriggerDefinition
 from cloacina.packaging.archive import DEFAULT_LIMITS, ArchiveLimits, PackageError, ValidatedArchive, read_archive
+from cloacina.packaging.discover import IMPORT_TIMEOUT_S
 from cloacina.packaging.loader import PackageLoader
 from cloacina.packaging.manifest import Manifest
 from cloacina.packaging.verify import verify_archive
+from cloacina.scheduling import cron_math
+from cloacina.scheduling.cron_triggers import register_cron_triggers
+from cloacina.store.cron import CronStore
 from cloacina.store.packages import PackageStore
 from cloacina.store.triggers import TriggerStore
+from cloacina.timestamps import utcnow
 
 if TYPE_CHECKING:
     from cloacina.runner.default_runner import DefaultRunner
@@ -88,6 +99,7 @@ class _Live:
     fingerprint: str
     source: str
     triggers: tuple[str, ...]
+    cron_schedules: tuple[str, ...] = ()
 
 
 class Reconciler:
@@ -101,7 +113,8 @@ class Reconciler:
         *,
         scheduler: SchedulerHook | None = None,
         trigger_store: TriggerStore | None = None,
-        verify_timeout_s: float = 30.0,
+        cron_store: CronStore | None = None,
+        verify_timeout_s: float = IMPORT_TIMEOUT_S,
         limits: ArchiveLimits = DEFAULT_LIMITS,
     ) -> None:
         self.store = store
@@ -109,11 +122,12 @@ class Reconciler:
         self.watch_dirs = [Path(d).expanduser().resolve() for d in watch_dirs]
         self.scheduler = scheduler
         self.trigger_store = trigger_store or getattr(scheduler, "store", None) or TriggerStore(store.db)
+        self.cron_store = cron_store or CronStore(store.db)
         self.verify_timeout_s = verify_timeout_s
         self.limits = limits
         self._files: dict[Path, _FileState] = {}
         self._live: dict[str, _Live] = {}
-        self._verified: set[str] = set()  # fingerprints that passed verify_archive in this process
+        self._verified: dict[str, Manifest] = {}  # fingerprints that passed verify_archive here, and their manifests
         self._registry_rejected: set[str] = set()
         self._first_pass = True
         self._lock = threading.Lock()
@@ -127,6 +141,7 @@ class Reconciler:
             watch_dirs,
             scheduler=runner.trigger_scheduler,
             trigger_store=runner.triggers,
+            cron_store=runner.deployment.cron,
             **kwargs,
         )
 
@@ -210,10 +225,11 @@ class Reconciler:
             current.source = where
             report.unchanged += 1
             return
+        if validated.fingerprint not in self._verified:  # before any of its code runs here
+            self._verified[validated.fingerprint] = verify_archive(validated, timeout_s=self.verify_timeout_s)
+        if validated.manifest.origin is not None:  # a cloaca archive: store the manifest its code completed
+            validated = validated.with_manifest(self._verified[validated.fingerprint])
         self._check_trigger_names(validated.manifest)
-        if validated.fingerprint not in self._verified:
-            verify_archive(validated, timeout_s=self.verify_timeout_s)  # before any of its code runs here
-            self._verified.add(validated.fingerprint)
         loaded = self.loader.load(validated)
         reenable = not any(row["name"] == package.name for row in self.store.list(active_only=True))
         self.store.put(validated, source, active=True)
@@ -221,12 +237,14 @@ class Reconciler:
             if reenable:
                 self.trigger_store.set_enabled(definition.name, True)
             registry.register_trigger(definition)  # the scheduler replaces a trigger of the same name
+        schedules = self._schedule_cron(loaded.triggers)
         names = tuple(t.name for t in loaded.triggers)
         if current is not None:
             for name in sorted(set(current.triggers) - set(names)):
                 self._stop_trigger(name, current.fingerprint)
+            self._stop_cron(set(current.cron_schedules) - set(schedules))
             self.store.set_active(current.fingerprint, False)
-        self._live[package.name] = _Live(package.name, package.version, validated.fingerprint, where, names)
+        self._live[package.name] = _Live(package.name, package.version, validated.fingerprint, where, names, schedules)
         log.info(
             "package %s %s deployed",
             package.name,
@@ -253,9 +271,29 @@ class Reconciler:
                     member=definition.name,
                 )
 
+    def _schedule_cron(self, triggers: tuple[TriggerDefinition, ...]) -> tuple[str, ...]:
+        """Cron schedules (created or re-enabled) for a package's ``@trigger(cron=...)`` definitions; their ids.
+
+        Their runs name the workflow; the package loader resolves it to the active version of the package.
+        """
+        crons = [t for t in triggers if t.cron is not None]
+        if not crons:
+            return ()
+        records = register_cron_triggers(self.cron_store, definitions=crons)
+        for record in records:
+            if not record.enabled:  # a redeploy after a removal: from the next due time on, no catch-up
+                next_run = cron_math.next_due(record.cron_expression, record.timezone, utcnow())
+                self.cron_store.set_enabled(record.id, True, next_run_at=next_run)
+        return tuple(sorted({r.id for r in records}))
+
+    def _stop_cron(self, schedule_ids: set[str]) -> None:
+        for schedule_id in sorted(schedule_ids):
+            self.cron_store.set_enabled(schedule_id, False)  # the schedule row and its history stay
+
     def _undeploy(self, live: _Live, report: ReconcileReport) -> None:
         for name in live.triggers:
             self._stop_trigger(name, live.fingerprint)
+        self._stop_cron(set(live.cron_schedules))
         self.store.set_active(live.fingerprint, False)
         del self._live[live.name]
         log.info("package %s %s removed; its triggers are disabled", live.name, live.version)
@@ -315,8 +353,13 @@ class Reconciler:
             if source is None or Path(source) in current or Path(source).parent not in self.watch_dirs:
                 continue
             self.store.set_active(row["fingerprint"], False)
-            for trigger in row["manifest"].get("triggers", []):
+            triggers = row["manifest"].get("triggers", [])
+            for trigger in triggers:
                 self.trigger_store.set_enabled(trigger["name"], False)
+            crons = {(t["workflow"], t["cron"], t.get("timezone") or "UTC") for t in triggers if t.get("cron")}
+            if crons:
+                self._stop_cron({r.id for r in self.cron_store.list_schedules(limit=None)
+                                 if (r.workflow_name, r.cron_expression, r.timezone) in crons})  # fmt: skip
             log.info("package %s %s: its file %s is gone; marked inactive", row["name"], row["version"], source)
 
     # -- the loop -----------------------------------------------------------------------------------------
