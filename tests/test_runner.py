@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -82,8 +82,9 @@ def test_execute_returns_a_workflow_result(make_runner) -> None:
     assert result.error_message is None
     assert isinstance(result.final_context, cloaca.Context)
     assert result.final_context.to_dict() == {"trail": ["input", "first", "third"], "done": True}
-    assert result.start_time.utcoffset() == timedelta(0)
-    assert result.end_time is not None and result.start_time <= result.end_time
+    assert result.start_time.endswith("+00:00") and result.end_time is not None  # RFC 3339 text, UTC
+    assert datetime.fromisoformat(result.start_time) == result.started_at <= result.completed_at  # type: ignore[operator]
+    assert result.started_at.utcoffset() == timedelta(0)
     record = runner.runs.get_run(result.run_id)
     assert record is not None and record.status == "Completed"
     assert runner.get_run(result.run_id).final_context == result.final_context
@@ -306,13 +307,16 @@ def test_workflow_timeout_fails_the_run(make_runner) -> None:
         def never(ctx):
             ctx.set("never", True)
 
-    runner = make_runner(workflow_timeout_seconds=0.3)
+    runner = make_runner(workflow_timeout_seconds=1)
     try:
-        result = runner.execute("slow_wf", timeout=10)
+        with pytest.raises(ValueError, match="timed out") as info:  # cloaca: execute() raises ValueError
+            runner.execute("slow_wf")
+        assert isinstance(info.value, TimeoutError) and isinstance(info.value, cloaca.WorkflowTimeoutError)
+        result = runner.wait_for_run(info.value.run_id, 10)  # the run itself was failed at its deadline
+        tasks = runner.runs.get_tasks(result.run_id)
     finally:
         release.set()
     assert result.status == "Failed" and "timed out" in (result.error_message or "")
-    tasks = runner.runs.get_tasks(result.run_id)
     assert tasks["stuck"].status == "Failed" and tasks["never"].status == "Skipped"
 
 
@@ -369,7 +373,8 @@ def test_many_concurrent_runs_complete(make_runner) -> None:
         {"recovery_stale_after_seconds": -1},
         {"db_pool_size": 0},
         {"cron_catchup_policy": "sometimes"},
-        {"no_such_option": 1},
+        {"cron_max_catchup_executions": 1001},
+        {"scheduler_poll_interval_ms": 9},
     ],
 )
 def test_config_rejects_invalid_values(bad: dict) -> None:
@@ -411,4 +416,13 @@ def test_context_manager_shuts_down(backend) -> None:
 @pytest.mark.parametrize("value", [float("inf"), float("nan")])
 def test_config_rejects_non_finite_durations(value: float) -> None:
     with pytest.raises(ValueError):
-        cloaca.DefaultRunnerConfig(task_timeout_seconds=value)
+        cloaca.DefaultRunnerConfig(trigger_poll_timeout_seconds=value)  # a cloacina field: seconds as a float
+    with pytest.raises(TypeError):
+        cloaca.DefaultRunnerConfig(task_timeout_seconds=value)  # cloaca's fields are ints
+
+
+def test_config_rejects_unknown_options() -> None:
+    with pytest.raises(TypeError):
+        cloaca.DefaultRunnerConfig(no_such_option=1)  # type: ignore[call-arg]
+    with pytest.raises(AttributeError):
+        cloaca.DefaultRunnerConfig().no_such_option = 1  # type: ignore[attr-defined]
