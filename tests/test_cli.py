@@ -317,9 +317,10 @@ def test_runs_show_unknown_id_exits_1(db: str) -> None:
 def test_cron_list(db: str) -> None:
     assert json.loads(cli("cron", "list", "--db", db, "--json").stdout) == []
     assert "No cron schedules yet." in cli("cron", "list", "--db", db).stdout
-    config = cloaca.DefaultRunnerConfig(enable_trigger_scheduling=False, enable_cron_scheduling=False)
+    config = cloaca.DefaultRunnerConfig(enable_trigger_scheduling=False)  # the cron API needs cron scheduling
     with cloaca.DefaultRunner(db, config) as runner:
         schedule_id = runner.register_cron_workflow("cli_ok", "0 2 * * *", "Europe/Berlin")
+    assert str(uuid.UUID(schedule_id)) == schedule_id  # ids are UUID strings, as in cloaca
     listed = json.loads(cli("cron", "list", "--db", db, "--json").stdout)
     assert [(s["id"], s["workflow_name"], s["cron_expression"], s["timezone"]) for s in listed] == [
         (schedule_id, "cli_ok", "0 2 * * *", "Europe/Berlin")
@@ -327,6 +328,7 @@ def test_cron_list(db: str) -> None:
     assert datetime.fromisoformat(listed[0]["next_run_at"]) > datetime.now(UTC)
     table = cli("cron", "list", "--db", db)
     assert table.exit_code == 0 and "0 2 * * *" in table.stdout and "Europe/Berlin" in table.stdout
+    assert schedule_id in table.stdout
 
 
 def test_management_commands_do_not_create_a_missing_database(tmp_path: Path) -> None:
@@ -449,7 +451,7 @@ def test_run_for_duration_shows_events_and_records_runs(tmp_path: Path) -> None:
     assert fired and completed
     assert re.search(r" poll_error +broken_sensor +poll raised RuntimeError: sensor offline", out)
     assert re.search(r" dedup_skip +ticker ", out)  # runs (2 x 150 ms) outlast the 200 ms poll interval
-    cron_runs = re.findall(r" completed +cron#\d+ +run=(\S+) workflow=cron_flow", out)
+    cron_runs = re.findall(r" completed +cron#[0-9a-f-]{36} +run=(\S+) workflow=cron_flow", out)
     assert cron_runs  # the schedule setup(runner) registered fires every second
     summary = _summary(out)
     assert summary["fires"] == len(fired) and summary["runs_completed"] == len(completed) + len(cron_runs)
