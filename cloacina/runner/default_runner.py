@@ -280,7 +280,7 @@ class DefaultRunner(TriggerAPI, CronAPI):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise WorkflowTimeoutError(
-                        f"Workflow execution failed: run {run_id} is still {run.status} after {timeout}s",
+                        f"Workflow execution failed: run {run_id} timed out: still {run.status} after {timeout}s",
                         run_id=run_id,
                     )
                 if self._notices is not None and self._notices.listening:
