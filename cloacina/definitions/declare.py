@@ -97,29 +97,26 @@ class WorkflowBuilder:
     def _resolve(self, task: object) -> TaskDefinition:
         if isinstance(task, TaskDefinition):
             return task
+        attached: object = None
         if isinstance(task, str):
-            found = registry.find_task(task, self._scope)
-            if found is None:
+            task_id = task
+        else:
+            name = getattr(task, "__name__", None)
+            if not isinstance(name, str):
                 raise DefinitionError(
-                    f"Task {task!r} not found in registry for workflow {self._scope.workflow!r}. "
-                    "Make sure it was decorated with @task.",
-                    subject=task,
+                    f"workflow {self.name!r}: add_task() takes a task id or a @task function, got {type(task).__name__}"
                 )
-            return found
-        name = getattr(task, "__name__", None)
-        attached = getattr(task, "__cloacina_task__", None)
-        in_namespace = registry.namespace_tasks(
-            self._scope.workflow, tenant=self._scope.tenant, package=self._scope.package
-        )
-        if isinstance(name, str) and name in in_namespace:
-            return in_namespace[name]
-        if isinstance(attached, TaskDefinition):
-            return attached
-        if isinstance(name, str):
-            return self._resolve(name)
-        raise DefinitionError(
-            f"workflow {self.name!r}: add_task() takes a task id or a @task function, got {type(task).__name__}"
-        )
+            task_id, attached = name, getattr(task, "__cloacina_task__", None)
+        found = registry.find_task(task_id, self._scope)
+        if found is None and isinstance(attached, TaskDefinition) and registry.find_task(attached.task_id) is attached:
+            found = attached  # a standalone task declared with an id other than its function's name
+        if found is None:
+            raise DefinitionError(
+                f"Task {task_id!r} not found in registry for workflow {self._scope.workflow!r}. "
+                "Make sure it was decorated with @task.",
+                subject=task_id,
+            )
+        return found
 
     def add_task(self, task: str | Callable[..., Any] | TaskDefinition) -> None:
         """Add a task to what :meth:`build` builds: a task id, or a function (the task named by its ``__name__``),
