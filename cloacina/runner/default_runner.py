@@ -232,8 +232,13 @@ class DefaultRunner(TriggerAPI, CronAPI):
         ``workflow_timeout_seconds`` passes first (the run is failed) or ``timeout`` seconds, if given, pass.
         """
         run_id = self.start_run(workflow_name, context)
-        limit = timeout if timeout is not None else self.config.workflow_timeout_seconds
-        result = self.wait_for_run(run_id, limit)
+        deadline_s = self.config.workflow_timeout_seconds
+        try:
+            result = self.wait_for_run(run_id, timeout if timeout is not None else deadline_s)
+        except WorkflowTimeoutError:
+            if timeout is None and deadline_s is not None:
+                self.coordinator.expire_run(run_id, deadline_s)  # the deadline watcher may not have run yet
+            raise
         run = self.runs.get_run(run_id)
         if (
             result.status == "Failed"
