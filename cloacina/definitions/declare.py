@@ -28,7 +28,7 @@ import contextlib
 import zoneinfo
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 from cloacina.definitions import registry
 from cloacina.definitions.duration import parse_duration_ms
@@ -145,7 +145,7 @@ class WorkflowBuilder:
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool:
+    ) -> Literal[False]:
         """Build the workflow from every task of the namespace (and the ``add_task``-ed ones), validate it and
         register it under the workflow id, replacing an earlier one. Runs even if the block raised."""
         registry.pop_scope(self._scope)
