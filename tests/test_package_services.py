@@ -1,5 +1,5 @@
-"""Packages across processes: ``cloacina daemon`` end to end, and a Celery worker that loads a package it was never
-given from the database registry.
+"""Packages across processes: ``cloacina daemon`` end to end (our archives and cloaca's), and a Celery worker that
+loads a package it was never given from the database registry.
 
 Both start real processes (the daemon on a SQLite file under a temporary ``HOME``; the worker on a fresh
 PostgreSQL schema and its own Redis database) and clean them up by process group.
@@ -23,7 +23,7 @@ from urllib.parse import quote
 import pytest
 from click.testing import CliRunner
 from conftest import PG_URL
-from package_fixtures import SEED_PACKAGE, build_ingest
+from package_fixtures import SEED_PACKAGE, build_ingest, cloaca_sources, write_sources
 from sqlalchemy import text
 
 from cloacina import DefaultRunner, DefaultRunnerConfig
@@ -115,6 +115,32 @@ def test_daemon_deploys_a_copied_archive_runs_its_trigger_and_stops_it_on_remova
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
     assert "cloacina daemon stopped" in log.read_text()
+
+
+def test_daemon_deploys_a_cloaca_package_toml_archive_and_runs_its_trigger(tmp_path: Path) -> None:
+    """A cloaca archive (bzip2 tar, package.toml, workflow/) dropped in the watched folder is deployed like ours."""
+    home, watch = tmp_path / "home", tmp_path / "watch"
+    src = write_sources(tmp_path / "data-pipeline", cloaca_sources())
+    built = CliRunner().invoke(main, ["package", "build", str(src), "-o", str(tmp_path / "dist")])
+    assert built.exit_code == 0, built.output
+    archive = tmp_path / "dist" / "data-pipeline-1.0.0.cloacina"
+    log = tmp_path / "daemon.log"
+    db_file = home / ".cloacina" / "cloacina.db"
+    argv = [sys.executable, "-m", "cloacina", "daemon", "--watch", str(watch), "--rescan-interval", "2"]
+    with service(argv, log, clean_env(HOME=str(home)), tmp_path) as proc:
+        wait_logged(lambda: "cloacina daemon watching" in log.read_text(), 60, "the daemon to start", log)
+        (watch / archive.name).write_bytes(archive.read_bytes())
+        wait_logged(lambda: "package data-pipeline 1.0.0 deployed" in log.read_text(), 60, "the deployment", log)
+        completed = (
+            "SELECT final_context, package_fingerprint, trigger_name FROM workflow_runs WHERE status = 'Completed'"
+        )
+        ((context, fingerprint, trigger), *_) = wait_logged(lambda: query(db_file, completed), 60, "a run", log)
+        assert fingerprint == read_archive(archive).fingerprint and trigger == "new_data"
+        assert json.loads(context)["total"] == 6
+        ((manifest,),) = query(db_file, "SELECT manifest FROM packages")
+        assert json.loads(manifest)["origin"]["format"] == "cloaca"  # the registry keeps our canonical manifest
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
 
 
 # -- a worker on another machine (each test has a Redis database of its own: ``redis_url``) --------------------

@@ -196,11 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout = sys.stderr
     before = set(registry.workflow_names())
     _, context_workflow = import_in_context(lambda: importlib.import_module(entry_module), context)
-    if context is not None:  # a cloaca package: what its import declared, the context's workflow included
-        declared = {n: registry.get_workflow(n) for n in registry.workflow_names() if n not in before}
-        for name, workflow in merge_context_workflow(declared, context_workflow).items():
-            registry.register_workflow(workflow, name)
-    document = {"entry_module": entry_module, **describe_registry()}
+    document: dict[str, Any]
+    try:
+        if context is not None:  # a cloaca package: what its import declared, the context's workflow included
+            declared = {n: registry.get_workflow(n) for n in registry.workflow_names() if n not in before}
+            for name, workflow in merge_context_workflow(declared, context_workflow).items():
+                registry.register_workflow(workflow, name)
+        document = {"entry_module": entry_module, **describe_registry()}
+    except PackageError as exc:  # the code imported, but declares what no package may: say why, precisely
+        document = {"error": {"message": str(exc), "reason": exc.reason, "member": exc.member}}
     with os.fdopen(result_fd, "w", encoding="utf-8") as out:
         json.dump(document, out)
     return 0
@@ -319,6 +323,9 @@ def discover_package(
         raise PackageError(
             f"discovery printed no valid JSON ({exc}); stderr: {_tail(err)}", reason="import_failed"
         ) from None
+    error = document.get("error") if isinstance(document, dict) else None
+    if isinstance(error, dict):
+        raise PackageError(str(error.get("message")), reason=str(error.get("reason")), member=error.get("member"))
     if not isinstance(document, dict) or not isinstance(document.get("workflows"), list):
         raise PackageError("discovery returned an unexpected document", reason="import_failed")
     return document

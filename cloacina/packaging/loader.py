@@ -28,6 +28,7 @@ import atexit
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import uuid
@@ -52,7 +53,7 @@ from cloacina.packaging.archive import (
 )
 from cloacina.packaging.cloaca_binding import finish_manifest
 from cloacina.packaging.discover import describe_triggers, describe_workflows
-from cloacina.packaging.isolation import import_isolated
+from cloacina.packaging.isolation import ImportedCode, import_isolated
 from cloacina.packaging.manifest import Manifest
 
 if TYPE_CHECKING:
@@ -244,6 +245,16 @@ def _holds_exactly(root: Path, validated: ValidatedArchive) -> bool:
 
 def _import_isolated(root: Path, validated: ValidatedArchive) -> LoadedPackage:
     code = import_isolated(root, validated)
+    try:
+        return _bind(root, validated, code)
+    except PackageError:  # refused after all: its private module tree goes too
+        prefix = code.module.__name__.partition(".")[0]
+        for key in [k for k in sys.modules if k == prefix or k.startswith(prefix + ".")]:
+            del sys.modules[key]
+        raise
+
+
+def _bind(root: Path, validated: ValidatedArchive, code: ImportedCode) -> LoadedPackage:
     if validated.manifest.origin is None:
         bound = _bind_triggers(validated.manifest, code.workflows, code.triggers)
         return LoadedPackage(validated.manifest, root, code.module, MappingProxyType(code.workflows), bound)

@@ -234,7 +234,7 @@ class Reconciler:
         reenable = not any(row["name"] == package.name for row in self.store.list(active_only=True))
         self.store.put(validated, source, active=True)
         for definition in loaded.triggers:
-            if reenable:
+            if reenable and definition.cron is None:
                 self.trigger_store.set_enabled(definition.name, True)
             registry.register_trigger(definition)  # the scheduler replaces a trigger of the same name
         schedules = self._schedule_cron(loaded.triggers)
