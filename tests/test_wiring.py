@@ -21,7 +21,7 @@ from cloacina.dispatch.celery_app import NodeTask, publisher_app
 from cloacina.dispatch.celery_dispatcher import CeleryDispatcher
 from cloacina.dispatch.threads import ThreadDispatcher
 from cloacina.execution.dispatcher import PlanOnly
-from cloacina.runner.config import RUNNER_RECOVERY_STALE_AFTER_S, DefaultRunnerConfig
+from cloacina.runner.config import FIELD_NAMES, RUNNER_RECOVERY_STALE_AFTER_S, DefaultRunnerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 # DefaultRunnerConfig fields that choose what a runner starts, or exist for cloaca code only: no setting.
@@ -55,6 +55,11 @@ def test_every_config_field_maps_to_a_setting_or_is_a_role_switch(clean_env: Non
         cron_poll_interval_seconds=23,
         cron_catchup_policy="run_all",
         cron_max_catchup_executions=29,
+        cron_enable_recovery=False,
+        cron_recovery_interval_seconds=31,
+        cron_lost_threshold_minutes=2,
+        cron_max_recovery_age_seconds=37,
+        cron_max_recovery_attempts=4,
         broker_url="redis://localhost:6379/3",
         redis_url="redis://localhost:6379/4",
     )
@@ -72,6 +77,11 @@ def test_every_config_field_maps_to_a_setting_or_is_a_role_switch(clean_env: Non
         "cron_poll_interval_s": 23.0,
         "cron_catchup_policy": "run_all",
         "cron_max_catchup_executions": 29,
+        "cron_enable_recovery": False,
+        "cron_recovery_interval_s": 31.0,
+        "cron_lost_threshold_s": 120.0,
+        "cron_max_recovery_age_s": 37.0,
+        "cron_max_recovery_attempts": 4,
         "broker_url": "redis://localhost:6379/3",
         "redis_url": "redis://localhost:6379/4",
         "database_url": "sqlite://x.db",
@@ -81,9 +91,10 @@ def test_every_config_field_maps_to_a_setting_or_is_a_role_switch(clean_env: Non
         "max_concurrent_tasks", "task_timeout_seconds", "workflow_timeout_seconds", "db_pool_size",
         "recovery_stale_after_seconds", "trigger_base_poll_interval_ms", "trigger_poll_timeout_seconds",
         "trigger_poll_workers", "cron_poll_interval_seconds", "cron_catchup_policy", "cron_max_catchup_executions",
-        "broker_url", "redis_url",
+        "cron_enable_recovery", "cron_recovery_interval_seconds", "cron_lost_threshold_minutes",
+        "cron_max_recovery_age_seconds", "cron_max_recovery_attempts", "broker_url", "redis_url",
     }  # fmt: skip
-    assert set(DefaultRunnerConfig.model_fields) == mapped_from | ROLE_OR_COMPAT_FIELDS
+    assert set(FIELD_NAMES) == mapped_from | ROLE_OR_COMPAT_FIELDS
 
 
 def test_shared_values_have_one_default(clean_env: None) -> None:
@@ -91,8 +102,11 @@ def test_shared_values_have_one_default(clean_env: None) -> None:
     from_config = DefaultRunnerConfig().to_settings(":memory:")
     plain = CloacinaSettings(database_url=":memory:")
     differing = {name for name in CloacinaSettings.model_fields if getattr(from_config, name) != getattr(plain, name)}
-    # The documented differences: a runner sizes its own pool and waits longer before adopting work.
-    assert differing == {"db_pool_size", "task_heartbeat_timeout_s", "stale_run_s"}
+    # The documented differences: a runner sizes its own pool and waits longer before adopting work; cloaca's
+    # defaults give it a workflow timeout (3600 s, services have none) and a 30 s cron re-read (services 5 s).
+    runner_only = {"db_pool_size", "task_heartbeat_timeout_s", "stale_run_s"}
+    assert differing == runner_only | {"workflow_timeout_s", "cron_poll_interval_s"}
+    assert (from_config.workflow_timeout_s, from_config.cron_poll_interval_s) == (3600, 30.0)
     assert from_config.task_heartbeat_timeout_s == from_config.stale_run_s == RUNNER_RECOVERY_STALE_AFTER_S
     assert from_config.db_pool_size == DEFAULT_POOL_SIZE["runner"]
 
