@@ -8,6 +8,18 @@ heartbeats in SQL and the sweeper re-run a killed worker's task within ``task_he
 A publishing process (poller, runner client) builds an app without a node runner; a worker process builds one
 with a factory for its :class:`NodeRunner`, which runs in each prefork child, created there on first use
 (children must not share the parent's database connections or Redis sockets).
+
+Deferring tasks (``handle.defer_until``) and the worker slot. A prefork child is one execution slot (a threads
+pool has ``concurrency`` of them): a :class:`~cloacina.dispatch.threads.SlotPool` of the process. A node message
+runs its stretch on a thread of the process (:class:`StretchExecution`) holding a slot while the Celery task
+waits for it. When a task defers, it releases the slot, the Celery task returns and its message is acknowledged:
+the child takes other messages while the deferring thread polls its condition, holding no slot and blocking no
+child. When the condition holds, the thread takes the slot back (messages arriving while it waits for it are
+handed back to the broker with a short countdown, so a child never blocks on a slot), finishes the task and its
+stretch, and hands what comes next (a retry delay, the rest of the stretch) to Celery as a new message.
+Durably the deferring attempt stays Running with its heartbeat: if the child dies, the sweeper gives the attempt
+back and republishes the run, as for any lost attempt. Successor nodes already published by the acknowledged
+message find the deferring task unfinished and wait for it with backoff (at most 2 s between checks).
 """
 
 from __future__ import annotations
@@ -17,20 +29,24 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import redis
 from celery import Celery, Task
+from celery.signals import worker_init, worker_process_init
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from cloacina.backoff import Backoff
-from cloacina.dispatch.canvas import TASK_NAME
+from cloacina.dispatch.canvas import TASK_NAME, node_signature
 from cloacina.dispatch.result_backend import backend_url
+from cloacina.dispatch.threads import CachedThreads, SlotLease, SlotPool
 from cloacina.execution.coordinator import NodeOutcome
+from cloacina.execution.task_handle import holding_slot
 
 log = logging.getLogger("cloacina.celery")
 WAITING_BACKOFF = Backoff(initial_s=0.05, max_s=2.0)  # a duplicate delivery waits for its dependency
 STORE_DOWN_BACKOFF = Backoff(initial_s=0.5, max_s=30.0)  # the database or Redis is briefly unreachable
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -78,15 +94,15 @@ def celery_config(options: CeleryOptions) -> dict[str, Any]:
     }
 
 
-class PerProcess:
+class PerProcess(Generic[T]):
     """A value built by ``factory`` once in each process (after a prefork fork, in the child)."""
 
-    def __init__(self, factory: Callable[[], NodeRunner]) -> None:
+    def __init__(self, factory: Callable[[], T]) -> None:
         self._factory = factory
-        self._values: dict[int, NodeRunner] = {}
+        self._values: dict[int, T] = {}
         self._lock = threading.Lock()
 
-    def get(self) -> NodeRunner:
+    def get(self) -> T:
         pid = os.getpid()
         value = self._values.get(pid)
         if value is None:
@@ -100,7 +116,143 @@ class PerProcess:
 class NodeTask(Task[Any, None]):
     """Base class of the canvas-node task. Each app registers a subclass of its own that carries its runner."""
 
-    node_runner: ClassVar[PerProcess | None] = None
+    node_runner: ClassVar[PerProcess[NodeRunner] | None] = None
+
+
+# -- execution slots of a worker process ---------------------------------------------------------------------
+# A prefork child (and the solo pool) runs one message at a time: one slot. A threads pool runs `concurrency`.
+_slot_permits = 1
+
+
+@worker_init.connect(weak=False, dispatch_uid="cloacina-slot-permits")
+def _worker_starting(sender: Any = None, **_: Any) -> None:
+    global _slot_permits
+    concurrency = getattr(sender, "concurrency", 1)
+    _slot_permits = concurrency if isinstance(concurrency, int) and concurrency > 0 else 1
+
+
+@worker_process_init.connect(weak=False, dispatch_uid="cloacina-slot-permits-child")
+def _pool_process_starting(**_: Any) -> None:
+    global _slot_permits
+    _slot_permits = 1
+
+
+@dataclass
+class NodeHost:
+    """What one worker process runs nodes with: its execution slots and the threads node stretches run on."""
+
+    slots: SlotPool
+    threads: CachedThreads
+
+    @classmethod
+    def create(cls) -> NodeHost:
+        return cls(SlotPool(_slot_permits), CachedThreads("cloacina-node"))
+
+
+_hosts: PerProcess[NodeHost] = PerProcess(NodeHost.create)
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """The rest of a stretch goes back to Celery: ``kwargs`` of the node message, after ``countdown_s``."""
+
+    kwargs: dict[str, Any]
+    countdown_s: float
+
+
+def _run_stretch(runner: NodeRunner, workflow: str, run_id: str, task_ids: list[str], retries: int) -> FollowUp | None:
+    """Run the stretch's tasks back to back until one must wait; then say what to hand back to Celery."""
+    for index, task_id in enumerate(task_ids):
+        rest = {"workflow": workflow, "run_id": run_id, "tasks": task_ids[index:]}
+        try:
+            outcome = runner.run_node(run_id, task_id)
+        except (OperationalError, InterfaceError, redis.ConnectionError) as exc:
+            # The database (or Redis) is briefly unavailable: keep the message and try again with backoff.
+            # If the attempt itself had started, its heartbeat stops and the sweeper gives it back.
+            delay = STORE_DOWN_BACKOFF.delay(retries)
+            log.warning(
+                "store unavailable running %s of run %s, retrying in %.1fs: %s",
+                task_id,
+                run_id,
+                delay,
+                str(exc).splitlines()[0],
+                extra={"run_id": run_id, "task": task_id},
+            )
+            return FollowUp(rest, delay)
+        if outcome.kind == "retry":
+            return FollowUp(rest, outcome.delay_s)
+        if outcome.kind == "waiting":  # a dependency is still running (duplicate delivery, recovery, a deferral)
+            return FollowUp(rest, max(WAITING_BACKOFF.delay(retries), outcome.delay_s))
+    return None
+
+
+class StretchExecution:
+    """One node message's stretch, run on a thread of the worker process while the Celery task waits for it.
+
+    The stretch holds the process's execution slot (``lease``). If one of its tasks defers
+    (``handle.defer_until``), the slot is released and the Celery task returns at once: the message is
+    acknowledged and the process takes its next message, while this thread waits holding no slot. When the
+    condition holds, the task takes the slot again (ahead of new messages, which are handed back to the broker
+    meanwhile), the stretch finishes here, and what must happen next goes to Celery as a new message.
+    """
+
+    def __init__(self, lease: SlotLease, republish: Callable[[FollowUp], None]) -> None:
+        self._lease = lease
+        self._republish = republish
+        self._lock = threading.Lock()
+        self._settled = threading.Event()
+        self._detached = False
+        self._follow_up: FollowUp | None = None
+        self._error: BaseException | None = None
+
+    # the ConcurrencySlot of the stretch's attempts
+    @property
+    def is_held(self) -> bool:
+        return self._lease.is_held
+
+    def release(self) -> None:
+        self._lease.release()
+        with self._lock:
+            if self._settled.is_set():
+                return
+            self._detached = True
+        self._settled.set()  # the Celery task returns; this thread goes on without it
+
+    def reacquire(self) -> bool:
+        return self._lease.reacquire()
+
+    def run(self, stretch: Callable[[], FollowUp | None]) -> None:
+        follow_up: FollowUp | None = None
+        error: BaseException | None = None
+        try:
+            with holding_slot(self):
+                follow_up = stretch()
+        except BaseException as exc:
+            error = exc
+        finally:
+            self._lease.close()
+        with self._lock:
+            if not self._detached:
+                self._follow_up, self._error = follow_up, error
+                self._settled.set()
+                return
+        if error is not None:
+            log.error("a deferred stretch failed: %s", error, exc_info=error)
+        elif follow_up is not None:
+            try:
+                self._republish(follow_up)
+            except Exception as exc:  # the run goes stale and the sweeper republishes it
+                log.error("could not hand the rest of a deferred stretch back to Celery: %s", exc)
+
+    def wait(self) -> FollowUp | None:
+        """Block until the stretch ended (its follow-up) or deferred (``None``: nothing more for Celery)."""
+        self._settled.wait()
+        with self._lock:
+            if self._detached:
+                return None
+        if self._error is not None:
+            raise self._error
+        return self._follow_up
 
 
 def run_canvas_node(
@@ -110,35 +262,32 @@ def run_canvas_node(
     machine, which decides what happens to it.
 
     A task that must wait (a retry delay, a dependency still running elsewhere, the store briefly unreachable)
-    hands itself and the rest of the stretch back to Celery with a countdown: a worker slot never sleeps.
+    hands itself and the rest of the stretch back to Celery with a countdown: a worker slot never sleeps. A task
+    that defers (``handle.defer_until``) frees the slot and this message at once (:class:`StretchExecution`).
     ``task`` is the single-task form of messages published before stretches existed.
     """
     if self.node_runner is None:
         raise RuntimeError("this Celery app publishes runs only; start a worker with `cloacina worker`")
     runner = self.node_runner.get()
     task_ids = list(tasks) if tasks else [task] if task else []
-    for index, task_id in enumerate(task_ids):
-        rest = {"workflow": workflow, "run_id": run_id, "tasks": task_ids[index:]}
-        try:
-            outcome = runner.run_node(run_id, task_id)
-        except (OperationalError, InterfaceError, redis.ConnectionError) as exc:
-            # The database (or Redis) is briefly unavailable: keep the message and try again with backoff.
-            # If the attempt itself had started, its heartbeat stops and the sweeper gives it back.
-            delay = STORE_DOWN_BACKOFF.delay(self.request.retries)
-            log.warning(
-                "store unavailable running %s of run %s, retrying in %.1fs: %s",
-                task_id,
-                run_id,
-                delay,
-                str(exc).splitlines()[0],
-                extra={"run_id": run_id, "task": task_id},
-            )
-            raise self.retry(kwargs=rest, countdown=delay) from None
-        if outcome.kind == "retry":
-            raise self.retry(kwargs=rest, countdown=outcome.delay_s)
-        if outcome.kind == "waiting":  # a dependency is still running (duplicate delivery, recovery)
-            delay = max(WAITING_BACKOFF.delay(self.request.retries), outcome.delay_s)
-            raise self.retry(kwargs=rest, countdown=delay)
+    retries = int(self.request.retries or 0)
+    host = _hosts.get()
+    lease = host.slots.try_lease()
+    if lease is None:  # a task that deferred has resumed and holds this process's slot: hand the message back
+        kwargs = {"workflow": workflow, "run_id": run_id, "tasks": task_ids}
+        raise self.retry(kwargs=kwargs, countdown=WAITING_BACKOFF.delay(retries))
+    app, queue = self.app, str(self.app.conf.task_default_queue)
+
+    def republish(follow_up: FollowUp) -> None:
+        kw = follow_up.kwargs
+        signature = node_signature(app, kw["run_id"], kw["workflow"], kw["tasks"], queue)
+        signature.apply_async(countdown=follow_up.countdown_s)
+
+    execution = StretchExecution(lease, republish)
+    host.threads.submit(lambda: execution.run(lambda: _run_stretch(runner, workflow, run_id, task_ids, retries)))
+    follow_up = execution.wait()
+    if follow_up is not None:
+        raise self.retry(kwargs=follow_up.kwargs, countdown=follow_up.countdown_s)
     return None
 
 
@@ -162,7 +311,7 @@ def create_app(options: CeleryOptions, node_runner: Callable[[], NodeRunner] | N
         raise ValueError("CLOACINA_BROKER_URL is not set: distributed mode needs a Redis broker URL")
     app = Celery("cloacina", set_as_current=False)
     app.conf.update(celery_config(options))
-    runner = PerProcess(node_runner) if node_runner is not None else None
+    runner: PerProcess[NodeRunner] | None = PerProcess(node_runner) if node_runner is not None else None
     base = type("CloacinaNodeTask", (NodeTask,), {"node_runner": runner})
     app.task(name=TASK_NAME, base=base, bind=True, max_retries=None, acks_late=True, ignore_result=True)(
         run_canvas_node
