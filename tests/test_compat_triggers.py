@@ -99,9 +99,10 @@ def test_workflow_and_on_naming_different_workflows_is_a_value_error() -> None:
 
 @pytest.mark.parametrize(
     ("text", "ms"),
-    [("100ms", 100), ("5s", 5000), ("1m", 60_000), ("2h", 7_200_000), (" 30s ", 30_000), ("0s", 0), ("0ms", 0)],
+    [("100ms", 100), ("5s", 5000), ("1m", 60_000), ("2h", 7_200_000), (" 30s ", 30_000), ("0s", 10), ("3ms", 10)],
 )
 def test_poll_interval_format(text: str, ms: int) -> None:
+    """A zero interval is allowed; polling never runs tighter than every 10 ms."""
     cloaca.trigger(name="t", on="wf", poll_interval=text)(lambda: False)
     assert _definition("t").poll_interval_ms == ms
 
@@ -247,6 +248,21 @@ def test_a_raise_or_another_return_is_a_poll_error_and_polling_goes_on(
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "flaky" in messages and "inbox unreachable" in messages
     assert runner.get_trigger_schedule("flaky") is not None
+
+
+@pytest.mark.timeout(60)
+def test_a_zero_poll_interval_polls_often_and_the_runner_still_stops(make_runner: Any) -> None:
+    seen = _collecting_workflow("zero_wf")
+    polls: list[int] = []
+
+    @cloaca.trigger(on="zero_wf", poll_interval="0s")
+    def eager() -> bool:
+        polls.append(1)
+        return len(polls) == 3
+
+    runner = make_runner()
+    wait_until(lambda: seen and len(polls) > 10, 20, message="a fire and more polls")
+    runner.shutdown()
 
 
 def test_the_older_form_is_polled_too(make_runner: Any) -> None:

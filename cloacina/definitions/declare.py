@@ -214,6 +214,8 @@ def task(fn: TaskFunction | None = None, /, **options: Any) -> Any:
 
 
 _CRON_FIELDS = (5, 6)
+MIN_POLL_INTERVAL_MS = 10
+"""The shortest interval a trigger is polled at (``poll_interval="0s"`` means as often as that)."""
 
 
 def _check_cron(expression: object) -> str:
@@ -324,7 +326,8 @@ def trigger(
     poll_interval = _optional_str(poll_interval, "poll_interval")
     if poll_interval is None:
         poll_interval = "5s" if workflow is not None else "30s"
-    interval_ms = parse_duration_ms(poll_interval, what="poll_interval", allow_zero=True)
+    # "0s" is accepted, as in cloaca; polling never runs tighter than MIN_POLL_INTERVAL_MS
+    interval_ms = max(parse_duration_ms(poll_interval, what="poll_interval", allow_zero=True), MIN_POLL_INTERVAL_MS)
     return TriggerDecorator._create(
         {
             "name": name,
