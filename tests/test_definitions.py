@@ -85,6 +85,9 @@ def test_standalone_tasks_are_usable_by_add_task_and_dependencies() -> None:
     wf = builder.build()
     assert wf.topological_order == ("shared_one", "shared_two", "shared_three")
     assert "reuse" not in registry.workflow_names()  # build() alone does not register
+    with WorkflowBuilder("uses_shared"):
+        task(id="mine", dependencies=["shared_two"])(_fn())
+    assert registry.get_workflow("uses_shared").topological_order == ("shared_one", "shared_two", "mine")
 
 
 def test_add_task_rejects_unknown_id_and_plain_function() -> None:

@@ -149,13 +149,21 @@ def collect_workflow(
     description: str = "",
     tags: Mapping[str, str] | None = None,
 ) -> Workflow:
-    """Build (and validate) a workflow from every task of namespace ``tenant/package/workflow`` plus ``extra``.
+    """Build (and validate) a workflow from every task of namespace ``tenant/package/workflow`` plus ``extra``,
+    plus the standalone tasks they depend on.
 
     ``name`` defaults to ``workflow``. ``ValueError`` if it has no task, a cycle or an unresolvable dependency.
     """
     tasks = namespace_tasks(workflow, tenant=tenant, package=package)
     for task_id, definition in (extra or {}).items():
         tasks.setdefault(task_id, definition)
+    with _lock:  # a dependency on a standalone task brings that task in (our extension), transitively
+        pending = [dep for t in tasks.values() for dep in t.dependencies]
+        while pending:
+            dep = pending.pop()
+            if dep not in tasks and dep in _tasks:
+                tasks[dep] = _tasks[dep]
+                pending.extend(_tasks[dep].dependencies)
     return build_workflow(
         name or workflow, tasks, description, tags, tenant=tenant, package=package, workflow_id=workflow
     )
