@@ -168,7 +168,7 @@ def db(tmp_path: Path) -> str:
 
     with cloaca.WorkflowBuilder("cli_bad"):
 
-        @cloaca.task(id="flaky", retry_attempts=1, retry_delay_ms=10, retry_jitter=False, retry_condition="all")
+        @cloaca.task(id="flaky", retry_attempts=2, retry_delay_ms=10, retry_jitter=False, retry_condition="all")
         def flaky(ctx: cloaca.Context) -> cloaca.Context:
             raise RuntimeError("disk [full]")
 
@@ -301,7 +301,8 @@ def test_runs_show_tasks_attempts_and_errors(db: str) -> None:
     assert tasks["after"]["status"] == "Skipped" and tasks["after"]["attempts"] == []
     table = cli("runs", "show", failed["run_id"], "--db", db)
     assert table.exit_code == 0
-    for text in (failed["run_id"], "flaky", "after", "2/2", "#2: RuntimeError: disk [full]", "skipped:"):
+    attempt_2 = "#2: Python task execution failed: RuntimeError: disk [full]"
+    for text in (failed["run_id"], "flaky", "after", "2/2", attempt_2, "skipped:"):
         assert text in table.stdout, text
     ok = json.loads(cli("runs", "list", "--db", db, "--json", "--workflow", "cli_ok").stdout)[0]
     done = json.loads(cli("runs", "show", ok["run_id"], "--db", db, "--json").stdout)
