@@ -42,7 +42,7 @@ def _workflow(name: str = "store_wf") -> Workflow:
     """``extract -> load``; extract allows 3 attempts."""
     with cloaca.WorkflowBuilder(name) as builder:
 
-        @cloaca.task(id="extract", retry_attempts=2)
+        @cloaca.task(id="extract", retry_attempts=3)
         def extract(ctx):
             return ctx
 
