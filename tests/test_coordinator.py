@@ -9,6 +9,7 @@ from sqlalchemy.exc import OperationalError
 import cloacina as cloaca
 from cloacina.definitions import registry
 from cloacina.execution.coordinator import UNRESOLVABLE_ATTEMPTS, RunCoordinator
+from cloacina.execution.task_handle import UnmanagedSlot, holding_slot
 from cloacina.store.database import Database
 from cloacina.store.runs import RunStore
 
@@ -71,4 +72,57 @@ def test_an_outcome_is_recorded_through_a_brief_database_outage(backend: Any) ->
     assert [a.status for a in attempts] == ["Completed"]  # recorded, not run again
     run = store.get_run(run_id)
     assert run is not None and str(run.status) == "Completed"
+    db.dispose()
+
+
+def _coordinator(backend: Any) -> tuple[Database, RunStore, RunCoordinator]:
+    db = Database(backend.url, schema=backend.schema)
+    db.upgrade()
+    store = RunStore(db)
+    return db, store, RunCoordinator(store, lambda name, *_: registry.get_workflow(name))
+
+
+def test_a_failed_attempt_is_handed_back_with_the_policy_delay_until_attempts_run_out(backend: Any) -> None:
+    with cloaca.WorkflowBuilder("two_tries"):
+
+        @cloaca.task(id="only", retry_attempts=2, retry_backoff="fixed", retry_delay_ms=250, retry_jitter=False)
+        def only(ctx: Any) -> Any:
+            raise TimeoutError("upstream timeout")
+
+    db, store, coordinator = _coordinator(backend)
+    run_id = coordinator.create_run(registry.get_workflow("two_tries"), {})
+    assert run_id is not None
+    first = coordinator.run_task(run_id, "only")
+    assert (first.kind, first.delay_s) == ("retry", 0.25)
+    with db.connection() as c:  # let the retry delay pass at once
+        c.exec_driver_sql("UPDATE task_runs SET next_attempt_at = NULL")
+    assert coordinator.run_task(run_id, "only").kind == "failed"
+    attempts = store.get_attempts(run_id, "only")
+    assert [(a.status, a.error_kind) for a in attempts] == [("Failed", "transient"), ("Failed", "transient")]
+    assert attempts[0].error_message == "Python task execution failed: TimeoutError: upstream timeout"
+    assert store.get_tasks(run_id)["only"].max_attempts == 2
+    db.dispose()
+
+
+def test_an_attempt_driven_by_hand_gets_a_handle_on_the_slot_bound_around_it(backend: Any) -> None:
+    seen: dict[str, Any] = {}
+    with cloaca.WorkflowBuilder("by_hand"):
+
+        @cloaca.task(id="only")
+        def only(ctx: Any, handle: Any) -> Any:
+            seen["before"] = handle.is_slot_held()
+            handle.defer_until(lambda: seen.setdefault("during", handle.is_slot_held()) is False, poll_interval_ms=1)
+            seen["after"] = handle.is_slot_held()
+            return ctx
+
+    db, _, coordinator = _coordinator(backend)
+    run_id = coordinator.create_run(registry.get_workflow("by_hand"), {})
+    assert run_id is not None
+    slot = UnmanagedSlot()
+    with holding_slot(slot):
+        assert coordinator.run_task(run_id, "only").kind == "completed"
+    assert seen == {"before": True, "during": False, "after": True} and slot.is_held
+    # Without a binding the attempt gets a slot of its own (a flag).
+    run_2 = coordinator.create_run(registry.get_workflow("by_hand"), {})
+    assert run_2 is not None and coordinator.run_task(run_2, "only").kind == "completed"
     db.dispose()
