@@ -22,146 +22,41 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, delete, func, select, text, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cloacina.errors import DefinitionError
+from cloacina.store.cron_executions import CronExecutions
+from cloacina.store.cron_records import (
+    LOST_AFTER,
+    CronExecutionRecord,
+    CronExecutionStats,
+    CronScheduleRecord,
+    LostExecution,
+    schedule_record,
+)
 from cloacina.store.database import Database, rowcount
-from cloacina.store.models import CronExecution, CronSchedule, WorkflowRun
+from cloacina.store.models import CronExecution, CronSchedule
 from cloacina.timestamps import utcnow
 
+__all__ = [
+    "LOST_AFTER",
+    "CronExecutionRecord",
+    "CronExecutionStats",
+    "CronScheduleRecord",
+    "CronStore",
+    "LostExecution",
+]
+
 _UNSET: Any = object()
-LOST_AFTER = timedelta(minutes=10)  # a due time with no run this long after its claim counts as lost (stats)
 
 
-@dataclass(frozen=True)
-class CronScheduleRecord:
-    """One row of ``cron_schedules``; ``id`` is its public UUID."""
-
-    id: str
-    workflow_name: str
-    cron_expression: str
-    timezone: str
-    enabled: bool
-    catchup_policy: str
-    next_run_at: datetime | None
-    last_run_at: datetime | None
-    created_at: datetime
-    updated_at: datetime
-    instance_name: str | None = None
-    params: dict[str, Any] | None = None
-    row_id: int = field(default=0, compare=False, repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The public fields (the row id stays inside the store)."""
-        return {
-            "id": self.id,
-            "workflow_name": self.workflow_name,
-            "cron_expression": self.cron_expression,
-            "timezone": self.timezone,
-            "enabled": self.enabled,
-            "catchup_policy": self.catchup_policy,
-            "next_run_at": self.next_run_at,
-            "last_run_at": self.last_run_at,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "instance_name": self.instance_name,
-            "params": self.params,
-        }
-
-
-@dataclass(frozen=True)
-class CronExecutionRecord:
-    """One claimed due time, with the run it started (``run_id`` ``None``: no run, or the run was deleted)."""
-
-    id: str
-    schedule_id: str
-    scheduled_time: datetime
-    claimed_at: datetime
-    run_id: str | None
-    status: str | None  # the run's status
-    updated_at: datetime
-    handoff_pending: bool = False
-    recovery_attempts: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "schedule_id": self.schedule_id,
-            "scheduled_time": self.scheduled_time,
-            "claimed_at": self.claimed_at,
-            "workflow_execution_id": self.run_id,
-            "created_at": self.claimed_at,
-            "updated_at": self.updated_at,
-            "run_id": self.run_id,
-            "status": self.status,
-            "handoff_pending": self.handoff_pending,
-            "recovery_attempts": self.recovery_attempts,
-        }
-
-
-@dataclass(frozen=True)
-class CronExecutionStats:
-    """Executions claimed at or after ``since`` (all schedules).
-
-    ``successful_executions`` were handed off to a run; ``lost_executions`` have no run (never created, or
-    deleted) and were claimed more than ten minutes ago; ``success_rate`` is successful/total in percent (0.0 if
-    there are none). ``by_status`` counts them by their run's status (``"None"``: no run).
-    """
-
-    total_executions: int
-    successful_executions: int
-    lost_executions: int
-    success_rate: float
-    by_status: dict[str, int]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "total_executions": self.total_executions,
-            "successful_executions": self.successful_executions,
-            "lost_executions": self.lost_executions,
-            "success_rate": self.success_rate,
-            "by_status": dict(self.by_status),
-        }
-
-
-@dataclass(frozen=True)
-class LostExecution:
-    """A due time claimed without a run, with what re-firing it needs."""
-
-    row_id: int
-    id: str
-    scheduled_time: datetime
-    claimed_at: datetime
-    recovery_attempts: int
-    schedule: CronScheduleRecord
-
-
-def _record(row: CronSchedule) -> CronScheduleRecord:
-    return CronScheduleRecord(
-        id=row.public_id,
-        workflow_name=row.workflow_name,
-        cron_expression=row.cron_expression,
-        timezone=row.timezone,
-        enabled=bool(row.enabled),
-        catchup_policy=row.catchup_policy,
-        next_run_at=row.next_run_at,
-        last_run_at=row.last_run_at,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        instance_name=row.instance_name,
-        params=json.loads(row.params) if row.params is not None else None,
-        row_id=row.id,
-    )
-
-
-class CronStore:
-    """Reads and writes cron schedules and executions; every method is one transaction."""
+class CronStore(CronExecutions):
+    """Reads and writes cron schedules (and, mixed in, their executions); every method is one transaction."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -231,7 +126,7 @@ class CronStore:
                 .limit(1)
             ).first()
             if existing is not None:
-                return _record(existing), False
+                return schedule_record(existing), False
             record = self._insert(
                 s, workflow_name, cron_expression, timezone, catchup_policy, next_run_at, True, None, None
             )
@@ -272,12 +167,12 @@ class CronStore:
         )
         s.add(row)
         s.flush()
-        return _record(row)
+        return schedule_record(row)
 
     def get_schedule(self, schedule_id: str) -> CronScheduleRecord | None:
         with self.db.session() as s:
             row = s.scalars(select(CronSchedule).where(CronSchedule.public_id == schedule_id)).one_or_none()
-            return _record(row) if row is not None else None
+            return schedule_record(row) if row is not None else None
 
     def list_schedules(
         self, *, enabled_only: bool = False, limit: int | None = 100, offset: int = 0
@@ -289,7 +184,7 @@ class CronStore:
                 q = q.where(CronSchedule.enabled.is_(True))
             if limit is not None:
                 q = q.limit(limit)
-            return [_record(r) for r in s.scalars(q).all()]
+            return [schedule_record(r) for r in s.scalars(q).all()]
 
     def update_schedule(
         self,
@@ -319,7 +214,7 @@ class CronStore:
                 .where(CronSchedule.public_id == schedule_id)
                 .execution_options(populate_existing=True)
             ).one()
-            return _record(row)
+            return schedule_record(row)
 
     def set_enabled(self, schedule_id: str, enabled: bool, *, next_run_at: datetime | None = _UNSET) -> bool:
         """Enable or disable a schedule (optionally moving its cursor); ``False`` if it does not exist."""
@@ -364,137 +259,3 @@ class CronStore:
         with self.db.session() as s:
             res = s.execute(update(CronSchedule).where(CronSchedule.public_id == schedule_id, guard).values(**values))
             return rowcount(res) == 1
-
-    # -- executions -------------------------------------------------------------------------------------
-    def claim_without_run(self, schedule: CronScheduleRecord, scheduled_time: datetime) -> bool:
-        """Claim a due time whose run could not be created, for cron recovery to re-fire; ``False`` if the due
-        time was claimed already (by another scheduler, with or without a run)."""
-        now = utcnow()
-        try:
-            with self.db.session() as s:
-                s.add(
-                    CronExecution(
-                        schedule_id=schedule.row_id,
-                        scheduled_time=scheduled_time,
-                        claimed_at=now,
-                        updated_at=now,
-                        handoff_pending=True,
-                        recovery_attempts=0,
-                    )
-                )
-            return True
-        except IntegrityError:
-            return False
-
-    def execution_history(self, schedule_id: str, limit: int = 100, offset: int = 0) -> list[CronExecutionRecord]:
-        """Claimed due times of one schedule, newest first, with their run's status."""
-        with self.db.session() as s:
-            rows = s.execute(
-                select(CronExecution, WorkflowRun.status)
-                .join(CronSchedule, CronSchedule.id == CronExecution.schedule_id)
-                .outerjoin(WorkflowRun, WorkflowRun.id == CronExecution.run_id)
-                .where(CronSchedule.public_id == schedule_id)
-                .order_by(CronExecution.scheduled_time.desc(), CronExecution.id.desc())
-                .limit(limit)
-                .offset(offset)
-            ).all()
-            return [
-                CronExecutionRecord(
-                    id=e.public_id,
-                    schedule_id=schedule_id,
-                    scheduled_time=e.scheduled_time,
-                    claimed_at=e.claimed_at,
-                    run_id=e.run_id,
-                    status=status,
-                    updated_at=e.updated_at or e.claimed_at,
-                    handoff_pending=bool(e.handoff_pending),
-                    recovery_attempts=int(e.recovery_attempts),
-                )
-                for e, status in rows
-            ]
-
-    def execution_stats(self, since: datetime, now: datetime | None = None) -> CronExecutionStats:
-        """Counts of executions claimed at or after ``since`` (all schedules); see :class:`CronExecutionStats`."""
-        lost_before = (now or utcnow()) - LOST_AFTER
-        no_run = WorkflowRun.id.is_(None)
-        with self.db.session() as s:
-            rows = s.execute(
-                select(
-                    WorkflowRun.status,
-                    func.count(CronExecution.id),
-                    func.sum(case((CronExecution.run_id.is_not(None), 1), else_=0)),
-                    func.sum(case((no_run & (CronExecution.claimed_at < lost_before), 1), else_=0)),
-                )
-                .select_from(CronExecution)
-                .outerjoin(WorkflowRun, WorkflowRun.id == CronExecution.run_id)
-                .where(CronExecution.claimed_at >= since)
-                .group_by(WorkflowRun.status)
-            ).all()
-        by_status = {str(status): int(n) for status, n, _, _ in rows}
-        total = sum(by_status.values())
-        successful = sum(int(handed or 0) for _, _, handed, _ in rows)
-        lost = sum(int(gone or 0) for _, _, _, gone in rows)
-        return CronExecutionStats(
-            total_executions=total,
-            successful_executions=successful,
-            lost_executions=lost,
-            success_rate=successful / total * 100.0 if total else 0.0,
-            by_status=by_status,
-        )
-
-    # -- recovery ---------------------------------------------------------------------------------------
-    def lost_executions(
-        self, *, claimed_before: datetime, claimed_after: datetime, max_attempts: int, limit: int = 100
-    ) -> list[LostExecution]:
-        """Due times claimed without a run in (``claimed_after``, ``claimed_before``), with fewer than
-        ``max_attempts`` recovery attempts, of schedules that still exist and are enabled; oldest first."""
-        with self.db.session() as s:
-            rows = s.execute(
-                select(CronExecution, CronSchedule)
-                .join(CronSchedule, CronSchedule.id == CronExecution.schedule_id)
-                .where(
-                    CronExecution.handoff_pending.is_(True),
-                    CronExecution.run_id.is_(None),
-                    CronExecution.claimed_at < claimed_before,
-                    CronExecution.claimed_at > claimed_after,
-                    CronExecution.recovery_attempts < max_attempts,
-                    CronSchedule.enabled.is_(True),
-                )
-                .order_by(CronExecution.scheduled_time, CronExecution.id)
-                .limit(limit)
-            ).all()
-            return [
-                LostExecution(e.id, e.public_id, e.scheduled_time, e.claimed_at, int(e.recovery_attempts), _record(sc))
-                for e, sc in rows
-            ]
-
-    def claim_recovery(self, lost: LostExecution, now: datetime, *, stale_before: datetime) -> bool:
-        """Take the re-fire of ``lost`` (counting one attempt); ``False`` if another process has it, or it
-        was recovered meanwhile. A claim older than ``stale_before`` (its owner died) may be taken over."""
-        with self.db.session() as s:
-            res = s.execute(
-                update(CronExecution)
-                .where(
-                    CronExecution.id == lost.row_id,
-                    CronExecution.handoff_pending.is_(True),
-                    CronExecution.recovery_attempts == lost.recovery_attempts,
-                    (CronExecution.recovery_claimed_at.is_(None)) | (CronExecution.recovery_claimed_at < stale_before),
-                )
-                .values(recovery_attempts=CronExecution.recovery_attempts + 1, recovery_claimed_at=now, updated_at=now)
-            )
-            return rowcount(res) == 1
-
-    def complete_handoff(self, lost: LostExecution, run_id: str, now: datetime) -> None:
-        """Link the re-fired run to its execution (and the run to its schedule): no longer lost."""
-        with self.db.session() as s:
-            s.execute(
-                update(CronExecution)
-                .where(CronExecution.id == lost.row_id)
-                .values(run_id=run_id, handoff_pending=False, recovery_claimed_at=None, updated_at=now)
-            )
-            s.execute(update(WorkflowRun).where(WorkflowRun.id == run_id).values(cron_schedule_id=lost.schedule.row_id))
-
-    def release_recovery(self, lost: LostExecution) -> None:
-        """A re-fire failed: let the next recovery pass try again (the attempt stays counted)."""
-        with self.db.session() as s:
-            s.execute(update(CronExecution).where(CronExecution.id == lost.row_id).values(recovery_claimed_at=None))
