@@ -253,8 +253,9 @@ def test_management_api_contract(make_runner: Any) -> None:
     assert runner.list_trigger_schedules() == []
     assert runner.set_trigger_enabled("nope", False) is None  # cloaca: an unknown name is a silent no-op
     assert runner.get_trigger_schedule("nope") is None
+    assert runner.list_trigger_schedules(limit=0) == []
     with pytest.raises(ValueError, match="limit"):
-        runner.list_trigger_schedules(limit=0)
+        runner.list_trigger_schedules(limit=-1)
 
 
 @pytest.mark.timeout(30)
