@@ -24,7 +24,9 @@ from conftest import Backend
 from package_fixtures import (
     CLOACA_TASKS,
     CLOACA_TOML,
+    INGEST_FILES,
     OLDER_CODE,
+    build_ingest,
     cloaca_archive,
     cloaca_sources,
     older_archive,
@@ -33,6 +35,7 @@ from package_fixtures import (
 )
 from sqlalchemy import update
 
+from cloacina import Context
 from cloacina.cli.main import main
 from cloacina.definitions import registry
 from cloacina.packaging.archive import ArchiveLimits, PackageError, read_archive
@@ -113,6 +116,23 @@ def test_workflow_name_defaults_to_the_package_name_and_vendor_joins_the_import_
     manifest = read_archive(cloaca_archive(files)).manifest
     assert manifest.origin is not None
     assert (manifest.origin.workflow_name, manifest.origin.import_paths) == ("data-pipeline", ["workflow", "vendor"])
+
+
+def test_vendored_libraries_are_importable_by_the_package(tmp_path: Path) -> None:
+    code = CLOACA_TASKS.replace("from . import helpers", "import tinylib as helpers")
+    files = {**cloaca_sources(tasks=code), "vendor/tinylib/__init__.py": "def numbers():\n    return [10, 20]\n"}
+    loaded = PackageLoader(None, tmp_path).load(read_archive(cloaca_archive(files)))
+    extract = loaded.workflows["data_pipeline"].tasks["extract"].function
+    assert extract(Context()).get("raw") == [10, 20]
+    assert "tinylib" not in sys.modules  # served from the package's private tree only
+
+
+def test_a_package_toml_module_may_build_its_workflow_in_a_workflow_builder_block(tmp_path: Path) -> None:
+    files = {**cloaca_sources(), "workflow/data_pipeline/tasks.py": OLDER_CODE}  # no bare tasks: §16, both forms
+    loaded = PackageLoader(None, tmp_path).load(read_archive(cloaca_archive(files)))
+    assert list(loaded.workflows) == ["data_pipeline"] and loaded.manifest.tasks[1].id == "load"
+    (trigger,) = loaded.triggers  # no on=: the package's workflow
+    assert (trigger.name, trigger.workflow, trigger.poll_interval_ms) == ("inbox_watcher", "data_pipeline", 5000)
 
 
 def test_a_loaded_package_declares_its_workflow_and_leaves_the_process_as_it_was(tmp_path: Path) -> None:
@@ -264,6 +284,8 @@ def test_a_cron_trigger_of_a_package_becomes_a_cron_schedule_of_its_workflow(mak
         "data_pipeline", "0 2 * * *", "Europe/Berlin",
     )  # fmt: skip
     assert runner.get_trigger_schedule("new_data") is None  # never polled
+    (row,) = PackageStore(runner.db).list()
+    assert row["manifest"]["triggers"][0]["cron"] == "0 2 * * *"  # the registry's manifest records it
 
     due = datetime.fromisoformat(schedule["next_run_at"])
     assert runner.cron_scheduler.run_once(due) >= 1  # its run names the workflow; the active package provides it
@@ -275,6 +297,15 @@ def test_a_cron_trigger_of_a_package_becomes_a_cron_schedule_of_its_workflow(mak
     (watch / f"{TOP}.cloacina").unlink()
     assert reconciler.reconcile_once().removed
     assert runner.get_cron_schedule(schedule["id"])["enabled"] is False
+
+
+def test_our_format_records_a_cron_trigger_in_its_manifest(tmp_path: Path) -> None:
+    code = INGEST_FILES["data_ingest/__init__.py"].format(version="1.0.0", poll="1s")
+    code += '\n\n@cloaca.trigger(on="data_ingest", cron="0 3 * * *")\ndef nightly():\n    pass\n'
+    manifest = verify_package(build_ingest(tmp_path, extra={"data_ingest/__init__.py": code}))
+    nightly = next(t for t in manifest.triggers if t.name == "nightly")
+    assert (nightly.cron, nightly.timezone, nightly.workflow) == ("0 3 * * *", "UTC", "data_ingest")
+    assert json.loads(manifest.to_json())["triggers"][0].get("cron") is None  # absent for poll triggers
 
 
 def test_registry_bytes_of_a_cloaca_package_are_validated_again(tmp_path: Path) -> None:

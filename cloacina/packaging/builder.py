@@ -158,6 +158,7 @@ def bind_triggers(discovered: dict[str, Any], settings: dict[str, dict[str, Any]
                 "poll_interval": found["poll_interval"],
                 "allow_concurrent": found["allow_concurrent"],
                 "config": table.get("config", {}),
+                **({"cron": found["cron"], "timezone": found.get("timezone") or "UTC"} if found.get("cron") else {}),
             }
         )
     return entries

@@ -1,8 +1,10 @@
 """Discover a package's workflows, tasks and triggers by importing its entry module in a separate process.
 
-The child process (``python -m cloacina.packaging.discover SRC_DIR ENTRY_MODULE``) puts ``SRC_DIR`` first on
-``sys.path``, makes ``import cloaca`` resolve to cloacina, imports the entry module, and prints one JSON document
-on stdout (anything the package prints goes to stderr)::
+The child process (``python -m cloacina.packaging.discover SRC_DIR ENTRY_MODULE [OPTIONS]``) puts ``SRC_DIR``
+first on ``sys.path``, makes ``import cloaca`` resolve to cloacina, imports the entry module, and prints one JSON
+document on stdout (anything the package prints goes to stderr). For a cloaca package ``OPTIONS``
+(:func:`discovery_options`) puts its ``workflow/`` and ``vendor/`` on the path instead and imports the entry module
+inside the workflow context of its ``package.toml``, whose bare ``@task`` decorators form that workflow::
 
     {"entry_module": "data_ingest",
      "workflows": [{"name": "data_ingest", "description": "...", "tasks": [
@@ -14,10 +16,12 @@ on stdout (anything the package prints goes to stderr)::
 :func:`discover_package` runs that child under a timeout with ``-I -B`` (isolated: no ``PYTHONPATH``, no user
 site, no bytecode written) and an environment reduced to ``PATH``, ``HOME``, locale and temp-dir variables, so
 the package's import-time code never sees the caller's secrets. The package is never imported in the caller.
+A package error found in the child (a workflow declared twice) comes back as ``{"error": {...}}`` and is raised
+here with its reason. The default limit is cloaca's: 60 s.
 
 Example (not run here, it spawns a process)::
 
-    found = discover_package("examples/packages/data_ingest", "data_ingest", timeout_s=30)
+    found = discover_package("examples/packages/data_ingest", "data_ingest")
     [w["name"] for w in found["workflows"]]   # ['data_ingest']
 """
 
@@ -118,7 +122,7 @@ def describe_registry() -> dict[str, Any]:
     from cloacina.definitions import registry
 
     workflows = {name: registry.get_workflow(name) for name in registry.workflow_names()}
-    return {"workflows": describe_workflows(workflows), "triggers": describe_triggers(registry.triggers())}
+    return {"workflows": describe_workflows(workflows), "triggers": describe_triggers(registry.all_triggers())}
 
 
 def import_in_context(

@@ -10,6 +10,11 @@ The import itself (:mod:`cloacina.packaging.isolation`) gives the package ``impo
 self-imports, and captures what it registers so that nothing stays in the global registry or reaches a running
 scheduler: package triggers reach a scheduler through the reconciler, bound to their package.
 
+Cloaca's archives load the same way (:mod:`cloacina.packaging.cloaca_format`): ``workflow/`` and ``vendor/`` are
+the package's import path, its entry module is imported in the workflow context its ``package.toml`` names, and
+its triggers are bound by its code (``on=``) or, in the older form, by its ``manifest.json``. A package refused
+after its import (no task, a trigger that binds nowhere) leaves no module behind.
+
 The code runs in this process: feed the loader only archives that passed
 :func:`~cloacina.packaging.verify.verify_archive` (the reconciler and ``cloacina package deploy`` do so before
 storing them). :func:`install_resolver` lets the engine resolve ``(fingerprint, workflow)`` through loaders.

@@ -90,6 +90,8 @@ def _trigger_problems(manifest_triggers: list[TriggerEntry], code_triggers: list
                 f"trigger {name!r}: manifest says poll_interval {entry.poll_interval!r}, "
                 f"code says {found['poll_interval']!r}"
             )
+        if found.get("cron") != entry.cron:
+            problems.append(f"trigger {name!r}: manifest says cron {entry.cron!r}, code says {found.get('cron')!r}")
         if bool(found["allow_concurrent"]) != entry.allow_concurrent:
             problems.append(
                 f"trigger {name!r}: manifest says allow_concurrent {entry.allow_concurrent}, "
