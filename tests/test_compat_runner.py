@@ -6,11 +6,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 import cloacina as cloaca
 from cloacina.runner import default_runner
@@ -118,6 +120,23 @@ def test_context_manager_shuts_down_and_does_not_swallow_errors(backend: Backend
 def test_repr() -> None:
     with cloaca.DefaultRunner(":memory:", NO_LOOPS) as runner:
         assert repr(runner) == "DefaultRunner(thread_separated_async_runtime)"
+
+
+def test_other_failures_are_value_errors_naming_the_operation(backend: Backend) -> None:
+    config = cloaca.DefaultRunnerConfig(enable_trigger_scheduling=False, cron_enable_recovery=False)
+    with cloaca.DefaultRunner(backend.url, config, schema=backend.schema) as runner:
+        runner.cron_scheduler.stop()  # type: ignore[union-attr]  # nothing else may touch the tables below
+        cascade = " CASCADE" if backend.name == "postgresql" else ""
+        with runner.db.engine.begin() as conn:  # the database loses tables under the runner's feet
+            for table in ("trigger_executions", "cron_executions", "task_attempts", "task_runs"):
+                conn.execute(text(f"DROP TABLE {table}{cascade}"))
+        with pytest.raises(ValueError, match=r"^Workflow execution failed: ") as failed:
+            runner.execute("compat_ok", cloaca.Context({"n": 1}))
+        assert isinstance(failed.value.__cause__, Exception)
+        with pytest.raises(ValueError, match=r"^Failed to get trigger execution history: "):
+            runner.get_trigger_execution_history("any", None, None)
+        with pytest.raises(ValueError, match=r"^Failed to get cron execution history: "):
+            runner.get_cron_execution_history(str(uuid.uuid4()), None, None)
 
 
 # -- construction failures (§14) -----------------------------------------------------------------------------

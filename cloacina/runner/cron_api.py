@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloacina.context import Context
 from cloacina.errors import DefinitionError
-from cloacina.runner.errors import CronDisabledError
+from cloacina.runner.errors import CronDisabledError, operation
 from cloacina.runner.paging import paging
 from cloacina.runner.results import rfc3339
 from cloacina.scheduling import cron_math
@@ -177,6 +177,7 @@ class CronAPI:
         return record.id
 
     # -- schedules --------------------------------------------------------------------------------------
+    @operation("Failed to register cron workflow")
     def register_cron_workflow(
         self,
         workflow_name: str | Workflow,
@@ -190,6 +191,7 @@ class CronAPI:
         created once it is). ``ValueError`` for a bad expression, time zone or catch-up policy."""
         return self._create(workflow_name, cron_expression, timezone, catchup_policy)
 
+    @operation("Failed to register workflow instance")
     def register_workflow_instance(
         self,
         workflow_name: str | Workflow,
@@ -206,6 +208,7 @@ class CronAPI:
             raise ValueError(f"instance_name must be a non-empty str, got {instance_name!r}")
         return self._create(workflow_name, cron_expression, timezone, catchup_policy, instance_name, _params(params))
 
+    @operation("Failed to list cron schedules")
     def list_cron_schedules(
         self, enabled_only: bool | None = None, limit: int | None = None, offset: int | None = None
     ) -> list[dict[str, Any]]:
@@ -214,12 +217,14 @@ class CronAPI:
         ``None`` means ``False``, 100 and 0."""
         return schedule_dicts(self._cron_store(), enabled_only, limit, offset)
 
+    @operation("Failed to get cron schedule")
     def get_cron_schedule(self, schedule_id: str) -> dict[str, Any]:
         """One schedule (keys as in :meth:`list_cron_schedules`); ``ValueError`` if the id is malformed or names
         no schedule."""
         store = self._cron_store()
         return _times(self._require_schedule(store, parse_schedule_id(schedule_id)).to_dict())
 
+    @operation("Failed to update cron schedule")
     def update_cron_schedule(
         self,
         schedule_id: str,
@@ -250,6 +255,7 @@ class CronAPI:
             raise ValueError(f"Failed to update cron schedule: unknown cron schedule {current.id}")
         self._notify_cron()
 
+    @operation("Failed to update cron schedule")
     def set_cron_schedule_enabled(self, schedule_id: str, enabled: bool) -> None:
         """Enable or disable a schedule (an unknown id is ignored, as in cloaca). Enabling starts from now:
         times passed while disabled are not run."""
@@ -268,6 +274,7 @@ class CronAPI:
             store.set_enabled(sid, enabled)
         self._notify_cron()
 
+    @operation("Failed to delete cron schedule")
     def delete_cron_schedule(self, schedule_id: str) -> None:
         """Delete a schedule and its execution history (the runs it started are kept); an unknown id is
         ignored, as in cloaca."""
@@ -276,6 +283,7 @@ class CronAPI:
             self._notify_cron()
 
     # -- history ----------------------------------------------------------------------------------------
+    @operation("Failed to get cron execution history")
     def get_cron_execution_history(
         self, schedule_id: str, limit: int | None = None, offset: int | None = None
     ) -> list[dict[str, Any]]:
@@ -287,6 +295,7 @@ class CronAPI:
         limit, offset = paging(limit, offset)
         return [_times(e.to_dict()) for e in store.execution_history(sid, limit, offset)]
 
+    @operation("Failed to get cron execution stats")
     def get_cron_execution_stats(self, since: str | datetime) -> dict[str, Any]:
         """Executions claimed since ``since`` (RFC 3339 with ``Z`` or ``±hh:mm``), over all schedules:
         total_executions, successful_executions (handed off to a run), lost_executions (no run, claimed over

@@ -37,7 +37,7 @@ from cloacina.execution.coordinator import RunCoordinator
 from cloacina.packaging.loader import PackageLoader
 from cloacina.runner.config import DefaultRunnerConfig
 from cloacina.runner.cron_api import CronAPI
-from cloacina.runner.errors import RunnerShutDownError, RunnerStartError, WorkflowTimeoutError
+from cloacina.runner.errors import RunnerShutDownError, RunnerStartError, WorkflowTimeoutError, operation
 from cloacina.runner.results import RunHandle, WorkflowResult
 from cloacina.runner.trigger_api import TriggerAPI
 from cloacina.scheduling.cron import CronScheduler
@@ -217,6 +217,7 @@ class DefaultRunner(TriggerAPI, CronAPI):
             self.deployment.dispatcher.watch_deadline(run_id, deadline_s)
         return run_id
 
+    @operation("Workflow execution failed")
     def execute(
         self,
         workflow_name: str | Workflow,

@@ -6,7 +6,9 @@
     ├── RunnerStartError (also RuntimeError)                 "Failed to create DefaultRunner: <cause>"
     ├── RunnerShutDownError (also ValueError, RuntimeError)  the runner was shut down
     ├── WorkflowTimeoutError (also ValueError, TimeoutError) execute() waited past its limit
-    └── CronDisabledError (also ValueError)                  the cron API of a runner without cron scheduling
+    ├── CronDisabledError (also ValueError)                  the cron API of a runner without cron scheduling
+    └── RunnerOperationError (also ValueError)               any other failure of a runner operation:
+                                                             "<operation>: <cause>" (e.g. the database is down)
 
 ``RunnerShutDownError`` is a ``RuntimeError`` too, and ``WorkflowTimeoutError`` a ``TimeoutError``, as they were
 before cloaca's ``ValueError`` became the contract, so code catching either keeps working.
@@ -14,7 +16,14 @@ before cloaca's ``ValueError`` became the contract, so code catching either keep
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
 from cloacina.errors import CloacinaError
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class RunnerStartError(CloacinaError, RuntimeError):
@@ -38,3 +47,28 @@ class WorkflowTimeoutError(CloacinaError, ValueError, TimeoutError):
 
 class CronDisabledError(CloacinaError, ValueError):
     """A cron management method of a runner whose config has ``enable_cron_scheduling=False``."""
+
+
+class RunnerOperationError(CloacinaError, ValueError):
+    """A runner operation failed for a reason that is not the caller's input (cloaca: ``ValueError``)."""
+
+
+def operation(name: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Report failures of the decorated runner method as cloaca does: ``ValueError("<name>: <cause>")``.
+
+    ``ValueError``, ``TypeError`` and ``KeyError`` (bad input, already the documented builtins) pass unchanged.
+    """
+
+    def decorate(method: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(method)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return method(*args, **kwargs)
+            except (ValueError, TypeError, KeyError):
+                raise
+            except Exception as exc:
+                raise RunnerOperationError(f"{name}: {exc}") from exc
+
+        return wrapper
+
+    return decorate

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloacina.definitions import registry
 from cloacina.definitions.trigger import TriggerDefinition
+from cloacina.runner.errors import operation
 from cloacina.runner.paging import paging
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ class TriggerAPI:
     deployment: Deployment
     trigger_scheduler: TriggerScheduler | None
 
+    @operation("Failed to list trigger schedules")
     def list_trigger_schedules(
         self, enabled_only: bool | None = None, limit: int | None = None, offset: int | None = None
     ) -> list[dict[str, Any]]:
@@ -50,6 +52,7 @@ class TriggerAPI:
         self._flush_trigger_stats()
         return self.deployment.triggers.list_schedules(enabled_only=bool(enabled_only), limit=limit, offset=offset)
 
+    @operation("Failed to get trigger schedule")
     def get_trigger_schedule(self, trigger_name: str) -> dict[str, Any] | None:
         """The schedule of trigger ``trigger_name``, or ``None`` if there is none."""
         _check_name(trigger_name)
@@ -60,6 +63,7 @@ class TriggerAPI:
         if self.trigger_scheduler is not None:
             self.trigger_scheduler.flush_stats()
 
+    @operation("Failed to update trigger")
     def set_trigger_enabled(self, trigger_name: str, enabled: bool) -> None:
         """Enable or disable polling of ``trigger_name``; survives restarts. An unknown name does nothing."""
         _check_name(trigger_name)
@@ -71,6 +75,7 @@ class TriggerAPI:
         if self.trigger_scheduler is not None:
             self.trigger_scheduler.set_enabled(trigger_name, enabled)
 
+    @operation("Failed to get trigger execution history")
     def get_trigger_execution_history(
         self, trigger_name: str, limit: int | None = None, offset: int | None = None
     ) -> list[dict[str, Any]]:
