@@ -57,7 +57,13 @@ from cloacina.errors import (
 )
 from cloacina.runner.config import DefaultRunnerConfig
 from cloacina.runner.default_runner import DefaultRunner
-from cloacina.runner.errors import RunnerShutDownError, RunnerStartError, WorkflowTimeoutError
+from cloacina.runner.errors import (
+    CronDisabledError,
+    RunnerOperationError,
+    RunnerShutDownError,
+    RunnerStartError,
+    WorkflowTimeoutError,
+)
 from cloacina.runner.results import RunHandle, WorkflowResult
 from cloacina.secrets import EnvSecretsBackend, SecretsBackend, get_secrets_backend, set_secrets_backend
 from cloacina.tenants import DatabaseAdmin, TenantConfig, TenantCredentials
@@ -131,5 +137,7 @@ __all__ = [
     "RunnerStartError",
     "RunnerShutDownError",
     "WorkflowTimeoutError",
+    "RunnerOperationError",
+    "CronDisabledError",
     "TenantError",
 ]
