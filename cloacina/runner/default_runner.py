@@ -206,14 +206,19 @@ class DefaultRunner(TriggerAPI, CronAPI):
             raise RunnerShutDownError("this DefaultRunner has been shut down")
 
     def start_run(self, workflow_name: str | Workflow, context: Context | Mapping[str, Any] | None = None) -> str:
-        """Create a run and start it; returns its id."""
+        """Create a run and start it; returns its id. The run fails at ``workflow_timeout_seconds``."""
+        return self._start_run(workflow_name, context, watch_deadline=True)
+
+    def _start_run(
+        self, workflow_name: str | Workflow, context: Context | Mapping[str, Any] | None, *, watch_deadline: bool
+    ) -> str:
         self._check_open()
         wf = self._workflow(workflow_name)
         ctx = coerce_context(context)
         deadline_s = self.config.workflow_timeout_seconds
         run_id = self.coordinator.create_run(wf, ctx.to_dict(), deadline_s=deadline_s)
         assert run_id is not None  # no dedup claim, so creation cannot be refused
-        if deadline_s:
+        if deadline_s and watch_deadline:
             self.deployment.dispatcher.watch_deadline(run_id, deadline_s)
         return run_id
 
@@ -232,7 +237,9 @@ class DefaultRunner(TriggerAPI, CronAPI):
         :class:`~cloacina.runner.errors.WorkflowTimeoutError` (a ``ValueError`` and a ``TimeoutError``) when
         ``workflow_timeout_seconds`` passes first (the run is failed) or ``timeout`` seconds, if given, pass.
         """
-        run_id = self.start_run(workflow_name, context)
+        # No deadline timer here (one per run, held for an hour by default): this call's own wait ends at the
+        # deadline and fails the run then; the run row's deadline lets the sweeper fail it if this thread dies.
+        run_id = self._start_run(workflow_name, context, watch_deadline=False)
         deadline_s = self.config.workflow_timeout_seconds
         try:
             result = self.wait_for_run(run_id, timeout if timeout is not None else deadline_s)
@@ -240,10 +247,14 @@ class DefaultRunner(TriggerAPI, CronAPI):
             if timeout is None and deadline_s is not None:
                 self.coordinator.expire_run(run_id, deadline_s)  # the deadline watcher may not have run yet
             raise
+        if result.status != "Completed":  # failed: by its deadline? (read only then: execute() stays one read)
+            self._raise_if_expired(run_id, result)
+        return result
+
+    def _raise_if_expired(self, run_id: str, result: WorkflowResult) -> None:
         run = self.runs.get_run(run_id)
         if (
-            result.status == "Failed"
-            and run is not None
+            run is not None
             and run.deadline_at is not None
             and run.completed_at is not None
             and run.completed_at >= run.deadline_at
@@ -253,7 +264,6 @@ class DefaultRunner(TriggerAPI, CronAPI):
                 f"{self.config.workflow_timeout_seconds}s ({result.error_message})",
                 run_id=run_id,
             )
-        return result
 
     def execute_async(
         self, workflow_name: str | Workflow, context: Context | Mapping[str, Any] | None = None
