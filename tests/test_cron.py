@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 
 import cloacina as cloaca
 from cloacina.definitions import registry
@@ -204,6 +204,29 @@ def test_history_and_stats_join_run_status(stack: Stack) -> None:
 
     assert stack.store.delete_schedule(sid)
     assert stack.store.execution_history(sid) == []
+
+
+def test_migration_0004_gives_existing_and_old_style_rows_uuid_ids(backend: Backend) -> None:
+    db = Database(backend.url, schema=backend.schema)
+    try:
+        db.upgrade("0003")
+        insert = (
+            "INSERT INTO cron_schedules (workflow_name, cron_expression, timezone, enabled, catchup_policy, "
+            "created_at, updated_at) VALUES (:w, '0 * * * *', 'UTC', true, 'skip', :t, :t)"
+        )
+        with db.engine.begin() as conn:  # rows written by the previous release
+            for name in ("before_a", "before_b"):
+                conn.execute(text(insert), {"w": name, "t": T0.replace(tzinfo=None)})
+        db.upgrade()
+        with db.engine.begin() as conn:  # the previous release's insert, on the new schema: still works
+            conn.execute(text(insert), {"w": "after", "t": T0.replace(tzinfo=None)})
+        records = CronStore(db).list_schedules()
+        assert sorted(r.workflow_name for r in records) == ["after", "before_a", "before_b"]
+        assert all(str(uuid.UUID(r.id)) == r.id and uuid.UUID(r.id).version == 4 for r in records)
+        assert len({r.id for r in records}) == 3
+        assert all(r.instance_name is None and r.params is None for r in records)
+    finally:
+        db.dispose()
 
 
 # -- scheduler with an injected clock ------------------------------------------------------------------------
