@@ -447,6 +447,8 @@ class CloacinaSystem:
         import cloacina as cloaca
         from bench.apps import cloacina_bench_app  # noqa: F401  (registers the workflows in this process)
 
+        # The client sends Celery's task-sent events only when task events are on, as the Celery systems' clients.
+        os.environ["CLOACINA_TASK_EVENTS"] = "true" if self.task_events else "false"
         self.runner = cloaca.DefaultRunner(self.db_url, cloaca.DefaultRunnerConfig(broker_url=self.redis_url))
         env = {
             **os.environ,

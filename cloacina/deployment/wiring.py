@@ -43,6 +43,7 @@ from cloacina.store.cron import CronStore
 from cloacina.store.database import Database
 from cloacina.store.packages import PackageStore
 from cloacina.store.recovery import RecoveryStore
+from cloacina.store.run_end_listener import PgRunEndNotices, RunEndChannel
 from cloacina.store.runs import RunStore
 from cloacina.store.triggers import TriggerStore
 
@@ -156,8 +157,11 @@ class Deployment:
         return TokenLocks.from_url(redis_url, self.settings.effective_redis_namespace)
 
     @cached_property
-    def run_notices(self) -> RunEndNotices:
-        """Run-ended notices on the deployment's Redis (``ValueError`` without a Redis URL)."""
+    def run_notices(self) -> RunEndChannel:
+        """Run-ended notices: PostgreSQL's own (its trigger notifies as the run ends, so publishing costs the
+        workers nothing), else the deployment's Redis pub/sub (``ValueError`` without a Redis URL)."""
+        if self.db.dialect == "postgresql":
+            return PgRunEndNotices(self.db)
         return RunEndNotices(self.locks.client, self.settings.effective_redis_namespace)
 
     # -- loops ------------------------------------------------------------------------------------------------

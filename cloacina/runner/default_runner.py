@@ -32,7 +32,6 @@ from cloacina.context import Context, coerce_context
 from cloacina.definitions import registry
 from cloacina.definitions.workflow import Workflow
 from cloacina.deployment.wiring import Deployment
-from cloacina.dispatch.run_notices import RunEndNotices
 from cloacina.execution.coordinator import RunCoordinator
 from cloacina.packaging.loader import PackageLoader
 from cloacina.runner.config import DefaultRunnerConfig
@@ -45,6 +44,7 @@ from cloacina.scheduling.cron_recovery import CronRecovery
 from cloacina.scheduling.cron_triggers import register_cron_triggers
 from cloacina.scheduling.trigger_poller import TriggerScheduler
 from cloacina.store.database import Database
+from cloacina.store.run_end_listener import RunEndChannel
 from cloacina.store.runs import RunEnd, RunStore
 from cloacina.store.triggers import TriggerStore
 from cloacina.store.urls import check_schema_args
@@ -112,7 +112,7 @@ class DefaultRunner(TriggerAPI, CronAPI):
         self.cron_scheduler: CronScheduler | None = None
         self.cron_recovery: CronRecovery | None = None
         self.coordinator.add_run_finished_listener(self._on_run_finished)
-        self._notices: RunEndNotices | None = None
+        self._notices: RunEndChannel | None = None
         if self.broker_url:  # runs end in the workers: they say so on Redis
             self._notices = deployment.run_notices
             self._notices.listen(self._wake)
