@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Engine
 
 import cloacina as cloaca
 from cloacina.engine.states import RunStatus
@@ -131,7 +132,7 @@ def test_a_broker_mode_client_on_postgresql_wakes_on_the_databases_notice(pg_sch
             if "FROM workflow_runs" in statement:
                 run_reads.append(statement)
 
-        event.listen(runner.db.engine, "before_cursor_execute", count)
+        event.listen(Engine, "before_cursor_execute", count)  # both pools of the runner's database
 
         def finish_elsewhere() -> None:
             wait_until(lambda: run_id in runner._waiters, 10, message="the waiter")
@@ -142,7 +143,7 @@ def test_a_broker_mode_client_on_postgresql_wakes_on_the_databases_notice(pg_sch
         finisher.start()
         result = runner.wait_for_run(run_id, timeout=30)
         finisher.join()
-        event.remove(runner.db.engine, "before_cursor_execute", count)
+        event.remove(Engine, "before_cursor_execute", count)
     assert result.status == "Completed"
     # One read before waiting and one after the notice; polling would have read ~7 times in its first 0.25 s.
-    assert len(run_reads) <= 3, run_reads
+    assert 1 <= len(run_reads) <= 3, run_reads

@@ -51,13 +51,15 @@ class Database:
         if schema is not None and self.url.dialect != "postgresql":
             raise InvalidSchemaError("with_schema() needs a PostgreSQL URL; SQLite has no schemas")
         self._lock: threading.RLock | None = threading.RLock() if self.url.dialect == "sqlite" else None
+        self._pool_size = pool_size
         self.engine: Engine = self._create_engine(pool_size)
+        self._autocommit_engine: Engine | None = None
 
     @property
     def dialect(self) -> str:
         return self.url.dialect
 
-    def _create_engine(self, pool_size: int) -> Engine:
+    def _create_engine(self, pool_size: int, *, autocommit: bool = False) -> Engine:
         if self.url.dialect == "sqlite":
             kwargs: dict[str, Any] = {
                 "connect_args": {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
@@ -94,6 +96,9 @@ class Database:
             max_overflow=pool_size,
             pool_pre_ping=False,  # a dead connection invalidates the pool on first use; callers retry
             pool_recycle=1800,
+            # The single-statement engine's connections are always in autocommit, so no transaction is ever left
+            # open and the pool's reset (a ROLLBACK round trip per checkin) is pure cost.
+            **({"isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None} if autocommit else {}),
         )
         if self.schema is not None:
             schema = self.schema
@@ -140,9 +145,18 @@ class Database:
     @contextlib.contextmanager
     def single_statement(self) -> Iterator[Connection]:
         """A connection in autocommit: each statement is its own transaction, sent in one round trip (for the
-        single-statement transitions of :mod:`cloacina.store.run_fast_path`)."""
-        lock = self._lock or contextlib.nullcontext()
-        with lock, self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        single-statement transitions of :mod:`cloacina.store.run_fast_path`).
+
+        On PostgreSQL it comes from a second pool whose connections are born in autocommit: switching a pooled
+        connection's isolation level and resetting it on return cost a round trip per statement."""
+        if self._lock is not None:  # SQLite: one shared connection, switched for the statement
+            with self._lock, self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                yield conn
+            return
+        engine = self._autocommit_engine
+        if engine is None:
+            engine = self._autocommit_engine = self._create_engine(self._pool_size, autocommit=True)
+        with engine.connect() as conn:
             yield conn
 
     # -- migrations -------------------------------------------------------------------------------------
@@ -211,3 +225,5 @@ class Database:
         lock = self._lock or contextlib.nullcontext()
         with lock:
             self.engine.dispose()
+            if self._autocommit_engine is not None:
+                self._autocommit_engine.dispose()

@@ -148,7 +148,8 @@ class TaskRun(Base):
     __table_args__ = (UniqueConstraint("run_id", "task_id", name="uq_task_runs_run_task"),)
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
-    run_id: Mapped[str] = mapped_column(ForeignKey("workflow_runs.id", ondelete="CASCADE"), index=True)
+    # Looked up through uq_task_runs_run_task (run_id, task_id): no index of its own.
+    run_id: Mapped[str] = mapped_column(ForeignKey("workflow_runs.id", ondelete="CASCADE"))
     task_id: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16))
     attempt: Mapped[int] = mapped_column(Integer, default=0)
@@ -170,7 +171,8 @@ class TaskAttempt(Base):
     __table_args__ = (UniqueConstraint("task_run_id", "attempt", name="uq_task_attempts_task_attempt"),)
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
-    task_run_id: Mapped[int] = mapped_column(ForeignKey("task_runs.id", ondelete="CASCADE"), index=True)
+    # Looked up through uq_task_attempts_task_attempt (task_run_id, attempt): no index of its own.
+    task_run_id: Mapped[int] = mapped_column(ForeignKey("task_runs.id", ondelete="CASCADE"))
     attempt: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16))
     error_message: Mapped[str | None] = mapped_column(Text)

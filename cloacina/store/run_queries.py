@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 
 from cloacina.store.database import Database
 from cloacina.store.models import TaskAttempt, TaskRun, WorkflowRun
 from cloacina.store.run_records import AttemptRecord, RunRecord, TaskRecord, run_record, task_record
+
+_RUNS = WorkflowRun.__table__
+RUN_BY_ID = select(_RUNS).where(_RUNS.c.id == bindparam("run_id"))
 
 
 class RunQueries:
@@ -17,9 +20,12 @@ class RunQueries:
     db: Database
 
     def get_run(self, run_id: str) -> RunRecord | None:
-        with self.db.session() as s:
-            row = s.get(WorkflowRun, run_id)
-            return run_record(row) if row else None
+        # Waiting clients call this once per run: one Core statement, in autocommit on PostgreSQL (one round trip
+        # instead of BEGIN, SELECT and COMMIT).
+        unit = self.db.single_statement if self.db.dialect == "postgresql" else self.db.connection
+        with unit() as c:
+            row = c.execute(RUN_BY_ID, {"run_id": run_id}).one_or_none()
+        return run_record(row) if row else None
 
     def get_tasks(self, run_id: str) -> dict[str, TaskRecord]:
         with self.db.session() as s:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.engine import Row
+
 from cloacina.engine.planner import TaskView
 from cloacina.engine.states import RunStatus, TaskStatus
 from cloacina.store.models import TaskRun, WorkflowRun
@@ -148,7 +150,8 @@ class Transition:
         return self.applied
 
 
-def run_record(row: WorkflowRun) -> RunRecord:
+def run_record(row: WorkflowRun | Row[Any]) -> RunRecord:
+    """A run's record from its ORM object or a Core row of ``workflow_runs``."""
     return RunRecord(
         run_id=row.id,
         workflow_name=row.workflow_name,
