@@ -17,9 +17,9 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 
 import cloacina as cloaca
-from cloacina.engine.states import RunStatus
 from cloacina.definitions import registry
 from cloacina.definitions.workflow import Workflow
+from cloacina.engine.states import RunStatus
 from cloacina.store.database import Database
 from cloacina.store.run_end_listener import PgRunEndNotices, run_end_channel
 from cloacina.store.runs import RunStore
