@@ -1,4 +1,4 @@
-"""PostgreSQL announces run ends itself (migration 0004's trigger) and :class:`PgRunEndNotices` hears them.
+"""PostgreSQL announces run ends itself (migration 0005's trigger) and :class:`PgRunEndNotices` hears them.
 
 Real PostgreSQL, a schema of the test's own (a second one for the isolation case); the runs are ended through
 the store, as a worker or the sweeper would end them, and nobody publishes anything.

@@ -1,6 +1,6 @@
 """Hearing that a run ended: PostgreSQL ``LISTEN`` on the channel the store's run-ended trigger notifies.
 
-Migration 0004 makes PostgreSQL itself announce every run that becomes Completed or Failed, inside the
+Migration 0005 makes PostgreSQL itself announce every run that becomes Completed or Failed, inside the
 transaction that ends it (so a rolled-back end is never announced, and no writer has to remember to publish).
 :class:`PgRunEndNotices` holds one dedicated connection that listens on the channel of its schema and calls
 ``on_ended(run_id)`` for each notification. Notifications are not stored: a client that was disconnected misses
@@ -51,7 +51,7 @@ class RunEndChannel(Protocol):
 
 
 def run_end_channel(schema: str) -> str:
-    """The notification channel of the tables in ``schema`` (the same expression as migration 0004's trigger)."""
+    """The notification channel of the tables in ``schema`` (the same expression as migration 0005's trigger)."""
     return "cloacina_ended_" + hashlib.md5(schema.encode(), usedforsecurity=False).hexdigest()[:16]
 
 

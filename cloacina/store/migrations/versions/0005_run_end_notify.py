@@ -1,7 +1,7 @@
 """Run-ended notifications from PostgreSQL, and two redundant indexes fewer on the hot tables.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-12-01
 
 A row trigger on ``workflow_runs`` calls ``pg_notify`` when a run's status becomes terminal, on the channel
@@ -20,8 +20,8 @@ queries are served by the remaining indexes.
 
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
