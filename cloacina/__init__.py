@@ -41,7 +41,6 @@ from cloacina.definitions.rules import (
 )
 from cloacina.definitions.trigger import TriggerResult
 from cloacina.definitions.workflow import Workflow
-from cloacina.execution.task_handle import TaskHandle
 from cloacina.errors import (
     CloacinaError,
     DefinitionError,
@@ -55,6 +54,7 @@ from cloacina.errors import (
     TriggerPollError,
     WorkflowNotFoundError,
 )
+from cloacina.execution.task_handle import TaskHandle
 from cloacina.runner.config import DefaultRunnerConfig
 from cloacina.runner.default_runner import DefaultRunner
 from cloacina.runner.errors import (
