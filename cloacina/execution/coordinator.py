@@ -280,11 +280,16 @@ class RunCoordinator:
         try:
             callback(*args)
         except Exception as exc:  # callbacks never change a task's outcome
+            # cloaca prints the failure on stderr. A process that configured logging also gets a warning (an
+            # unconfigured one would print it twice: once more through logging's last-resort handler).
             print(
                 f"[cloaca] {name} callback failed for task {definition.task_id!r}: {describe_error(exc)}",
                 file=sys.stderr,
             )
-            log.info("%s callback of task %r raised %s", name, definition.task_id, describe_error(exc), exc_info=True)
+            if log.hasHandlers():
+                log.warning(
+                    "%s callback failed for task %r: %s", name, definition.task_id, describe_error(exc), exc_info=True
+                )
 
 
 def _record(write: Callable[[], Transition]) -> Transition:
