@@ -39,6 +39,7 @@ from cloacina.scheduling.poll_gate import PollGate
 from cloacina.scheduling.redis_locks import TokenLocks
 from cloacina.scheduling.sweeper import Sweeper
 from cloacina.scheduling.trigger_poller import TriggerScheduler
+from cloacina.store.catalog import CatalogStore
 from cloacina.store.cron import CronStore
 from cloacina.store.database import Database
 from cloacina.store.packages import PackageStore
@@ -94,7 +95,12 @@ class Deployment:
         # trigger names a package this process has not loaded yet.
         self.packages = PackageLoader(PackageStore(self.db))
         install_resolver(self.packages)
-        self.workflows = WorkflowCatalog(self.packages)
+        # The catalog of workflows (store.catalog): processes that execute no task plan runs from it.
+        self.catalog = CatalogStore(self.db)
+        executes = role == "worker" or (role == "runner" and not settings.broker_url)
+        self.workflows = WorkflowCatalog(
+            self.packages, self.catalog, plans_only=not executes, strict_versions=role == "worker"
+        )
         self._closed = False
 
     # -- schema -----------------------------------------------------------------------------------------------

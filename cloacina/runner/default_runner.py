@@ -43,6 +43,7 @@ from cloacina.scheduling.cron import CronScheduler
 from cloacina.scheduling.cron_recovery import CronRecovery
 from cloacina.scheduling.cron_triggers import register_cron_triggers
 from cloacina.scheduling.trigger_poller import TriggerScheduler
+from cloacina.store.catalog import CatalogEntry
 from cloacina.store.database import Database
 from cloacina.store.run_end_listener import RunEndChannel
 from cloacina.store.runs import RunEnd, RunStore
@@ -112,6 +113,7 @@ class DefaultRunner(TriggerAPI, CronAPI):
         self.cron_scheduler: CronScheduler | None = None
         self.cron_recovery: CronRecovery | None = None
         self.coordinator.add_run_finished_listener(self._on_run_finished)
+        deployment.workflows.record_registered()  # the workflow catalog: what this process's code declared
         self._notices: RunEndChannel | None = None
         if self.broker_url:  # runs end in the workers: they say so on Redis
             self._notices = deployment.run_notices
@@ -200,6 +202,12 @@ class DefaultRunner(TriggerAPI, CronAPI):
     def _workflow(self, workflow: str | Workflow) -> Workflow:
         return self.deployment.workflows.get(workflow)
 
+    def list_catalog(self) -> list[CatalogEntry]:
+        """The workflow catalog: every workflow a process of this deployment recorded (its newest version), by
+        name. In broker mode any of them can be started by name, without its code."""
+        self._check_open()
+        return self.deployment.catalog.list_workflows()
+
     # -- execution API ----------------------------------------------------------------------------------
     def _check_open(self) -> None:
         if self._closed:
@@ -213,10 +221,14 @@ class DefaultRunner(TriggerAPI, CronAPI):
         self, workflow_name: str | Workflow, context: Context | Mapping[str, Any] | None, *, watch_deadline: bool
     ) -> str:
         self._check_open()
-        wf = self._workflow(workflow_name)
+        # In broker mode a workflow this process never imported comes from the catalog (with its package).
+        found = self.deployment.workflows.find(workflow_name)
+        self.deployment.workflows.record([found.workflow])  # once per process and version (declared late)
         ctx = coerce_context(context)
         deadline_s = self.config.workflow_timeout_seconds
-        run_id = self.coordinator.create_run(wf, ctx.to_dict(), deadline_s=deadline_s)
+        run_id = self.coordinator.create_run(
+            found.workflow, ctx.to_dict(), deadline_s=deadline_s, package_fingerprint=found.package_fingerprint
+        )
         assert run_id is not None  # no dedup claim, so creation cannot be refused
         if deadline_s and watch_deadline:
             self.deployment.dispatcher.watch_deadline(run_id, deadline_s)

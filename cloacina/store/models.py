@@ -289,3 +289,24 @@ class Package(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class CatalogWorkflow(Base):
+    """One version of a workflow as a process that registered it recorded it (:mod:`cloacina.store.catalog`).
+
+    ``id`` grows with every new (name, version): the newest version of a name is the one with the highest id, so
+    a process that records an older version again never takes the name back (it only refreshes that row).
+    """
+
+    __tablename__ = "workflow_catalog"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_workflow_catalog_name_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text)
+    tags: Mapped[str] = mapped_column(Text)  # JSON object
+    tasks: Mapped[str] = mapped_column(Text)  # JSON list of CatalogTask
+    origin: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
