@@ -10,6 +10,7 @@
     cloacina [-v|-vv] package build|validate|inspect|schema|deploy|list         (cloacina.cli.package)
     cloacina [-v|-vv] daemon [--watch DIR ...] [--db URL]   deploy packages    (cloacina.cli.daemon)
     cloacina worker|poller --app APP | flower [opts] | health                   (cloacina.cli.services, cli_health)
+    cloacina web [--host 127.0.0.1] [--port 8080]   HTTP API and console         (cloacina.cli.web)
 
 Every command takes ``--db URL`` (else ``$CLOACINA_DATABASE_URL``, else ``sqlite://cloacina.db``). Another
 module adds its commands with ``main.add_command(...)`` here. ``python -m cloacina`` works too.
@@ -29,6 +30,7 @@ from cloacina.cli.run import run_command
 from cloacina.cli.runs import runs_group
 from cloacina.cli.services import flower_command, poller_command, worker_command
 from cloacina.cli.triggers import triggers_group
+from cloacina.cli.web import web_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,6 +52,7 @@ main.add_command(worker_command)
 main.add_command(poller_command)
 main.add_command(flower_command)
 main.add_command(health_command)
+main.add_command(web_command)
 
 
 if __name__ == "__main__":

@@ -69,12 +69,20 @@ class RunQueries:
             ]
 
     def list_runs(
-        self, *, workflow_name: str | None = None, status: str | None = None, limit: int = 100, offset: int = 0
+        self,
+        *,
+        workflow_name: str | None = None,
+        status: str | None = None,
+        trigger_name: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
     ) -> list[RunRecord]:
         with self.db.session() as s:
             q = select(WorkflowRun).order_by(WorkflowRun.created_at.desc(), WorkflowRun.id)
             if workflow_name:
                 q = q.where(WorkflowRun.workflow_name == workflow_name)
+            if trigger_name:
+                q = q.where(WorkflowRun.trigger_name == trigger_name)
             if status:
                 q = q.where(WorkflowRun.status == status)
             return [run_record(r) for r in s.scalars(q.limit(limit).offset(offset)).all()]
