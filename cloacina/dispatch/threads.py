@@ -229,6 +229,15 @@ class ThreadDispatcher:
                     delay = max(0.0, (record.next_attempt_at - utcnow()).total_seconds())
                 self.submit(run_id, task_id, delay)
 
+    def cancel_run(self, run_id: str) -> None:
+        """Drop the run's attempts still waiting for a slot (their start would be refused anyway)."""
+        with self._pending_lock:
+            kept = deque(item for item in self._pending if item[0] != run_id)
+            dropped = len(self._pending) - len(kept)
+            self._pending = kept
+        if dropped:
+            self._done(dropped)
+
     def watch_deadline(self, run_id: str, deadline_s: float) -> None:
         coordinator = self._attached()
         self._timer.call_later(deadline_s, lambda: coordinator.expire_run(run_id, deadline_s))
@@ -286,9 +295,9 @@ class ThreadDispatcher:
             lease.close()  # frees the slot (and starts the next waiting attempt)
             self._done()
 
-    def _done(self) -> None:
+    def _done(self, count: int = 1) -> None:
         with self._idle:
-            self._inflight -= 1
+            self._inflight -= count
             self._idle.notify_all()
 
     def shutdown(self, wait_s: float = 5.0) -> None:

@@ -11,6 +11,10 @@ Embedded, a thread pool runs Ready tasks and re-submits retries after their dela
 published as Celery canvases whose nodes call :meth:`run_node`, which turns a retry into a Celery retry. Rules,
 skips, retries, callbacks and ``final_context`` are the same code in both modes.
 
+Run control: :meth:`RunCoordinator.cancel_run` ends a run ``Cancelled`` (tasks still running finish, their results
+are discarded); :meth:`RunCoordinator.retry_run` re-executes a Failed or Cancelled run from its failure, reusing
+what completed (:mod:`cloacina.store.run_control`).
+
 Callbacks (cloaca's order): ``on_failure(task_id, message, context)`` after every attempt whose function raised,
 retries included, with the Context object the function received; ``on_success(task_id, context)`` once, with
 the output, before the completion is recorded. A callback that raises is printed to stderr and ignored.
@@ -42,7 +46,7 @@ from cloacina.execution.dispatcher import Dispatcher, NodeOutcome, PlanOnly
 from cloacina.execution.task_call import TaskCallError, call_task, describe_error
 from cloacina.secrets import task_secrets
 from cloacina.store.models import utcnow
-from cloacina.store.runs import CronClaim, RunEnd, RunStore, StartedAttempt, Transition, TriggerClaim
+from cloacina.store.runs import CronClaim, OpenedRun, RunEnd, RunStore, StartedAttempt, Transition, TriggerClaim
 
 log = logging.getLogger("cloacina.run")
 # How long to keep trying to record an outcome the task already has: 0.5 + 1 + 2 + 4 s.
@@ -110,16 +114,56 @@ class RunCoordinator:
         )
         if opened is None:
             return None
-        run_id, planned = opened.run_id, opened.transition
         log.info(
             "run created",
-            extra={"run_id": run_id, "workflow": workflow.name, "trigger": trigger.trigger_name if trigger else None},
+            extra={
+                "run_id": opened.run_id,
+                "workflow": workflow.name,
+                "trigger": trigger.trigger_name if trigger else None,
+            },
         )
-        if planned.ended is not None:  # every task was skipped by its rule
-            self._notify(planned.ended)
-            return run_id
-        self.dispatcher.start_run(run_id, workflow, planned.ready)
-        return run_id
+        return self._launch(opened, workflow)
+
+    def _launch(self, opened: OpenedRun, workflow: Workflow) -> str:
+        """Hand a run just created (and planned) to the dispatcher, or announce its end if nothing was left."""
+        if opened.transition.ended is not None:  # every task was skipped by its rule (or reused, for a retry)
+            self._notify(opened.transition.ended)
+        else:
+            self.dispatcher.start_run(opened.run_id, workflow, opened.transition.ready)
+        return opened.run_id
+
+    # -- run control ------------------------------------------------------------------------------------
+    def cancel_run(self, run_id: str) -> bool:
+        """Cancel an active run: it ends ``Cancelled`` at once (its dedup key freed, its waiting clients woken),
+        no task of it starts afterwards, and the results of tasks still running are discarded when they return.
+
+        ``True`` if this call cancelled it, ``False`` if it had already ended; ``KeyError`` for an unknown run.
+        """
+        ended = self.store.cancel_run(run_id)
+        if ended is None:
+            if self.store.get_run(run_id) is None:
+                raise KeyError(f"unknown run {run_id!r}")
+            return False
+        log.info("run cancelled", extra={"run_id": run_id})
+        self._notify(ended)
+        self.dispatcher.cancel_run(run_id)
+        return True
+
+    def retry_run(self, run_id: str, *, deadline_s: float | None = None) -> str:
+        """Re-execute a Failed or Cancelled run from its failure: a new run (``retry_of`` = ``run_id``) that keeps
+        the results of the tasks that completed and runs the others; returns its id. The original is unchanged.
+
+        ``KeyError`` for an unknown run; ``ValueError`` for a run that is not Failed or Cancelled.
+        """
+        run = self.store.get_run(run_id)
+        if run is None:
+            raise KeyError(f"unknown run {run_id!r}")
+        if not run.status.is_retryable:
+            raise ValueError(f"run {run_id} is {run.status}: only a Failed or Cancelled run can be retried")
+        workflow = self.resolve_workflow(run.workflow_name, run.workflow_version, run.package_fingerprint)
+        opened = self.store.retry_run(run_id, workflow, deadline_s=deadline_s, owner=self.worker_name)
+        log.info("run retried", extra={"run_id": opened.run_id, "retry_of": run_id, "workflow": workflow.name})
+        return self._launch(opened, workflow)
 
     def advance(self, run_id: str, workflow: Workflow | None = None) -> Transition:
         """Plan the run and hand newly Ready tasks to the dispatcher."""
@@ -220,7 +264,8 @@ class RunCoordinator:
         transition = _record(
             lambda: self.store.complete_attempt(run_id, task_id, started.attempt, output, workflow, started.basis)
         )
-        if not transition.applied:
+        if not transition.applied:  # resolved meanwhile: timed out, lost, or its run was cancelled
+            self._discarded(run_id, task_id, started.attempt, "completed")
             return NodeOutcome("done")
         log.info("task completed", extra=fields)
         self._after(run_id, transition)
@@ -246,6 +291,7 @@ class RunCoordinator:
             )
         )
         if not transition.applied:
+            self._discarded(run_id, definition.task_id, attempt, "failed")
             return NodeOutcome("done")
         if retry:
             log.warning("task attempt failed, retrying in %.3fs: %s", delay_s, message, extra=fields)
@@ -270,6 +316,18 @@ class RunCoordinator:
             # the run. The task itself is recorded as Failed with the reason.
             self._after(run_id, transition)
         return NodeOutcome("failed")
+
+    def _discarded(self, run_id: str, task_id: str, attempt: int, outcome: str) -> None:
+        """An attempt's outcome did not apply: if its run was cancelled while it ran, record that its result was
+        discarded (only then does this write anything; a timed-out or lost attempt is left as it was)."""
+        try:
+            if self.store.discard_attempt(run_id, task_id, attempt, outcome):
+                log.info(
+                    "result of a cancelled run's task discarded",
+                    extra={"run_id": run_id, "task": task_id, "attempt": attempt},
+                )
+        except Exception as exc:  # bookkeeping only: the outcome is already refused
+            log.warning("could not record the discarded result of %s in run %s: %s", task_id, run_id, exc)
 
     @staticmethod
     def _callback(definition: TaskDefinition, name: str, *args: Any) -> None:

@@ -60,6 +60,10 @@ class Dispatcher(Protocol):
     def resume_run(self, run_id: str) -> None:
         """Recovery: execute whatever is left of ``run_id``, never redoing finished tasks."""
 
+    def cancel_run(self, run_id: str) -> None:
+        """The run was cancelled in the store: drop or revoke what is queued for it where that is cheap and safe
+        (never required for correctness: the store refuses every start of a cancelled run)."""
+
     def watch_deadline(self, run_id: str, deadline_s: float) -> None:
         """Fail the run if it is still going ``deadline_s`` seconds from now (or leave that to the sweeper)."""
 
@@ -86,6 +90,9 @@ class PlanOnly:
     def resume_run(self, run_id: str) -> None:
         if self._coordinator is not None:
             self._coordinator.advance(run_id)
+
+    def cancel_run(self, run_id: str) -> None:
+        return None
 
     def watch_deadline(self, run_id: str, deadline_s: float) -> None:
         return None

@@ -243,7 +243,8 @@ class DefaultRunner(TriggerAPI, CronAPI):
         timeout: float | None = None,
     ) -> WorkflowResult:
         """Run ``workflow_name`` with ``context`` and wait until it is Completed or Failed (a failing task gives
-        ``status == "Failed"``, never an exception).
+        ``status == "Failed"``, never an exception). A run cancelled meanwhile (``cancel_run``, our extension)
+        gives ``status == "Cancelled"``.
 
         ``ValueError`` for an unknown workflow or a runner that was shut down;
         :class:`~cloacina.runner.errors.WorkflowTimeoutError` (a ``ValueError`` and a ``TimeoutError``) when
@@ -290,7 +291,7 @@ class DefaultRunner(TriggerAPI, CronAPI):
         return str(run.status)
 
     def wait_for_run(self, run_id: str, timeout: float | None = None) -> WorkflowResult:
-        """Block until run ``run_id`` is Completed or Failed and return its result."""
+        """Block until run ``run_id`` has ended (Completed, Failed, or Cancelled) and return its result."""
         event = threading.Event()
         with self._waiters_lock:
             self._waiters[run_id] = event
@@ -320,8 +321,45 @@ class DefaultRunner(TriggerAPI, CronAPI):
             with self._waiters_lock:
                 self._waiters.pop(run_id, None)
 
+    # -- run control ---------------------------------------------------------------------------------------
+    @operation("Run cancellation failed")
+    def cancel_run(self, run_id: str) -> bool:
+        """Cancel run ``run_id``: it ends ``Cancelled`` at once, no task of it starts afterwards, a task still
+        running finishes but its result is discarded, and its trigger's dedup key is free again (a fire of the
+        same context starts a new run). Clients waiting for it get a result with ``status == "Cancelled"``.
+
+        ``True`` if this call cancelled it; ``False`` if it had already ended (Completed, Failed or Cancelled);
+        ``KeyError`` for an unknown run id.
+        """
+        self._check_open()
+        return self.coordinator.cancel_run(run_id)
+
+    @operation("Run retry failed")
+    def retry_run(self, run_id: str) -> str:
+        """Re-execute a Failed or Cancelled run from its failure; returns the new run's id.
+
+        The new run (``get_run(new_id)``; its record's ``retry_of`` names the original) has the original's input;
+        tasks that completed keep their outputs and are not run again (unless a task they depend on runs again),
+        the others run afresh. The original run is unchanged. ``KeyError`` for an unknown run, ``ValueError`` for
+        a run that is not Failed or Cancelled. Wait for it with ``wait_for_run(new_id)``.
+        """
+        self._check_open()
+        deadline_s = self.config.workflow_timeout_seconds
+        new_id = self.coordinator.retry_run(run_id, deadline_s=deadline_s)
+        if deadline_s:
+            self.deployment.dispatcher.watch_deadline(new_id, deadline_s)
+        return new_id
+
     def _on_run_finished(self, ended: RunEnd) -> None:
         self._wake(ended.run_id)
+        if self.broker_url and ended.lock_token and ended.trigger_name and ended.context_hash:
+            # A run this client ended (cancelled, or failed at its deadline) gives its trigger's Redis dedup lock
+            # back at once, as the worker ending a run does (SQL freed the key in the ending transaction).
+            locks = self.deployment.locks
+            try:
+                locks.release(locks.dedup_key(ended.trigger_name, ended.context_hash), ended.lock_token)
+            except Exception as exc:  # the lock expires on its own; SQL already freed the key
+                log.warning("could not release the dedup lock of run %s: %s", ended.run_id, exc)
 
     def _wake(self, run_id: str) -> None:
         with self._waiters_lock:

@@ -23,7 +23,9 @@ def rfc3339(value: datetime) -> str:
 
 @dataclass(frozen=True)
 class WorkflowResult:
-    """The outcome of one run. ``status`` is ``"Completed"`` or ``"Failed"`` (a failing task never raises).
+    """The outcome of one run. ``status`` is ``"Completed"`` or ``"Failed"`` (a failing task never raises), as in
+    cloaca; a run cancelled with ``DefaultRunner.cancel_run`` (our extension) ends ``"Cancelled"``, with
+    ``error_message == "run cancelled"`` and an empty ``final_context``.
 
     ``start_time`` and ``end_time`` are RFC 3339 strings in UTC (``end_time`` ``None`` while unfinished), as in
     cloaca; ``started_at``/``completed_at`` are the same instants as datetimes, ``run_id`` names the run.
@@ -82,7 +84,7 @@ class RunHandle:
         return self._waiter(self.run_id, timeout)
 
     def status(self) -> str:
-        """The run's current status: Pending, Running, Completed or Failed."""
+        """The run's current status: Pending, Running, Completed, Failed or Cancelled."""
         return self._peek(self.run_id)
 
     def __repr__(self) -> str:

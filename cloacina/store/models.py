@@ -141,6 +141,8 @@ class WorkflowRun(Base):
     # given back, a planning step, the run's end): a finishing task whose start-time view of the run still has
     # the same version may plan from that view (see cloacina.store.run_fast_path).
     version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The run this one re-executes from its failure (``DefaultRunner.retry_run``; migration 0007).
+    retry_of: Mapped[str | None] = mapped_column(String(36))
 
 
 class TaskRun(Base):

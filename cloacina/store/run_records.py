@@ -52,6 +52,7 @@ class RunRecord:
     completed_at: datetime | None
     deadline_at: datetime | None
     package_fingerprint: str | None = None
+    retry_of: str | None = None  # the run this one re-executes from its failure (``DefaultRunner.retry_run``)
 
 
 @dataclass(frozen=True)
@@ -166,10 +167,12 @@ def run_record(row: WorkflowRun | Row[Any]) -> RunRecord:
         completed_at=row.completed_at,
         deadline_at=row.deadline_at,
         package_fingerprint=row.package_fingerprint,
+        # Read leniently: the column arrives with migration 0007, and a row of an older schema has none.
+        retry_of=getattr(row, "retry_of", None),
     )
 
 
-def task_record(row: TaskRun) -> TaskRecord:
+def task_record(row: TaskRun | Row[Any]) -> TaskRecord:
     return TaskRecord(
         task_id=row.task_id,
         status=TaskStatus(row.status),

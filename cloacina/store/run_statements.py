@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import BindParameter, bindparam, func, insert, or_, select, update
 
-from cloacina.engine.states import RunStatus, TaskStatus
+from cloacina.engine.states import RunStatus, SkipReason, TaskStatus
 from cloacina.store.models import TaskAttempt, TaskRun, TriggerExecution, UTCDateTime, WorkflowRun
 
 ACTIVE_RUN = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
@@ -92,6 +92,8 @@ FINISH_ATTEMPT = (
     )
 )
 
+TASKS_OF_RUN = select(TaskRun.__table__).where(TaskRun.run_id == _RUN).order_by(TaskRun.id)
+
 TASKS_FOR_PLAN = select(
     TaskRun.task_id, TaskRun.status, TaskRun.output_context, TaskRun.skip_reason, TaskRun.error_message
 ).where(TaskRun.run_id == _RUN)
@@ -151,4 +153,56 @@ FAIL_RUNNING = (
         error_kind="error",
         error_message=bindparam("error"),
     )
+)
+
+# -- cancellation (cloacina.store.run_control); the run's row is locked first, as by every run transition -----
+CANCELLED_ATTEMPT = "Cancelled"  # the status of an attempt that was running when its run was cancelled
+
+# Attempts still running when the run is cancelled: their task's result will be discarded when it returns.
+CANCEL_ATTEMPTS = (
+    update(TaskAttempt)
+    .where(
+        TaskAttempt.task_run_id.in_(
+            select(TaskRun.id).where(TaskRun.run_id == _RUN, TaskRun.status == TaskStatus.RUNNING.value)
+        ),
+        TaskAttempt.status == TaskStatus.RUNNING.value,  # only a task's latest attempt can be running
+    )
+    .values(status=CANCELLED_ATTEMPT, error_message=bindparam("error"), error_kind="cancelled")
+)
+
+CANCEL_RUNNING = (
+    update(TaskRun)
+    .where(TaskRun.run_id == _RUN, TaskRun.status == TaskStatus.RUNNING.value)
+    .values(
+        status=TaskStatus.FAILED.value,
+        completed_at=_NOW,
+        updated_at=_NOW,
+        error_kind="cancelled",
+        error_message=bindparam("error"),
+    )
+)
+
+CANCEL_UNSTARTED = (
+    update(TaskRun)
+    .where(TaskRun.run_id == _RUN, TaskRun.status.in_([TaskStatus.NOT_STARTED.value, TaskStatus.READY.value]))
+    .values(
+        status=TaskStatus.SKIPPED.value,
+        skip_reason=SkipReason.RUN_CANCELLED.value,
+        next_attempt_at=None,
+        completed_at=_NOW,
+        updated_at=_NOW,
+    )
+)
+
+# A cancelled attempt's task returned: record when, and that its result was thrown away.
+DISCARD_ATTEMPT = (
+    update(TaskAttempt)
+    .where(
+        TaskAttempt.task_run_id
+        == select(TaskRun.id).where(TaskRun.run_id == _RUN, TaskRun.task_id == _TASK).scalar_subquery(),
+        TaskAttempt.attempt == bindparam("b_attempt"),
+        TaskAttempt.status == CANCELLED_ATTEMPT,
+        TaskAttempt.completed_at.is_(None),
+    )
+    .values(completed_at=_NOW, error_message=bindparam("error"))
 )

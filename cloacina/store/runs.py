@@ -11,7 +11,8 @@ other:
   always sees the first: the fan-in task is scheduled exactly once (:mod:`cloacina.store.run_planning`).
 
 The records these methods take and return live in :mod:`cloacina.store.run_records` and are re-exported here;
-the read-only queries are in :mod:`cloacina.store.run_queries`.
+the read-only queries are in :mod:`cloacina.store.run_queries`; cancelling, ending from outside the planner and
+re-executing runs in :mod:`cloacina.store.run_control`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from cloacina.store import run_fast_path as fast
 from cloacina.store import run_statements as sql
 from cloacina.store.database import Database
 from cloacina.store.models import CronExecution, TaskRun, TriggerExecution, WorkflowRun
+from cloacina.store.run_control import RunControl
 from cloacina.store.run_planning import end_run_locked, initial_task_rows, plan_locked
 from cloacina.store.run_queries import RunQueries
 from cloacina.store.run_records import (
@@ -64,8 +66,9 @@ __all__ = [
 ]
 
 
-class RunStore(RunQueries):
-    """Writes runs; every method is one transaction."""
+class RunStore(RunQueries, RunControl):
+    """Writes runs; every method is one transaction. Cancelling, ending from outside and re-executing runs are
+    in :class:`~cloacina.store.run_control.RunControl`."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -389,17 +392,3 @@ class RunStore(RunQueries):
                 if res.rowcount == 1 and d.action == "run":
                     won.append(d.task_id)
         return won
-
-    def finish_run(
-        self, run_id: str, status: RunStatus, final_context: Mapping[str, Any] | None, error_message: str | None
-    ) -> RunEnd | None:
-        """End the run from outside the planner (timeout, cancellation), once; frees its dedup key.
-
-        Tasks that never started are marked Skipped (``run_ended``) and tasks still running Failed, so nothing of
-        the run is left pending. Returns the run's end, or ``None`` if it had already ended.
-        """
-        now = utcnow()
-        with self.db.connection() as c:
-            if c.execute(sql.LOCK_RUN, {"b_run": run_id, "now": now}).one_or_none() is None:
-                return None
-            return end_run_locked(c, run_id, status, final_context, error_message, now, fail_running=True)
