@@ -5,6 +5,11 @@ and using WAL with a busy timeout across processes; ``:memory:`` uses one shared
 a normal connection pool; ``schema=`` puts every table in its own PostgreSQL schema (one per tenant): every
 connection sets its ``search_path``, and :meth:`Database.upgrade` creates the schema if it is missing (a
 tenant's own role, which may not create schemas, can use a schema its administrator made).
+
+Rolling upgrades: code whose newest migration is N runs on schema N and on newer schemas (N+1, ...) that still
+have every table and column it uses and no required column it does not know (migrations are additive; a
+destructive step ships one release after the code stopped using what it removes). :meth:`Database.schema_status`
+says which case a database is in; :meth:`Database.check_migrated` refuses only an incompatible one.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Connection, CursorResult, Engine, Result
@@ -40,6 +46,18 @@ def rowcount(result: Result[Any]) -> int:
     if not isinstance(result, CursorResult):
         raise TypeError(f"expected the CursorResult of an UPDATE or DELETE, got {type(result).__name__}")
     return result.rowcount
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    """Where a database's schema stands for this code: ``current`` and ``head`` revisions, and whether this code
+    can run on it (``compatible``), with a one-line ``detail`` (no password)."""
+
+    current: str | None
+    head: str | None
+    relation: Literal["same", "older", "newer"]  # the database's revision, from this code's point of view
+    compatible: bool
+    detail: str
 
 
 class Database:
@@ -202,14 +220,76 @@ class Database:
 
         return ScriptDirectory.from_config(self._alembic_config(None)).get_current_head()
 
-    def check_migrated(self) -> None:
-        """Raise ``SchemaNotMigratedError`` unless the schema is at the newest revision."""
+    def downgrade(self, revision: str) -> None:
+        """Revert migrations down to ``revision`` (``cloacina db downgrade --to REV``); both the database's revision
+        and ``revision`` must be known to this code."""
+        from alembic import command
+
+        lock = self._lock or contextlib.nullcontext()
+        with lock, self.engine.begin() as conn:
+            command.downgrade(self._alembic_config(conn), revision)
+        log.info("database %s downgraded to %s", self.url.display, revision)
+
+    def known_revisions(self) -> set[str]:
+        """Every revision this code's migrations define."""
+        from alembic.script import ScriptDirectory
+
+        return {s.revision for s in ScriptDirectory.from_config(self._alembic_config(None)).walk_revisions()}
+
+    def schema_status(self) -> SchemaStatus:
+        """Can this code run on the database's schema? (See the module docstring for the window.)"""
         current, head = self.current_revision(), self.head_revision()
-        if current != head:
-            raise SchemaNotMigratedError(
-                f"database {self.url.display} is at migration {current or 'none'}, this cloacina needs {head}; "
-                "run `cloacina db upgrade` (with CLOACINA_DATABASE_URL or --db) first"
-            )
+        where = f"database {self.url.display}"
+        if current == head:
+            return SchemaStatus(current, head, "same", True, f"{where} is at migration {head}")
+        if current is None or current in self.known_revisions():
+            return SchemaStatus(
+                current, head, "older", False,
+                f"{where} is at migration {current or 'none'}, this cloacina needs {head}; "
+                "run `cloacina db upgrade` (with CLOACINA_DATABASE_URL or --db) first",
+            )  # fmt: skip
+        problems = self._missing_for_this_code()
+        if not problems:
+            return SchemaStatus(
+                current, head, "newer", True,
+                f"{where} is at migration {current}, newer than this cloacina's {head} and compatible with it",
+            )  # fmt: skip
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        return SchemaStatus(
+            current, head, "newer", False,
+            f"{where} is at migration {current}, newer than this cloacina's {head} and not compatible with it "
+            f"({shown}): run the release that migrated it, or `cloacina db downgrade --to {head}` with that release",
+        )  # fmt: skip
+
+    def _missing_for_this_code(self) -> list[str]:
+        """What this code's tables need and the schema lacks: a table, a column, or a required column unknown here."""
+        from cloacina.store.models import Base
+
+        lock = self._lock or contextlib.nullcontext()
+        problems: list[str] = []
+        with lock, self.engine.connect() as conn:
+            inspector = inspect(conn)
+            tables = set(inspector.get_table_names())
+            for table in Base.metadata.sorted_tables:
+                if table.name not in tables:
+                    problems.append(f"table {table.name} is missing")
+                    continue
+                columns = {c["name"]: c for c in inspector.get_columns(table.name)}
+                problems += [f"column {table.name}.{c.name} is missing" for c in table.columns if c.name not in columns]
+                known = {c.name for c in table.columns}
+                problems += [
+                    f"column {table.name}.{name} is required and unknown to this cloacina"
+                    for name, info in columns.items()
+                    if name not in known and not info.get("nullable", True) and info.get("default") is None
+                ]
+        return problems
+
+    def check_migrated(self) -> None:
+        """Raise ``SchemaNotMigratedError`` unless this code can run on the schema: at its newest revision, or at a
+        newer one that is still compatible (the rolling-upgrade window)."""
+        status = self.schema_status()
+        if not status.compatible:
+            raise SchemaNotMigratedError(status.detail)
 
     def table_names(self) -> list[str]:
         lock = self._lock or contextlib.nullcontext()
