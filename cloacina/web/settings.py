@@ -69,6 +69,7 @@ class WebSettings(BaseSettings):
         DEFAULT_MAX_BODY_BYTES, ge=1024, le=64 * 1024 * 1024, description="Larger request bodies get 413."
     )
     docs: bool = Field(False, description="Serve the interactive API docs at /api/v1/docs (behind auth).")
+    flower_url: str | None = Field(None, description="Flower's address, linked from the console's workers page.")
     database_url: str = Field(
         "sqlite://cloacina.db",
         validation_alias="CLOACINA_DATABASE_URL",
