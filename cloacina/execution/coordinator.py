@@ -345,9 +345,7 @@ class RunCoordinator:
                 file=sys.stderr,
             )
             if log.hasHandlers():
-                log.warning(
-                    "%s callback failed for task %r: %s", name, definition.task_id, describe_error(exc), exc_info=True
-                )
+                log.warning("task %r: its %s callback raised %s", definition.task_id, name, describe_error(exc))
 
 
 def _record(write: Callable[[], Transition]) -> Transition:
