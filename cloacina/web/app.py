@@ -88,9 +88,23 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            route = getattr(scope.get("route"), "path", "<unmatched>")
+            route = route_template(scope)
             self.metrics.requests.labels(scope["method"], route, str(status)).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's path with its parameters as ``{name}`` (a bounded label), else ``<unmatched>``.
+
+    >>> route_template({"route": object(), "path": "/api/v1/runs/42/cancel", "path_params": {"run_id": "42"}})
+    '/api/v1/runs/{run_id}/cancel'
+    >>> route_template({"path": "/nope"})
+    '<unmatched>'
+    """
+    if scope.get("route") is None:
+        return "<unmatched>"
+    names = {str(v): k for k, v in scope.get("path_params", {}).items()}
+    return "/".join(f"{{{names[part]}}}" if part in names else part for part in str(scope["path"]).split("/"))
 
 
 def _version() -> str:
