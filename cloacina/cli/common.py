@@ -213,6 +213,7 @@ def status_style(status: str | None) -> str:
     return {
         "Completed": "green",
         "Failed": "red",
+        "Cancelled": "magenta",
         "Running": "cyan",
         "Pending": "yellow",
         "Ready": "yellow",
