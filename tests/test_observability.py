@@ -18,12 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 from prometheus_client import generate_latest, values
 
 import cloacina as cloaca
-from cloacina.cli.health import health as health_command
-from cloacina.deployment.settings import CloacinaSettings
 from cloacina.observability.http import ObservabilityServer, start_http_server
 from cloacina.observability.logs import ServiceLogHandler, configure_logging, redact
 from cloacina.observability.metrics import (
@@ -86,14 +83,6 @@ def serve() -> Iterator[Any]:
     yield start
     for server in servers:
         server.stop()
-
-
-@pytest.fixture
-def migrated_pg(pg_schema: str) -> str:
-    db = Database(PG_URL, schema=pg_schema)
-    db.upgrade()
-    db.dispose()
-    return pg_schema
 
 
 @pytest.fixture
@@ -362,89 +351,4 @@ def test_check_database_dead_and_missing(tmp_path: Path, migrated_sqlite: str) -
     assert H.check_database(migrated_sqlite)[0]
 
 
-def test_check_poller_healthy_unhealthy_dead(serve: Any) -> None:
-    good = serve(lambda: (True, {"loop": {"ok": True, "detail": "last pass 0.1s ago"}}))
-    bad = serve(lambda: (False, {"loop": {"ok": False, "detail": "stuck"}, "redis": {"ok": True, "detail": ""}}))
-    assert H.check_poller(good.url + "/healthz") == (True, f"{good.url}/healthz: HTTP 200 healthy")
-    ok, detail = H.check_poller(bad.url + "/healthz")
-    assert not ok and "HTTP 503" in detail and "loop: stuck" in detail and "redis" not in detail
-    other_shape = serve(lambda: (False, {"loop": "stalled", "redis": "ok"}))
-    ok, detail = H.check_poller(other_shape.url + "/healthz")
-    assert not ok and '"loop": "stalled"' in detail
-    ok, detail = H.check_poller("http://127.0.0.1:1/healthz", timeout_s=1.0)
-    assert not ok and "no answer" in detail
-
-
-@pytest.mark.timeout(30)
-def test_check_worker_without_workers_fails_within_timeout(redis_url: str) -> None:
-    started = time.monotonic()
-    ok, detail = H.check_worker(redis_url, timeout_s=1.0)
-    assert not ok and "no worker answered" in detail
-    assert time.monotonic() - started < 4.0
-    ok, detail = H.check_worker(DEAD_REDIS, timeout_s=1.0)
-    assert not ok and "hunter2" not in detail and "cannot reach the broker" in detail
-
-
-def test_poller_health_loop_and_connections(redis_url: str) -> None:
-    m = Metrics()
-    health = H.poller_health(m, max_tick_age_s=10, redis_url=redis_url)
-    ok, parts = health()
-    assert not ok and "not completed a pass" in parts["loop"]["detail"] and parts["redis"]["ok"]
-    m.tick()
-    assert health()[0]
-    m._last_tick_monotonic = time.monotonic() - 60  # a loop that stopped a minute ago
-    ok, parts = health()
-    assert not ok and "stuck or dead" in parts["loop"]["detail"]
-    m.tick()
-    ok, parts = H.poller_health(m, redis_url=DEAD_REDIS, timeout_s=0.5)()
-    assert not ok and parts["loop"]["ok"] and not parts["redis"]["ok"] and "hunter2" not in json.dumps(parts)
-
-
-@pytest.mark.timeout(30)
-def test_run_health_poller_and_worker(migrated_pg: str, serve: Any, redis_url: str) -> None:
-    settings = CloacinaSettings(database_url=PG_URL, broker_url=redis_url)
-    server = serve(lambda: (True, {}))
-    ok, report = H.run_health("poller", settings, poller_url=server.url + "/healthz", schema=migrated_pg)
-    assert ok, report
-    assert set(report["checks"]) == {"database", "redis", "poller"} and report["component"] == "poller"
-    ok, report = H.run_health("worker", settings, schema=migrated_pg, timeout_s=1.0)
-    assert not ok and report["checks"]["database"]["ok"] and not report["checks"]["worker"]["ok"]
-    ok, report = H.run_health("all", CloacinaSettings(database_url=PG_URL), schema=migrated_pg, timeout_s=1.0)
-    assert not ok
-    assert {k for k, v in report["checks"].items() if not v["ok"]} == {"redis", "poller", "worker"}
-    with pytest.raises(ValueError, match="component"):
-        H.run_health("beat", settings)  # type: ignore[arg-type]
-
-
-# -- CLI -------------------------------------------------------------------------------------------------
-def test_cli_health_poller_exit_codes(
-    migrated_sqlite: str, serve: Any, monkeypatch: pytest.MonkeyPatch, redis_url: str
-) -> None:
-    monkeypatch.setenv("CLOACINA_DATABASE_URL", migrated_sqlite)
-    monkeypatch.setenv("CLOACINA_BROKER_URL", redis_url)
-    monkeypatch.delenv("CLOACINA_REDIS_URL", raising=False)
-    state = {"ok": True}
-    server = serve(lambda: (state["ok"], {"loop": {"ok": state["ok"], "detail": "stuck"}}))
-    cli = CliRunner()
-    result = cli.invoke(health_command, ["--component", "poller", "--poller-url", server.url + "/healthz"])
-    assert result.exit_code == 0, result.output
-    assert "poller: healthy" in result.output and "ok    database" in result.output
-    state["ok"] = False
-    result = cli.invoke(health_command, ["--component", "poller", "--poller-url", server.url + "/healthz", "--json"])
-    assert result.exit_code == 1
-    report = json.loads(result.output)
-    assert report["ok"] is False and report["checks"]["poller"]["ok"] is False
-    state["ok"] = True
-    monkeypatch.setenv("CLOACINA_METRICS_PORT", str(server.port))  # the default --poller-url
-    assert cli.invoke(health_command, ["--component", "poller"]).exit_code == 0
-
-
-def test_cli_health_reports_unreachable_parts_without_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CLOACINA_DATABASE_URL", "postgresql://app:s3cret@127.0.0.1:1/prod")
-    monkeypatch.setenv("CLOACINA_BROKER_URL", DEAD_REDIS)
-    monkeypatch.delenv("CLOACINA_METRICS_PORT", raising=False)
-    result = CliRunner().invoke(health_command, ["--timeout", "1"])
-    assert result.exit_code == 1
-    assert "s3cret" not in result.output and "hunter2" not in result.output
-    assert "FAIL  poller" in result.output and "CLOACINA_METRICS_PORT" in result.output
-    assert "all: unhealthy" in result.output
+# check_endpoint, the probes, run_health and `cloacina health`: tests/test_health_probes.py

@@ -119,11 +119,13 @@ def poller_command(app_spec: str | None, db_url: str | None) -> None:
     signal.signal(signal.SIGINT, stop)
     server = None
     try:
-        service.start()
-        if settings.metrics_port is not None:
+        if settings.metrics_port is not None:  # /livez answers 503 until the loop ran: a startup probe waits
             from cloacina.observability.http import start_http_server
 
-            server = start_http_server(settings.metrics_port, service.metrics.registry, service.health)
+            service.probes.start()
+            probes = service.probes
+            server = start_http_server(settings.metrics_port, service.metrics.registry, probes.ready, live=probes.live)
+        service.start()
         click.echo(f"poller {service.membership.poller_id} running", err=True)
         while not service.stop_event.wait(1.0):
             pass
@@ -131,6 +133,7 @@ def poller_command(app_spec: str | None, db_url: str | None) -> None:
         raise click.ClickException(str(exc)) from None
     finally:
         service.stop()
+        service.probes.stop()
         if server is not None:
             server.stop()
 
@@ -138,7 +141,9 @@ def poller_command(app_spec: str | None, db_url: str | None) -> None:
 @click.command("flower", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
 def flower_command(flower_args: tuple[str, ...]) -> None:
-    """Run Flower against the configured broker, e.g. ``cloacina flower --basic-auth=user:pass --port=5555``."""
+    """Run Flower against the configured broker (``CLOACINA_BROKER_URL``), e.g. ``cloacina flower --port 5555`` with
+    ``FLOWER_BASIC_AUTH=user:password`` in the environment (kept out of the process's arguments). Flower's own
+    options pass through, as ``--name value`` or ``--name=value``."""
     from cloacina.deployment.wiring import celery_options
     from cloacina.dispatch.celery_services import run_flower
 

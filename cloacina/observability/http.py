@@ -1,9 +1,12 @@
-"""A small HTTP server for a service's ``GET /metrics`` and ``GET /healthz``, on a daemon thread.
+"""A small HTTP server for a service's ``/metrics``, ``/livez`` and ``/readyz``, on a daemon thread.
 
 - ``/metrics``: the registry in the Prometheus text format (``prometheus_client.generate_latest``).
-- ``/healthz``: ``health()`` is called per request; ``200`` and its details as JSON when it says healthy,
-  ``503`` otherwise (also when it raises: the error is the detail).
-- anything else: ``404``. No access log: probes every few seconds would drown the service's own log.
+- ``/livez``: ``live()`` is called per request: is the process's own loop alive? (A liveness probe: it must never
+  depend on Redis or the database, or an outage of theirs restarts every healthy pod.) Default: always alive.
+- ``/readyz``: ``health()`` (readiness: dependencies reachable, schema compatible). ``/healthz`` is its older name.
+- Each answers ``200`` and its details as JSON when the check says yes, ``503`` otherwise (also when it raises:
+  the error is the detail). Anything else: ``404``. No access log: probes every few seconds would drown the
+  service's own log. Checks must answer at once (the services' checks read state other threads keep fresh).
 
 >>> from cloacina.observability.metrics import Metrics
 >>> server = start_http_server(0, Metrics().registry, lambda: (True, {"loop": "ok"}), host="127.0.0.1")
@@ -36,10 +39,13 @@ class ObservabilityServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry, health: HealthCheck) -> None:
+    def __init__(
+        self, host: str, port: int, registry: CollectorRegistry, health: HealthCheck, live: HealthCheck | None = None
+    ) -> None:
         super().__init__((host, port), _Handler)
         self.registry = registry
         self.health = health
+        self.live = live or _always_live
         self.host = host
         self._thread: threading.Thread | None = None
 
@@ -75,16 +81,16 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
         if path == "/metrics":
             self._send(200, generate_latest(self.server.registry), CONTENT_TYPE_LATEST)
-        elif path == "/healthz":
-            ok, details = self._health()
+        elif path in ("/readyz", "/healthz", "/livez"):
+            ok, details = self._check(self.server.live if path == "/livez" else self.server.health)
             body = json.dumps({"ok": ok, **details}, default=str, sort_keys=True).encode()
             self._send(200 if ok else 503, body, "application/json")
         else:
-            self._send(404, b"not found: try /metrics or /healthz\n", "text/plain; charset=utf-8")
+            self._send(404, b"not found: try /metrics, /livez or /readyz\n", "text/plain; charset=utf-8")
 
-    def _health(self) -> tuple[bool, dict[str, Any]]:
+    def _check(self, check: HealthCheck) -> tuple[bool, dict[str, Any]]:
         try:
-            ok, details = self.server.health()
+            ok, details = check()
             return bool(ok), dict(details)
         except Exception as exc:
             log.warning("health check raised: %s", redact(f"{type(exc).__name__}: {exc}"))
@@ -102,11 +108,21 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s " + format, self.address_string(), *args)
 
 
+def _always_live() -> tuple[bool, dict[str, Any]]:
+    return True, {"process": "serving"}
+
+
 def start_http_server(
-    port: int, registry: CollectorRegistry, health: HealthCheck, host: str = "0.0.0.0"
+    port: int,
+    registry: CollectorRegistry,
+    health: HealthCheck,
+    host: str = "0.0.0.0",
+    *,
+    live: HealthCheck | None = None,
 ) -> ObservabilityServer:
-    """Serve ``/metrics`` and ``/healthz`` on ``host:port`` (``0``: any free port) from a daemon thread."""
-    server = ObservabilityServer(host, port, registry, health)
+    """Serve ``/metrics``, ``/livez`` (``live``) and ``/readyz`` (``health``) on ``host:port`` (``0``: any free port)
+    from a daemon thread."""
+    server = ObservabilityServer(host, port, registry, health, live)
     server.start()
-    log.info("serving /metrics and /healthz on %s", server.url)
+    log.info("serving /metrics, /livez and /readyz on %s", server.url)
     return server

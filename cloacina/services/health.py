@@ -1,14 +1,22 @@
-"""Health checks: the component's own liveness and its connections, for ``cloacina health`` and ``/healthz``.
+"""Health: what the poller's and the worker's ``/livez`` and ``/readyz`` answer, and ``cloacina health``.
+
+The model (the chart's and compose's probes follow it):
+
+- **live** (``/livez``, liveness and startup probes): the process's own loop is alive: the poller's maintenance
+  loop ticked recently; the worker's event loop ticks, or its consumer is waiting for the broker
+  (:mod:`cloacina.dispatch.worker_probe`). It never depends on Redis or PostgreSQL: an outage of theirs must not
+  restart healthy pods. Not live before the loop first ran (a startup probe waits for that).
+- **ready** (``/readyz``, readiness probes): live, and the dependencies answer: the database is reachable with a
+  schema this code can run on (:meth:`~cloacina.store.database.Database.schema_status`), Redis (and the broker if
+  it is another server) answers ``PING``, and the worker consumes.
+
+Dependencies are checked by a :class:`DependencyMonitor` on a thread of its own every few seconds; a probe reads
+the latest results, so it answers at once and costs nothing, however often it comes. ``cloacina health`` asks the
+local process's endpoint over HTTP (no Celery broadcast: a probe checks this pod's own process), or, for
+``--component all``, checks the connections itself.
 
 Each ``check_*`` returns ``(ok, detail)``; it never raises and never waits much longer than its timeout, and
 ``detail`` is one line without any password (it goes through :func:`~cloacina.observability.logs.redact`).
-
-- :func:`check_database`: connect, ``SELECT 1``, schema at the newest migration.
-- :func:`check_redis`: ``PING``.
-- :func:`check_poller`: ``GET /healthz`` of a running poller (its loop is ticking and its connections work).
-- :func:`check_worker`: a Celery ``ping`` broadcast; healthy if at least one worker answers.
-- :func:`run_health`: the checks of one component (``poller``, ``worker`` or ``all``), run concurrently.
-- :func:`poller_health`: the callable a poller gives :func:`~cloacina.observability.http.start_http_server`.
 
 >>> check_redis("redis://:secret@127.0.0.1:1/0", timeout_s=0.5)[1].startswith("redis://:***@127.0.0.1:1/0: ")
 True
@@ -17,20 +25,26 @@ True
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from cloacina.observability.logs import redact
 
-Component = Literal["poller", "worker", "all"]
+Component = Literal["poller", "worker", "web", "all"]
+Probe = Literal["live", "ready"]
 CheckResult = tuple[bool, str]
-COMPONENTS: tuple[str, ...] = ("poller", "worker", "all")
+HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
+COMPONENTS: tuple[str, ...] = ("poller", "worker", "web", "all")
+PROBES: tuple[str, ...] = ("live", "ready")
+WEB_PORT_ENV = "CLOACINA_WEB_PORT"
 
 
 def _describe(exc: BaseException) -> str:
@@ -41,10 +55,9 @@ def _describe(exc: BaseException) -> str:
 
 # -- connections -----------------------------------------------------------------------------------------
 def check_database(url: str, schema: str | None = None, timeout_s: float = 5.0) -> CheckResult:
-    """Connect to ``url`` (in PostgreSQL ``schema`` if given), run ``SELECT 1``, and require the newest migration.
-
-    A SQLite file that does not exist is reported as such (and not created).
-    """
+    """Connect to ``url`` (in PostgreSQL ``schema`` if given), run ``SELECT 1``, and require a schema this code can
+    run on (its own migration, or a newer compatible one). A SQLite file that does not exist is reported as such
+    (and not created)."""
     from sqlalchemy.engine import make_url
 
     from cloacina.store.database import Database
@@ -66,17 +79,18 @@ def check_database(url: str, schema: str | None = None, timeout_s: float = 5.0) 
     try:
         db = Database(url, schema=schema, pool_size=1)
         db.ping()
-        db.check_migrated()
-        revision = db.current_revision()
+        status = db.schema_status()
     except Exception as exc:
         message = _describe(exc)
-        if type(exc).__name__ == "SchemaNotMigratedError":
-            message = redact(str(exc)).replace(shown_with_timeout, parsed.display)
         return False, message if parsed.display in message else f"{where}: {message}"
     finally:
         if db is not None:
             db.dispose()
-    return True, f"{where}: reachable, schema at migration {revision}"
+    if not status.compatible:
+        return False, redact(status.detail).replace(shown_with_timeout, parsed.display)
+    if status.relation == "newer":
+        return True, f"{where}: reachable, schema at migration {status.current} (newer, compatible)"
+    return True, f"{where}: reachable, schema at migration {status.current}"
 
 
 def check_redis(url: str, timeout_s: float = 2.0) -> CheckResult:
@@ -102,12 +116,11 @@ def check_redis(url: str, timeout_s: float = 2.0) -> CheckResult:
     return True, f"{shown}: PONG in {(time.perf_counter() - started) * 1000:.1f} ms"
 
 
-# -- liveness of the components --------------------------------------------------------------------------
-def check_poller(healthz_url: str, timeout_s: float = 3.0) -> CheckResult:
-    """``GET healthz_url``: healthy on ``200``; the poller's own report is the detail either way."""
-    shown = redact(healthz_url)
+def check_endpoint(url: str, timeout_s: float = 3.0) -> CheckResult:
+    """``GET url`` (a process's ``/readyz`` or ``/livez``): healthy on ``200``; its own report is the detail."""
+    shown = redact(url)
     try:
-        with urllib.request.urlopen(healthz_url, timeout=timeout_s) as response:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
             status, body = response.status, response.read()
     except urllib.error.HTTPError as exc:
         status, body = exc.code, exc.read()
@@ -118,10 +131,10 @@ def check_poller(healthz_url: str, timeout_s: float = 3.0) -> CheckResult:
 
 
 def _summary(body: bytes, healthy: bool) -> str:
-    """One line about a ``/healthz`` body: ``healthy``, else each failing part's detail (or the compact body).
+    """One line about a probe's body: ``healthy``, else each failing part's detail (or the compact body).
 
-    Failing parts are recognised in this module's shape (``{"part": {"ok": false, "detail": ...}}``); any other
-    JSON shape is shown compactly.
+    Failing parts are recognised in this module's shape (``{"part": {"ok": false, "detail": ...}}``, also under
+    ``checks``); any other JSON shape is shown compactly.
     """
     if healthy:
         return "healthy"
@@ -131,8 +144,10 @@ def _summary(body: bytes, healthy: bool) -> str:
         doc = None
     failing: list[str] = []
     if isinstance(doc, dict):
+        checks = doc.get("checks")
+        parts: dict[str, Any] = checks if isinstance(checks, dict) else doc
         failing = [
-            f"{k}: {v.get('detail', '')}" for k, v in doc.items() if isinstance(v, dict) and v.get("ok") is False
+            f"{k}: {v.get('detail', '')}" for k, v in parts.items() if isinstance(v, dict) and v.get("ok") is False
         ]
         if "error" in doc:
             failing.append(str(doc["error"]))
@@ -140,96 +155,73 @@ def _summary(body: bytes, healthy: bool) -> str:
     return redact(text[:500])
 
 
-def check_worker(broker_url: str, timeout_s: float = 5.0, settings: Any | None = None) -> CheckResult:
-    """Broadcast a Celery ``ping`` on ``broker_url``; healthy if at least one worker answers within ``timeout_s``."""
-    from cloacina.deployment.settings import CloacinaSettings
-    from cloacina.deployment.wiring import celery_options
-    from cloacina.dispatch.celery_app import ping_workers
+# -- the dependency monitor ------------------------------------------------------------------------------
+class DependencyMonitor:
+    """Runs ``checks`` every ``interval_s`` on a daemon thread; :meth:`snapshot` returns the latest results at once.
 
-    shown = redact(broker_url)
-    try:
-        if settings is not None:
-            settings = settings.model_copy(update={"broker_url": broker_url})
-        else:
-            settings = CloacinaSettings(broker_url=broker_url, database_url=":memory:")
-        options = celery_options(settings)
-    except Exception as exc:
-        return False, f"{shown}: {_describe(exc)}"
-    outcome: dict[str, Any] = {}
-
-    def ping() -> None:
-        try:
-            outcome["names"] = ping_workers(options, timeout_s)
-        except Exception as exc:
-            outcome["error"] = exc
-
-    # The broadcast runs on a thread so that a broker that swallows packets cannot hold us past the deadline.
-    thread = threading.Thread(target=ping, name="cloacina-health-ping", daemon=True)
-    thread.start()
-    thread.join(timeout_s + 2.0)
-    if "error" in outcome:
-        return False, f"{shown}: cannot reach the broker ({_describe(outcome['error'])})"
-    if "names" not in outcome:
-        return False, f"{shown}: the broker did not answer within {timeout_s + 2.0:g}s"
-    names = outcome["names"]
-    if not names:
-        return False, f"{shown}: no worker answered the ping within {timeout_s:g}s"
-    return True, f"{shown}: {len(names)} worker(s) answered: {', '.join(names)}"
-
-
-# -- putting them together -------------------------------------------------------------------------------
-def default_poller_url(settings: Any) -> str | None:
-    """``http://127.0.0.1:<metrics_port>/healthz`` when the metrics port is configured."""
-    port = getattr(settings, "metrics_port", None)
-    return f"http://127.0.0.1:{port}/healthz" if port else None
-
-
-def run_health(
-    component: Component,
-    settings: Any,
-    *,
-    poller_url: str | None = None,
-    schema: str | None = None,
-    timeout_s: float = 5.0,
-) -> tuple[bool, dict[str, Any]]:
-    """Check ``component`` and its connections; returns ``(all ok, report)``.
-
-    ``poller``: database, Redis, the poller's ``/healthz``. ``worker``: database, Redis (and the broker if it is
-    another server), a Celery ping. ``all``: every one of them. The checks run concurrently, so the whole call
-    takes about the slowest timeout. Report: ``{"component", "ok", "checks": {name: {"ok", "detail"}}}``.
+    A result older than ``stale_after_s`` counts as failed (a check that hangs must not look healthy), and so does
+    a check that has not answered yet. Tests call :meth:`run_once` instead of starting the thread.
     """
-    if component not in COMPONENTS:
-        raise ValueError(f"component must be one of {', '.join(COMPONENTS)}, got {component!r}")
-    checks: dict[str, Callable[[], CheckResult]] = {
-        "database": lambda: check_database(settings.database_url, schema=schema, timeout_s=timeout_s),
-    }
-    redis_url = settings.effective_redis_url
-    if redis_url:
-        checks["redis"] = lambda: check_redis(redis_url, timeout_s=min(timeout_s, 2.0))
-    else:
-        checks["redis"] = lambda: (False, "not configured: set CLOACINA_BROKER_URL (or CLOACINA_REDIS_URL)")
-    if settings.broker_url and settings.broker_url != redis_url:
-        checks["broker"] = lambda: check_redis(settings.broker_url, timeout_s=min(timeout_s, 2.0))
-    if component in ("poller", "all"):
-        url = poller_url or default_poller_url(settings)
-        if url:
-            checks["poller"] = lambda: check_poller(url, timeout_s=timeout_s)
-        else:
-            checks["poller"] = lambda: (
-                False,
-                "no /healthz to ask: set CLOACINA_METRICS_PORT (as on the poller) or pass --poller-url",
-            )
-    if component in ("worker", "all"):
-        if settings.broker_url:
-            checks["worker"] = lambda: check_worker(settings.broker_url, timeout_s=timeout_s, settings=settings)
-        else:
-            checks["worker"] = lambda: (False, "not configured: set CLOACINA_BROKER_URL")
-    with ThreadPoolExecutor(max_workers=len(checks), thread_name_prefix="cloacina-health") as pool:
-        futures = {name: pool.submit(_guarded, fn) for name, fn in checks.items()}
-        results = {name: future.result() for name, future in futures.items()}
-    report_checks = {name: {"ok": ok, "detail": detail} for name, (ok, detail) in results.items()}
-    ok = all(ok for ok, _ in results.values())
-    return ok, {"component": component, "ok": ok, "checks": report_checks}
+
+    def __init__(
+        self,
+        checks: dict[str, Callable[[], CheckResult]],
+        *,
+        interval_s: float = 5.0,
+        stale_after_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.checks = checks
+        self.interval_s = interval_s
+        self.stale_after_s = stale_after_s if stale_after_s is not None else 3 * interval_s + 10
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._results: dict[str, tuple[float, bool, str]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> None:
+        """Run every check (concurrently) and record its result."""
+        if not self.checks:
+            return
+        with ThreadPoolExecutor(len(self.checks), thread_name_prefix="cloacina-health") as pool:
+            futures = {name: pool.submit(_guarded, fn) for name, fn in self.checks.items()}
+            for name, future in futures.items():
+                ok, detail = future.result()
+                with self._lock:
+                    self._results[name] = (self._clock(), ok, detail)
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """``{check: {"ok", "detail"}}`` from the latest results."""
+        now = self._clock()
+        parts: dict[str, dict[str, Any]] = {}
+        with self._lock:
+            for name in self.checks:
+                found = self._results.get(name)
+                if found is None:
+                    parts[name] = {"ok": False, "detail": "not checked yet"}
+                elif now - found[0] > self.stale_after_s:
+                    parts[name] = {"ok": False, "detail": f"no result for {now - found[0]:.0f}s (the check hangs)"}
+                else:
+                    parts[name] = {"ok": found[1], "detail": found[2]}
+        return parts
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="cloacina-dependency-monitor", daemon=True)
+            self._thread.start()
+
+    def stop(self, wait_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(wait_s)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            self.run_once()
+            self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
 
 
 def _guarded(fn: Callable[[], CheckResult]) -> CheckResult:
@@ -237,6 +229,57 @@ def _guarded(fn: Callable[[], CheckResult]) -> CheckResult:
         return fn()
     except Exception as exc:  # a check is written not to raise; a bug in one must not hide the others
         return False, f"check failed: {_describe(exc)}"
+
+
+def connection_checks(settings: Any, *, schema: str | None = None, timeout_s: float = 2.0) -> dict[str, Any]:
+    """The dependency checks of a service: ``database``, ``redis`` and (another server) ``broker``."""
+    checks: dict[str, Callable[[], CheckResult]] = {
+        "database": lambda: check_database(
+            settings.database_url, schema=schema or settings.database_schema, timeout_s=timeout_s
+        ),
+    }
+    redis_url = settings.effective_redis_url
+    if redis_url:
+        checks["redis"] = lambda: check_redis(redis_url, timeout_s=timeout_s)
+    else:
+        checks["redis"] = lambda: (False, "not configured: set CLOACINA_BROKER_URL (or CLOACINA_REDIS_URL)")
+    if settings.broker_url and settings.broker_url != redis_url:
+        checks["broker"] = lambda: check_redis(settings.broker_url, timeout_s=timeout_s)
+    return checks
+
+
+# -- the probes of the services --------------------------------------------------------------------------
+@dataclass
+class Probes:
+    """A service's ``live`` and ``ready`` checks and the monitor feeding ``ready``; :meth:`start` the monitor with
+    the HTTP server, :meth:`stop` it with the service."""
+
+    live: HealthCheck
+    ready: HealthCheck
+    monitor: DependencyMonitor
+
+    def start(self) -> None:
+        self.monitor.start()
+
+    def stop(self) -> None:
+        self.monitor.stop()
+
+
+def _probes(
+    name: str, own_live: Callable[[], CheckResult], own_ready: Callable[[], CheckResult], monitor: DependencyMonitor
+) -> Probes:
+    """``live``: the process's own check; ``ready``: its own readiness and every dependency of ``monitor``."""
+
+    def live() -> tuple[bool, dict[str, Any]]:
+        ok, detail = own_live()
+        return ok, {name: {"ok": ok, "detail": detail}}
+
+    def ready() -> tuple[bool, dict[str, Any]]:
+        ok, detail = own_ready()
+        parts = {name: {"ok": ok, "detail": detail}, **monitor.snapshot()}
+        return all(p["ok"] for p in parts.values()), parts
+
+    return Probes(live, ready, monitor)
 
 
 def check_loop(metrics: Any, max_tick_age_s: float) -> CheckResult:
@@ -249,40 +292,71 @@ def check_loop(metrics: Any, max_tick_age_s: float) -> CheckResult:
     return True, f"last pass {age:.2f}s ago"
 
 
-def poller_health(
-    metrics: Any,
+def poller_probes(
+    metrics: Any, settings: Any, *, max_tick_age_s: float = 60.0, monitor: DependencyMonitor | None = None
+) -> Probes:
+    """The poller's probes: live while its maintenance loop ticks (``metrics.tick``), ready when the connections
+    work too."""
+    loop = lambda: check_loop(metrics, max_tick_age_s)  # noqa: E731
+    return _probes("loop", loop, loop, monitor or DependencyMonitor(connection_checks(settings)))
+
+
+def worker_probes(settings: Any, *, state: Any = None, monitor: DependencyMonitor | None = None) -> Probes:
+    """The worker's probes, from its own Celery consumer (``state``: a
+    :class:`~cloacina.dispatch.worker_probe.WorkerProbeState`, default this process's)."""
+    from cloacina.dispatch import worker_probe
+
+    own = state or worker_probe.STATE
+    return _probes("worker", own.live, own.ready, monitor or DependencyMonitor(connection_checks(settings)))
+
+
+# -- cloacina health -------------------------------------------------------------------------------------
+def default_probe_url(settings: Any, component: str = "poller", probe: str = "ready") -> str | None:
+    """The local process's probe: ``http://127.0.0.1:<port>/<probe>z``, the metrics port for poller and worker,
+    ``CLOACINA_WEB_PORT`` (8080) for web; ``None`` when the port is not configured."""
+    if component == "web":
+        port: Any = os.environ.get(WEB_PORT_ENV, "8080")
+    else:
+        port = getattr(settings, "metrics_port", None)
+    return f"http://127.0.0.1:{port}/{probe}z" if port else None
+
+
+def run_health(
+    component: Component,
+    settings: Any,
     *,
-    max_tick_age_s: float = 30.0,
-    database_url: str | None = None,
+    url: str | None = None,
+    probe: Probe = "ready",
     schema: str | None = None,
-    redis_url: str | None = None,
-    cache_s: float = 5.0,
-    timeout_s: float = 2.0,
-) -> Callable[[], tuple[bool, dict[str, Any]]]:
-    """The poller's ``/healthz``: the loop ticked within ``max_tick_age_s``, and the connections given work.
+    timeout_s: float = 5.0,
+) -> tuple[bool, dict[str, Any]]:
+    """Check ``component``; returns ``(ok, report)``.
 
-    Connection checks are cached for ``cache_s`` so that frequent probes do not load the database.
+    ``poller``, ``worker``, ``web``: ``GET`` the process's own ``/readyz`` (``probe="live"``: ``/livez``) at ``url``
+    (default :func:`default_probe_url`); nothing else is contacted. ``all``: database, Redis (and the broker if it is
+    another server), concurrently, plus the local process's probe when ``url`` is given. Report:
+    ``{"component", "ok", "checks": {name: {"ok", "detail"}}}``.
     """
-    lock = threading.Lock()
-    cache: dict[str, Any] = {"at": None, "parts": {}}
-
-    def connections() -> dict[str, dict[str, Any]]:
-        with lock:
-            now = time.monotonic()
-            if cache["at"] is None or now - cache["at"] >= cache_s:
-                parts: dict[str, dict[str, Any]] = {}
-                if database_url:
-                    ok, detail = check_database(database_url, schema=schema, timeout_s=timeout_s)
-                    parts["database"] = {"ok": ok, "detail": detail}
-                if redis_url:
-                    ok, detail = check_redis(redis_url, timeout_s=timeout_s)
-                    parts["redis"] = {"ok": ok, "detail": detail}
-                cache["at"], cache["parts"] = now, parts
-            return dict(cache["parts"])
-
-    def health() -> tuple[bool, dict[str, Any]]:
-        ok, detail = check_loop(metrics, max_tick_age_s)
-        parts = {"loop": {"ok": ok, "detail": detail}, **connections()}
-        return all(p["ok"] for p in parts.values()), parts
-
-    return health
+    if component not in COMPONENTS:
+        raise ValueError(f"component must be one of {', '.join(COMPONENTS)}, got {component!r}")
+    if probe not in PROBES:
+        raise ValueError(f"probe must be one of {', '.join(PROBES)}, got {probe!r}")
+    checks: dict[str, Callable[[], CheckResult]] = {}
+    if component == "all":
+        checks.update(connection_checks(settings, schema=schema, timeout_s=min(timeout_s, 5.0)))
+        if url:
+            checks["process"] = lambda: check_endpoint(url, timeout_s=timeout_s)
+    else:
+        target = url or default_probe_url(settings, component, probe)
+        if target:
+            checks[component] = lambda: check_endpoint(target, timeout_s=timeout_s)
+        else:
+            checks[component] = lambda: (
+                False,
+                f"no /{probe}z to ask: set CLOACINA_METRICS_PORT (as on the {component}) or pass --url",
+            )
+    monitor = DependencyMonitor(checks)
+    monitor.run_once()
+    report_checks = monitor.snapshot()
+    ok = all(part["ok"] for part in report_checks.values())
+    return ok, {"component": component, "ok": ok, "checks": report_checks}

@@ -4,7 +4,7 @@ Each replica: polls the triggers it owns (rendezvous over live pollers, at most 
 replicas), takes the Redis dedup lock and the SQL claim for each fire, publishes the run's canvas to Celery,
 fires cron due times (claimed once in SQL), re-fires cron due times claimed without a run (cron recovery),
 sweeps lost work (one replica at a time), renews its lease and the dedup locks of runs it fired, and serves
-``/healthz`` and ``/metrics``.
+``/livez``, ``/readyz`` and ``/metrics`` (:attr:`PollerService.probes`).
 
 A database or Redis outage is logged and retried; the service keeps running and catches up when it returns.
 """
@@ -26,7 +26,7 @@ from cloacina.scheduling.cron_triggers import register_cron_triggers
 from cloacina.scheduling.distributed_gate import DistributedGate
 from cloacina.scheduling.leases import PollerMembership
 from cloacina.scheduling.trigger_poller import TriggerScheduler
-from cloacina.services.health import poller_health
+from cloacina.services.health import poller_probes
 
 log = logging.getLogger("cloacina.poller")
 PACKAGE_SYNC_INTERVAL_S = 15.0
@@ -41,14 +41,9 @@ class PollerService:
         self.settings = settings
         self.metrics = metrics if metrics is not None else Metrics()
         self.stop_event = threading.Event()
-        # /healthz: the maintenance loop ticked recently (three periods and some slack), and the connections work.
-        self.health = poller_health(
-            self.metrics,
-            max_tick_age_s=3 * self.maintenance_period_s + 5,
-            database_url=settings.database_url,
-            schema=settings.database_schema,
-            redis_url=settings.effective_redis_url,
-        )
+        # /livez: the maintenance loop ticked recently (a pass may wait on Redis or database timeouts during an
+        # outage, hence the minute); /readyz: that, and the connections work (cloacina.services.health).
+        self.probes = poller_probes(self.metrics, settings, max_tick_age_s=max(60.0, 6 * self.maintenance_period_s))
         self._threads: list[threading.Thread] = []
         self._deployment: Deployment | None = None
         self._membership: PollerMembership | None = None

@@ -111,14 +111,22 @@ def run_worker(settings: CloacinaSettings, argv: Sequence[str]) -> None:
     on ``/metrics`` (prometheus multiprocess mode, switched on before any child is forked)."""
     metrics = None
     on_child_exit = None
+    probes = None
     if settings.metrics_port is not None:
         from cloacina.observability.http import start_http_server
         from cloacina.observability.metrics import enable_multiprocess, mark_process_dead, multiprocess_registry
+        from cloacina.services.health import worker_probes
 
         enable_multiprocess()  # before any metric exists and before Celery forks its children
         metrics = Metrics()
-        start_http_server(settings.metrics_port, multiprocess_registry(), lambda: (True, {"component": "worker"}))
+        probes = worker_probes(settings)  # this worker's own /livez and /readyz (no broadcast)
+        probes.start()
+        start_http_server(settings.metrics_port, multiprocess_registry(), probes.ready, live=probes.live)
         on_child_exit = mark_process_dead
-    run_celery_worker(
-        celery_options(settings), node_runner_factory(settings, metrics), argv, on_child_exit=on_child_exit
-    )
+    try:
+        run_celery_worker(
+            celery_options(settings), node_runner_factory(settings, metrics), argv, on_child_exit=on_child_exit
+        )
+    finally:
+        if probes is not None:
+            probes.stop()
