@@ -1,4 +1,9 @@
-"""``cloacina flower``: Flower against the configured broker, behind basic auth, sees a real worker."""
+"""``cloacina flower``: Flower against the configured broker, behind basic auth, sees a real worker.
+
+Issue 13: started as users and Kubernetes start it: ``--port 5566`` with a space, the basic-auth password in
+``FLOWER_BASIC_AUTH`` (never in the process's arguments), and ``FLOWER_PORT=tcp://...`` injected by a Service named
+``flower`` in the namespace.
+"""
 
 from __future__ import annotations
 
@@ -49,17 +54,17 @@ def test_flower_requires_auth_and_sees_the_worker(pg_schema: str, tmp_path: Path
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    flower_env = {
+        **env,
+        "FLOWER_BASIC_AUTH": "ops:s3cret",
+        # What Kubernetes injects into every pod of a namespace with a Service named `flower`.
+        "FLOWER_PORT": "tcp://10.96.0.7:5555",
+        "FLOWER_PORT_5555_TCP": "tcp://10.96.0.7:5555",
+        "FLOWER_SERVICE_HOST": "10.96.0.7",
+    }
     flower = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cloacina",
-            "flower",
-            "--basic-auth=ops:s3cret",
-            f"--port={port}",
-            "--address=127.0.0.1",
-        ],
-        env=env,
+        [sys.executable, "-m", "cloacina", "flower", "--port", str(port), "--address", "127.0.0.1"],
+        env=flower_env,
         stdout=logs["flower"],
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -80,6 +85,7 @@ def test_flower_requires_auth_and_sees_the_worker(pg_schema: str, tmp_path: Path
         )
         assert any(name.startswith("flowertest@") for name in workers), log_tails()
         assert _get(f"{base}/api/workers", None)[0] == 401
+        assert b"s3cret" not in Path(f"/proc/{flower.pid}/cmdline").read_bytes()
         assert _get(f"{base}/", None)[0] == 401
         assert _get(f"{base}/api/workers", ("ops", "wrong"))[0] == 401
     finally:
@@ -93,3 +99,17 @@ def test_flower_requires_auth_and_sees_the_worker(pg_schema: str, tmp_path: Path
                 os.killpg(proc.pid, signal.SIGKILL)
         for f in logs.values():
             f.close()
+
+
+def test_flower_arguments_take_the_space_form() -> None:
+    from cloacina.dispatch.celery_services import flower_argv, flower_environment
+
+    assert flower_argv(["--port", "5566", "--url_prefix", "flower", "--debug", "--address=0.0.0.0"]) == [
+        "--port=5566",
+        "--url_prefix=flower",
+        "--debug",
+        "--address=0.0.0.0",
+    ]
+    assert flower_argv(["--unknown", "x"]) == ["--unknown", "x"]  # not Flower's: left to Flower to refuse
+    kept, dropped = flower_environment({"FLOWER_PORT": "tcp://10.96.0.7:5555", "FLOWER_PURGE_OFFLINE_WORKERS": "60"})
+    assert dropped == ["FLOWER_PORT"] and kept == {"FLOWER_PURGE_OFFLINE_WORKERS": "60"}
