@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import click
@@ -16,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cloacina.cli.common import (
+    cli_errors,
     console,
     db_option,
     duration_ms,
@@ -28,7 +30,9 @@ from cloacina.cli.common import (
     shorten,
     styled_status,
 )
+from cloacina.definitions.app_loader import load_app
 from cloacina.engine.states import RunStatus
+from cloacina.runner.errors import WorkflowTimeoutError
 from cloacina.store.runs import AttemptRecord, RunRecord, TaskRecord
 from cloacina.timestamps import iso
 
@@ -49,6 +53,7 @@ def run_to_dict(run: RunRecord, *, contexts: bool) -> dict[str, Any]:
         "duration_ms": duration_ms(run.started_at or run.created_at, run.completed_at),
         "deadline_at": iso(run.deadline_at),
         "error_message": run.error_message,
+        "retry_of": run.retry_of,
     }
     if contexts:
         data["input_context"] = run.input_context
@@ -89,7 +94,7 @@ def task_to_dict(task: TaskRecord, attempts: list[AttemptRecord]) -> dict[str, A
 
 @click.group("runs")
 def runs_group() -> None:
-    """Workflow runs: list and show."""
+    """Workflow runs: list, show, cancel and retry."""
 
 
 @runs_group.command("list")
@@ -157,6 +162,8 @@ def _run_table(run: RunRecord) -> Table:
     table.add_row("workflow", f"{run.workflow_name} (version {run.workflow_version[:12]})")
     table.add_row("status", styled_status(run.status.value))
     table.add_row("trigger", run.trigger_name or "-")
+    if run.retry_of:
+        table.add_row("retry of", run.retry_of)
     table.add_row("created", fmt_time(run.created_at, full=True))
     table.add_row("started", fmt_time(run.started_at, full=True))
     table.add_row("completed", fmt_time(run.completed_at, full=True))
@@ -192,3 +199,88 @@ def _tasks_table(tasks: dict[str, TaskRecord], attempts: dict[str, list[AttemptR
             "\n".join(notes) or "-",
         )
     return table
+
+
+# -- run control: cancel and retry ----------------------------------------------------------------------------
+@runs_group.command("cancel")
+@click.argument("run_id")
+@db_option
+@json_option
+def runs_cancel(run_id: str, db_url: str, as_json: bool) -> None:
+    """Cancel a run: it ends Cancelled, none of its tasks starts afterwards, a task still running finishes but its
+    result is discarded, and its trigger's dedup key is free again.
+
+    Exit status 0 when this command cancelled the run; 1 when the run had already ended (nothing is changed) or
+    the id is unknown.
+    """
+    with management_runner(db_url) as runner:
+        try:
+            cancelled = runner.cancel_run(run_id)
+        except KeyError:
+            raise click.ClickException(f"unknown run {run_id!r}; `cloacina runs list` shows run ids") from None
+        run = runner.runs.get_run(run_id)
+    status = run.status.value if run is not None else "?"
+    if as_json:
+        emit_json({"run_id": run_id, "cancelled": cancelled, "status": status})
+        if not cancelled:
+            raise SystemExit(1)
+    elif not cancelled:
+        raise click.ClickException(f"run {run_id} had already ended ({status}); nothing to cancel")
+    else:
+        click.echo(f"run {run_id} cancelled")
+
+
+@runs_group.command("retry")
+@click.argument("run_id")
+@db_option
+@json_option
+@click.option("--app", "app", metavar="APP", help="Import this app first (module, .py file or package directory).")
+@click.option("--wait", is_flag=True, help="Wait until the new run ends and show it; exit 1 unless it Completed.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="With --wait: stop waiting after this long (exit 1; the run goes on).")  # fmt: skip
+def runs_retry(run_id: str, db_url: str, as_json: bool, app: str | None, wait: bool, timeout_s: float | None) -> None:
+    """Re-execute a Failed or Cancelled run from its failure and print the new run's id (with --wait: its outcome).
+
+    The new run has the original's input and is linked to it (retry_of); the tasks that completed keep their
+    outputs and do not run again, the others run afresh; the original run is not changed. With CLOACINA_BROKER_URL
+    set, the workers run it. Without a broker this command runs it itself, so it always waits, and it needs the
+    workflow's code: --app APP, unless the run came from a deployed package.
+    """
+    if timeout_s is not None and not wait:
+        raise click.UsageError("--timeout only applies with --wait")
+    if app is not None:
+        with cli_errors():
+            load_app(app)
+    with management_runner(db_url) as runner:
+        try:
+            new_id = runner.retry_run(run_id)
+        except KeyError:
+            raise click.ClickException(f"unknown run {run_id!r}; `cloacina runs list` shows run ids") from None
+        except ValueError as exc:
+            hint = "" if app or runner.broker_url or "unknown workflow" not in str(exc).lower() else _CODE_HINT
+            raise click.ClickException(f"{exc}{hint}") from None
+        if not wait and runner.broker_url:
+            if as_json:
+                emit_json({"run_id": new_id, "retry_of": run_id})
+            else:
+                click.echo(new_id)
+            return
+        if not as_json:
+            click.echo(f"run {new_id} retries {run_id}; waiting for it to end", err=True)
+        try:
+            runner.wait_for_run(new_id, timeout_s)
+        except WorkflowTimeoutError:
+            raise click.ClickException(
+                f"run {new_id} has not ended after {timeout_s:g}s; it goes on (`cloacina runs show {new_id}`)"
+            ) from None
+        run = runner.runs.get_run(new_id)
+    assert run is not None
+    if as_json:
+        emit_json(run_to_dict(run, contexts=True))
+    else:
+        console().print(Group(_run_table(run), "", f"final context: {escape(json.dumps(run.final_context))}"))
+    if run.status != RunStatus.COMPLETED:
+        raise SystemExit(1)
+
+
+_CODE_HINT = " (without a broker the run executes here: pass --app with the workflow's code)"
