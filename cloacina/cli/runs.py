@@ -4,6 +4,7 @@
 
     $ cloacina runs list --status Failed --limit 10
     $ cloacina runs show 6f1c0c7e-... --json
+    $ cloacina runs start nightly_report --context '{"day": "2024-05-01"}' --wait
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def task_to_dict(task: TaskRecord, attempts: list[AttemptRecord]) -> dict[str, A
 
 @click.group("runs")
 def runs_group() -> None:
-    """Workflow runs: list, show, cancel and retry."""
+    """Workflow runs: list, show, start, cancel and retry."""
 
 
 @runs_group.command("list")
@@ -152,6 +153,95 @@ def runs_show(run_id: str, db_url: str, as_json: bool) -> None:
         emit_json(data)
         return
     console().print(Group(_run_table(run), "", _tasks_table(tasks, attempts)))
+
+
+JSON_TYPES = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+}
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_context(_ctx: click.Context | None, _param: click.Parameter | None, value: str | None) -> dict[str, Any]:
+    """``--context``: a JSON object (``{}`` when not given); anything else is a usage error (exit 2)."""
+    if value is None:
+        return {}
+    try:
+        data = json.loads(value, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    except ValueError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        got = "null" if data is None else JSON_TYPES.get(type(data), type(data).__name__)
+        raise click.BadParameter(f"must be a JSON object such as '{{\"n\": 1}}', got {got}")
+    return data
+
+
+@runs_group.command("start")
+@click.argument("workflow")
+@db_option
+@json_option
+@click.option("--context", "context", metavar="JSON", callback=parse_context, help="Input context: a JSON object.")
+@click.option("--wait", is_flag=True, help="Wait until the run ends and show it; exit 1 unless it Completed.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="With --wait: stop waiting after this long (exit 1; the run goes on).")  # fmt: skip
+def runs_start(
+    workflow: str, db_url: str, as_json: bool, context: dict[str, Any], wait: bool, timeout_s: float | None
+) -> None:
+    """Start a run of WORKFLOW by name and print its id (with --wait: its outcome).
+
+    The workflow's code need not be importable here: with CLOACINA_BROKER_URL set (distributed mode), any
+    workflow in the catalog that the workers, pollers, runners and package deploys of the deployment record
+    starts on the workers, with the version the catalog serves. Without a broker there is no process here to
+    execute it: run the app instead (`cloacina run APP`).
+    """
+    if timeout_s is not None and not wait:
+        raise click.UsageError("--timeout only applies with --wait")
+    with management_runner(db_url) as runner:
+        entry = runner.deployment.catalog.get_workflow(workflow)
+        if entry is None:
+            known = ", ".join(e.name for e in runner.list_catalog()) or "none yet"
+            raise click.ClickException(
+                f"unknown workflow {workflow!r}: no process of this deployment recorded it in the workflow "
+                f"catalog (cataloged: {known})"
+            )
+        if not runner.broker_url:
+            raise click.ClickException(
+                f"workflow {workflow!r} ({entry.origin}) cannot run here: starting a run without its code needs "
+                "a distributed deployment (set CLOACINA_BROKER_URL to the broker of its workers); embedded runs "
+                "execute in the process that has the code (`cloacina run APP`)"
+            )
+        run_id = runner.start_run(workflow, context)
+        if not wait:
+            if as_json:
+                emit_json({"run_id": run_id, "workflow_name": workflow, "workflow_version": entry.version})
+            else:
+                click.echo(run_id)
+            return
+        if not as_json:
+            click.echo(f"run {run_id} of {workflow} started; waiting for it to end", err=True)
+        try:
+            runner.wait_for_run(run_id, timeout_s)
+        except WorkflowTimeoutError:
+            raise click.ClickException(
+                f"run {run_id} has not ended after {timeout_s:g}s; it goes on (`cloacina runs show {run_id}`)"
+            ) from None
+        run = runner.runs.get_run(run_id)
+    assert run is not None
+    if as_json:
+        emit_json(run_to_dict(run, contexts=True))
+    else:
+        console().print(Group(_run_table(run), "", f"final context: {escape(json.dumps(run.final_context))}"))
+    if run.status != RunStatus.COMPLETED:
+        raise SystemExit(1)
 
 
 def _run_table(run: RunRecord) -> Table:

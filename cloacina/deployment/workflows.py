@@ -133,6 +133,9 @@ class WorkflowCatalog:
             # A deployed package's workflow (a package cron trigger's runs name it).
             packaged = self.packages.active_workflow(workflow) if self.packages is not None else None
             if packaged is None:
+                if self.plans_only:  # name what could have been started here: the catalog's names too
+                    known = [*registry.workflow_names(), *self._catalog_names()]
+                    raise WorkflowNotFoundError(workflow, known) from None
                 raise
             return StartableWorkflow(packaged)
 
@@ -168,6 +171,13 @@ class WorkflowCatalog:
         except Exception as exc:  # the catalog is unreachable: the name stays unknown here
             log.warning("cannot read the workflow catalog to find %r: %s", name, exc)
             return None
+
+    def _catalog_names(self) -> list[str]:
+        assert self.store is not None
+        try:
+            return [entry.name for entry in self.store.list_workflows()]
+        except Exception:  # only for the message
+            return []
 
     def _codeless_version(self, name: str, version: str) -> Workflow | None:
         with self._lock:

@@ -80,6 +80,7 @@ class PollerService:
         s = self.settings
         deployment = self._deployment = Deployment(s, role="poller")
         deployment.prepare_schema(migrate=False, stop=self.stop_event)  # nothing works without the database
+        deployment.workflows.record_registered()  # the workflow catalog: what the --app declared
         wait_until_ready("redis", deployment.locks.client.ping, self.stop_event)
         membership = self._membership = PollerMembership(deployment.locks, s.lease_ttl_s)
         membership.renew()
@@ -134,6 +135,7 @@ class PollerService:
             except Exception as exc:
                 log.error("package %s cannot be loaded; its triggers are not polled here: %s", fingerprint[:12], exc)
                 continue
+            self.deployment.workflows.record_package(loaded.workflows.values(), fingerprint)
             polled = [t for t in loaded.triggers if t.cron is None]
             crons = [t for t in loaded.triggers if t.cron is not None]  # a package's @trigger(cron=...): schedules
             if crons:

@@ -11,7 +11,8 @@ One pass:
   (:class:`~cloacina.packaging.loader.PackageLoader`), stored in the registry (by fingerprint) and its triggers
   registered with ``registry.register_trigger`` (the running scheduler listens), bound to the package so fires run
   its workflows. A newer version of a live package replaces its triggers by name; the old version is marked
-  inactive (runs started on it keep it). Logged as ``package NAME VERSION deployed``.
+  inactive (runs started on it keep it). Logged as ``package NAME VERSION deployed``. Its workflows enter the
+  workflow catalog with origin ``package:<fingerprint>`` (and leave it when the package is replaced or removed).
 - A rejected archive is logged with its reason and recorded in the report; nothing else changes: the version
   already live, if any, stays live. The file is looked at again when it changes.
 - A removed file: its package's triggers are removed from the scheduler and their schedules disabled (history
@@ -45,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cloacina.definitions import registry
 from cloacina.definitions.trigger import TriggerDefinition
+from cloacina.deployment.workflows import WorkflowCatalog
 from cloacina.packaging.archive import DEFAULT_LIMITS, ArchiveLimits, PackageError, ValidatedArchive, read_archive
 from cloacina.packaging.discover import IMPORT_TIMEOUT_S
 from cloacina.packaging.loader import PackageLoader
@@ -52,6 +54,7 @@ from cloacina.packaging.manifest import Manifest
 from cloacina.packaging.verify import verify_archive
 from cloacina.scheduling import cron_math
 from cloacina.scheduling.cron_triggers import register_cron_triggers
+from cloacina.store.catalog import CatalogStore
 from cloacina.store.cron import CronStore
 from cloacina.store.packages import PackageStore
 from cloacina.store.triggers import TriggerStore
@@ -123,6 +126,7 @@ class Reconciler:
         self.scheduler = scheduler
         self.trigger_store = trigger_store or getattr(scheduler, "store", None) or TriggerStore(store.db)
         self.cron_store = cron_store or CronStore(store.db)
+        self.catalog = WorkflowCatalog(loader, CatalogStore(store.db))  # a package's workflows, while it is live
         self.verify_timeout_s = verify_timeout_s
         self.limits = limits
         self._files: dict[Path, _FileState] = {}
@@ -233,6 +237,7 @@ class Reconciler:
         loaded = self.loader.load(validated)
         reenable = not any(row["name"] == package.name for row in self.store.list(active_only=True))
         self.store.put(validated, source, active=True)
+        self.catalog.record_package(loaded.workflows.values(), validated.fingerprint)
         for definition in loaded.triggers:
             if reenable and definition.cron is None:
                 self.trigger_store.set_enabled(definition.name, True)
@@ -244,6 +249,7 @@ class Reconciler:
                 self._stop_trigger(name, current.fingerprint)
             self._stop_cron(set(current.cron_schedules) - set(schedules))
             self.store.set_active(current.fingerprint, False)
+            self.catalog.forget_package(current.fingerprint)
         self._live[package.name] = _Live(package.name, package.version, validated.fingerprint, where, names, schedules)
         log.info(
             "package %s %s deployed",
@@ -295,6 +301,7 @@ class Reconciler:
             self._stop_trigger(name, live.fingerprint)
         self._stop_cron(set(live.cron_schedules))
         self.store.set_active(live.fingerprint, False)
+        self.catalog.forget_package(live.fingerprint)
         del self._live[live.name]
         log.info("package %s %s removed; its triggers are disabled", live.name, live.version)
         report.removed.append(f"{live.name} {live.version} ({live.source})")
@@ -353,6 +360,7 @@ class Reconciler:
             if source is None or Path(source) in current or Path(source).parent not in self.watch_dirs:
                 continue
             self.store.set_active(row["fingerprint"], False)
+            self.catalog.forget_package(row["fingerprint"])
             triggers = row["manifest"].get("triggers", [])
             for trigger in triggers:
                 self.trigger_store.set_enabled(trigger["name"], False)

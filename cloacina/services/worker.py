@@ -106,9 +106,21 @@ def worker_argv(
     return [*argv, *extra]
 
 
+def record_workflows(settings: CloacinaSettings) -> None:
+    """Record the workflows this worker's code declared in the workflow catalog (once, before any child forks:
+    the connection is closed again, children open their own)."""
+    deployment = Deployment(settings, role="worker")
+    try:
+        deployment.workflows.record_registered()
+    finally:
+        deployment.close()
+
+
 def run_worker(settings: CloacinaSettings, argv: Sequence[str]) -> None:
-    """Run the worker until Celery stops it. With ``metrics_port`` set, serve the summed metrics of every child
-    on ``/metrics`` (prometheus multiprocess mode, switched on before any child is forked)."""
+    """Record the app's workflows in the catalog, then run the worker until Celery stops it. With ``metrics_port``
+    set, serve the summed metrics of every child on ``/metrics`` (prometheus multiprocess mode, switched on before
+    any child is forked)."""
+    record_workflows(settings)
     metrics = None
     on_child_exit = None
     probes = None
