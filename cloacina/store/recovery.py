@@ -1,7 +1,8 @@
 """Queries for the sweeper: attempts whose worker died, runs whose messages were lost, runs past deadline.
 
 All claims are guarded updates, so several sweepers (poller replicas, runner processes) never act twice on the
-same thing.
+same thing. Only active runs (``Pending``/``Running``) are looked at: a run that ended, ``Cancelled`` included, is
+never recovered, and an attempt still running in a cancelled run is not a lost one.
 """
 
 from __future__ import annotations

@@ -18,6 +18,11 @@ transaction (:meth:`cloacina.store.runs.RunStore.advance`), which sees every com
 
 Every writer that changes what a planner sees bumps ``workflow_runs.version`` under the run's row lock, so
 "same version" really means "same state".
+
+Both statements act on active runs only (``Pending``/``Running``): a start of a run that ended (``Completed``,
+``Failed`` or ``Cancelled``) starts nothing, and a finish records nothing (the caller discards its result; see
+:mod:`cloacina.store.run_control`). A cancel and a finish lock the run's row in the same order, so one of them
+wins: the finish that would end the run, or the cancel.
 """
 
 from __future__ import annotations
