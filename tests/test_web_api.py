@@ -599,3 +599,26 @@ def test_start_run_by_name_executed_by_a_worker(site: Site, tmp_path: Path) -> N
     run = wait_until(finished, 90, message=lambda: f"run {run_id} to end; worker log:\n{worker.log_text()[-3000:]}")
     assert run["status"] == "Completed", run
     assert run["final_context"]["n"] == 42
+
+
+# -- the last resort ---------------------------------------------------------------------------------------------
+def test_an_unexpected_error_is_a_logged_500_without_internals(caplog: pytest.LogCaptureFixture) -> None:
+    """In process: a route that fails unexpectedly (bad input never does: see the module fixture's check)."""
+    from starlette.testclient import TestClient
+
+    from cloacina.web.app import create_app
+    from cloacina.web.settings import WebSettings
+
+    app = create_app(WebSettings())
+
+    @app.get("/api/v1/boom")
+    def boom() -> None:
+        raise RuntimeError("internal detail: /srv/secret/path")
+
+    client = TestClient(app, raise_server_exceptions=False)  # no lifespan: this route needs no runner
+    with caplog.at_level("ERROR", logger="cloacina.web"):
+        response = client.get("/api/v1/boom")
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal_error", "detail": "unexpected server error; it was logged"}
+    assert "/srv/secret/path" not in response.text
+    assert any("unhandled error in GET /api/v1/boom" in r.getMessage() and r.exc_info for r in caplog.records)

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends
 from cloacina.engine.states import RunStatus
 from cloacina.store.runs import AttemptRecord, RunRecord, TaskRecord
 from cloacina.timestamps import as_utc
-from cloacina.web.auth import require_writer
+from cloacina.web.auth import WRITE_RESPONSES, require_writer
 from cloacina.web.deps import Limit, NameFilter, Offset, Runner, Settings, canonical_id, not_found
 from cloacina.web.errors import ApiError
 from cloacina.web.schemas import AttemptOut, CancelResult, ErrorBody, RunCreated, RunDetail, RunOut, RunPage, TaskOut
@@ -135,7 +135,7 @@ def get_run(run_id: str, runner: Runner) -> RunDetail:
     "/runs/{run_id}/cancel",
     response_model=CancelResult,
     dependencies=[Depends(require_writer)],
-    responses=NOT_FOUND,
+    responses={**NOT_FOUND, **WRITE_RESPONSES},
 )
 def cancel_run(run_id: str, runner: Runner) -> CancelResult:
     """Cancel a run: no new task starts and it ends Cancelled. Cancelling an ended run changes nothing
@@ -156,6 +156,7 @@ def cancel_run(run_id: str, runner: Runner) -> CancelResult:
     dependencies=[Depends(require_writer)],
     responses={
         **NOT_FOUND,
+        **WRITE_RESPONSES,
         409: {"model": ErrorBody, "description": "The run is not Failed or Cancelled."},
         503: {"model": ErrorBody, "description": "No broker configured."},
     },

@@ -15,7 +15,7 @@ import logging
 import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cloacina.errors import SchemaNotMigratedError
@@ -26,7 +26,7 @@ from cloacina.store.packages import PackageStore
 from cloacina.web.auth import require_user
 from cloacina.web.deps import Runner
 from cloacina.web.errors import ApiError
-from cloacina.web.schemas import Check, Health, PackageList, PackageOut
+from cloacina.web.schemas import Check, ErrorBody, Health, PackageList, PackageOut
 from cloacina.web.settings import WebSettings
 
 log = logging.getLogger("cloacina.web")
@@ -89,7 +89,13 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(health.model_dump(), status_code=200 if health.ok else 503)
 
 
-@root_router.get("/metrics", dependencies=[Depends(require_user)], response_class=Response, tags=["health"])
+@root_router.get(
+    "/metrics",
+    dependencies=[Depends(require_user)],
+    response_class=PlainTextResponse,
+    responses={401: {"model": ErrorBody, "description": "Missing or wrong credentials."}},
+    tags=["health"],
+)
 def metrics(request: Request) -> Response:
     """Prometheus text format."""
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

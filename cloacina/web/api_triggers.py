@@ -16,7 +16,7 @@ from cloacina.runner.cron_api import parse_schedule_id, schedule_dicts
 from cloacina.scheduling import cron_math
 from cloacina.store.cron import CronScheduleRecord
 from cloacina.timestamps import as_utc, utcnow
-from cloacina.web.auth import require_writer
+from cloacina.web.auth import WRITE_RESPONSES, require_writer
 from cloacina.web.deps import Limit, Offset, Runner, not_found, require_name
 from cloacina.web.schemas import (
     CronList,
@@ -56,7 +56,7 @@ def get_trigger(name: str, runner: Runner) -> TriggerOut:
 @router.patch(
     "/triggers/{name}",
     response_model=TriggerOut,
-    responses=TRIGGER_404,
+    responses={**TRIGGER_404, **WRITE_RESPONSES},
     dependencies=[Depends(require_writer)],
     tags=["triggers"],
 )
@@ -92,7 +92,7 @@ def list_cron(runner: Runner, limit: Limit = 100, offset: Offset = 0) -> CronLis
 @router.patch(
     "/cron/{schedule_id}",
     response_model=CronOut,
-    responses=CRON_404,
+    responses={**CRON_404, **WRITE_RESPONSES},
     dependencies=[Depends(require_writer)],
     tags=["cron"],
 )

@@ -11,7 +11,7 @@ from cloacina.context import Context, canonical_json
 from cloacina.store.catalog import CatalogEntry, CatalogStore
 from cloacina.timestamps import as_utc
 from cloacina.web.api_runs import require_broker
-from cloacina.web.auth import require_writer
+from cloacina.web.auth import WRITE_RESPONSES, require_writer
 from cloacina.web.deps import Runner, Settings, not_found, require_name
 from cloacina.web.errors import ApiError
 from cloacina.web.schemas import CatalogTaskOut, ErrorBody, RunCreated, StartRunRequest, WorkflowList, WorkflowOut
@@ -79,6 +79,7 @@ def get_workflow(name: str, runner: Runner) -> WorkflowOut:
     dependencies=[Depends(require_writer)],
     responses={
         **NOT_FOUND,
+        **WRITE_RESPONSES,
         409: {"model": ErrorBody, "description": "The workflow cannot be started (e.g. its package is gone)."},
         503: {"model": ErrorBody, "description": "No broker configured."},
     },

@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI
@@ -30,9 +31,16 @@ from cloacina.runner.default_runner import DefaultRunner
 from cloacina.web import api_runs, api_system, api_triggers, api_workflows, console
 from cloacina.web.auth import Authenticator, require_user
 from cloacina.web.errors import BodyLimit, install_error_handlers
+from cloacina.web.schemas import ErrorBody
 from cloacina.web.settings import WebSettings
 
 API_PREFIX = "/api/v1"
+COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "A body that cannot be decoded, a malformed Content-Length."},
+    401: {"model": ErrorBody, "description": "Missing or wrong credentials."},
+    413: {"model": ErrorBody, "description": "Request body over the limit."},
+    422: {"model": ErrorBody, "description": "Invalid path, query or body values."},
+}
 
 
 def open_runner(settings: WebSettings) -> DefaultRunner:
@@ -143,7 +151,7 @@ def create_app(settings: WebSettings, *, runner: DefaultRunner | None = None) ->
     app.state.metrics = WebMetrics()
     install_error_handlers(app)
 
-    api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_user)])
+    api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_user)], responses=COMMON_RESPONSES)
     api.include_router(api_workflows.router)
     api.include_router(api_runs.router)
     api.include_router(api_triggers.router)

@@ -38,7 +38,7 @@ import binascii
 import hmac
 import logging
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from fastapi import Depends, Request, Security
@@ -46,6 +46,7 @@ from fastapi.security import HTTPBasic, HTTPBearer
 from starlette.requests import HTTPConnection
 
 from cloacina.web.errors import ApiError
+from cloacina.web.schemas import ErrorBody
 from cloacina.web.settings import WebSettings
 
 log = logging.getLogger("cloacina.web")
@@ -206,6 +207,10 @@ def require_writer(principal: Annotated[Principal, Depends(require_user)], reque
         )
     return principal
 
+
+WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorBody, "description": "Read-only user, or a cross-site browser request (CSRF rule)."}
+}
 
 User = Annotated[Principal, Depends(require_user)]
 Writer = Annotated[Principal, Depends(require_writer)]
