@@ -13,7 +13,8 @@ it would signal a prefork child in the middle of whatever it is doing (a SQL wri
 holding a resource), so "safe" here means never terminating a child. The running task finishes, its result is
 discarded (the store refuses every outcome and every start of a cancelled run), and the rest of its stretch does
 nothing. Revoking is an optimisation, not what makes cancellation correct: a worker that was not listening (or
-started later) runs the run's messages as no-ops.
+started later) runs the run's messages as no-ops. Costs: stamping a canvas takes tens of microseconds per run;
+each worker remembers the ids of revoked runs until it restarts (Celery keeps revoked stamps in memory).
 """
 
 from __future__ import annotations
