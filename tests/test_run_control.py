@@ -8,7 +8,8 @@
 - Retry a failed diamond: a new run linked to the original reuses what completed (counted in the task bodies:
   those do not run again) and runs the rest; the original is unchanged. A Completed or running run cannot be
   retried (ValueError), an unknown one is a KeyError; a cancelled run can be retried.
-- The CLI: ``cloacina runs cancel`` and ``cloacina runs retry`` with their exit statuses and messages.
+- The CLI (on a SQLite file and PostgreSQL): ``cloacina runs cancel`` and ``cloacina runs retry`` with their exit
+  statuses and messages.
 - Migration 0007 goes down to 0006 and up again; on PostgreSQL a cancellation is announced to listeners.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ import cloacina as cloaca
 from cloacina.store.database import Database
 from cloacina.store.run_end_listener import PgRunEndNotices
 from tests.conftest import PG_URL, Backend
+from tests.distributed_harness import service_db_url
 from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(90)
@@ -316,19 +319,21 @@ def cli(*args: str) -> Any:
     return CliRunner(env={"COLUMNS": "200"}).invoke(main, list(args), catch_exceptions=False)
 
 
-def test_cli_cancel_and_retry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    app = tmp_path / "cli_control_app.py"
+def test_cli_cancel_and_retry(durable_backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = tmp_path / f"cli_control_app_{uuid.uuid4().hex[:8]}.py"  # a module name of this test's own
     app.write_text(APP)
     counts, fail = tmp_path / "counts.txt", tmp_path / "fail"
     monkeypatch.setenv("CLI_COUNTS", str(counts))
     monkeypatch.setenv("CLI_FAIL", str(fail))
     monkeypatch.delenv("CLOACINA_BROKER_URL", raising=False)
-    db = f"sqlite:///{tmp_path}/cli.db"
+    schema = durable_backend.schema
+    db = service_db_url(durable_backend.url, schema) if schema else durable_backend.url
     fail.touch()
     from cloacina.definitions.app_loader import load_app
 
     load_app(str(app))
-    with cloaca.DefaultRunner(db, cloaca.DefaultRunnerConfig(**FAST)) as runner:
+    config = cloaca.DefaultRunnerConfig(**FAST)
+    with cloaca.DefaultRunner(durable_backend.url, config, schema=schema) as runner:
         failed = runner.execute("cli_diamond", {})
         bodies = Bodies()
         long_workflow("cli_long", bodies)
