@@ -18,7 +18,7 @@ import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
-from cloacina.packaging.archive import archive_bytes, compute_fingerprint, read_archive
+from cloacina.packaging.archive import archive_bytes, fingerprinted, read_archive
 from cloacina.packaging.builder import build_package
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -97,9 +97,7 @@ def repackage(data: bytes, change: Callable[[dict[str, bytes]], dict[str, bytes]
     """``data`` with its sources edited by ``change``, the manifest kept, the fingerprint recomputed."""
     validated = read_archive(data)
     sources = change(dict(validated.files))
-    manifest = validated.manifest
-    package = manifest.package.model_copy(update={"fingerprint": compute_fingerprint(sources)})
-    return archive_bytes(manifest.model_copy(update={"package": package}), sources)
+    return archive_bytes(fingerprinted(validated.manifest, sources), sources)
 
 
 def with_member(data: bytes, name: str, content: bytes | None = b"", kind: bytes = tarfile.REGTYPE,

@@ -25,6 +25,7 @@ from cloacina.packaging.archive import (
     PackageError,
     compute_fingerprint,
     extract_archive,
+    package_fingerprint,
     read_archive,
 )
 from cloacina.packaging.builder import build_package, read_pyproject
@@ -142,17 +143,24 @@ def test_building_twice_gives_identical_bytes_and_fingerprint(tmp_path: Path) ->
     assert read_archive(first).fingerprint == read_archive(second).fingerprint
 
 
-def test_fingerprint_is_sha256_over_sorted_sources_and_ignores_the_manifest(data_ingest_archive: Path) -> None:
+def test_fingerprint_is_sha256_over_sorted_sources_and_the_manifest(data_ingest_archive: Path) -> None:
     import hashlib
+    import json
 
     validated = read_archive(data_ingest_archive)
-    digest = hashlib.sha256()
-    for path in sorted(validated.files):
-        data = validated.files[path]
+    document = json.loads(validated.manifest_bytes)
+    del document["package"]["fingerprint"]
+    members = {**validated.files, "manifest.json": json.dumps(document, sort_keys=True, separators=(",", ":")).encode()}
+    digest = hashlib.sha256(b"cloacina package: sources and manifest\n")
+    for path in sorted(members):
+        data = members[path]
         digest.update(path.encode() + b"\0" + str(len(data)).encode() + b"\0" + data)
-    assert validated.fingerprint == digest.hexdigest() == compute_fingerprint(validated.files)
-    assert compute_fingerprint({**validated.files, "manifest.json": b"{}"}) == validated.fingerprint
-    assert compute_fingerprint({**validated.files, "extra.txt": b""}) != validated.fingerprint
+    assert validated.fingerprint == digest.hexdigest() == package_fingerprint(validated.files, validated.manifest)
+    assert package_fingerprint({**validated.files, "extra.txt": b""}, validated.manifest) != validated.fingerprint
+    renamed = json.loads(validated.manifest_bytes)
+    renamed["triggers"][0]["name"] = "renamed"
+    assert package_fingerprint(validated.files, renamed) != validated.fingerprint
+    assert compute_fingerprint(validated.files) != validated.fingerprint  # the older, sources-only form
 
 
 def test_extract_writes_exactly_the_validated_members(data_ingest_archive: Path, tmp_path: Path) -> None:

@@ -28,7 +28,8 @@ from cloacina.packaging.archive import (
     ArchiveLimits,
     PackageError,
     archive_bytes,
-    compute_fingerprint,
+    fingerprinted,
+    package_fingerprint,
     read_archive,
 )
 from cloacina.packaging.builder import build_package
@@ -71,13 +72,17 @@ def with_member(good: bytes, extra: Member) -> bytes:
     return make_tar([*members_of(good), extra])
 
 
-def rewrite_manifest(good: bytes, change: Callable[[dict[str, Any]], None]) -> bytes:
-    """The good archive with its manifest.json edited (the fingerprint covers sources only, so it stays valid)."""
+def rewrite_manifest(good: bytes, change: Callable[[dict[str, Any]], None], *, refingerprint: bool = True) -> bytes:
+    """The good archive with its manifest.json edited and, unless ``refingerprint=False``, its fingerprint updated
+    to cover the edit (as a builder would: the fingerprint covers the manifest too)."""
+    sources = {i.name: d or b"" for i, d in members_of(good) if i.isfile() and i.name != "manifest.json"}
     members = []
     for info, data in members_of(good):
         if info.name == "manifest.json":
             document = json.loads(data or b"")
             change(document)
+            if refingerprint and isinstance(document.get("package"), dict):
+                document["package"]["fingerprint"] = package_fingerprint(sources, document)
             data = json.dumps(document).encode()
         members.append((info, data))
     return make_tar(members)
@@ -87,9 +92,8 @@ def package_with(good: bytes, files: dict[str, str], **python: str) -> bytes:
     """A correctly fingerprinted archive: the good manifest, ``files`` replacing the sources."""
     manifest = read_archive(good).manifest
     sources = {path: text.encode() for path, text in files.items()}
-    package_info = manifest.package.model_copy(update={"fingerprint": compute_fingerprint(sources)})
     python_info = manifest.python.model_copy(update=python)
-    return archive_bytes(manifest.model_copy(update={"package": package_info, "python": python_info}), sources)
+    return archive_bytes(fingerprinted(manifest.model_copy(update={"python": python_info}), sources), sources)
 
 
 def rejected(data: bytes, reason: str, match: str, **kwargs: Any) -> PackageError:
@@ -312,8 +316,7 @@ def _explicit_package(good: bytes, code: str = EXPLICIT) -> bytes:
         }
     )
     sources = {k: v.encode() for k, v in files.items()}
-    package_info = manifest.package.model_copy(update={"fingerprint": compute_fingerprint(sources)})
-    return archive_bytes(manifest.model_copy(update={"package": package_info}), sources)
+    return archive_bytes(fingerprinted(manifest, sources), sources)
 
 
 def test_trigger_workflow_mismatch_between_manifest_and_code(good: bytes) -> None:

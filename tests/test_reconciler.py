@@ -21,7 +21,7 @@ from package_fixtures import SEED_PACKAGE, build_ingest, repackage, with_member
 
 from cloacina import DefaultRunner, DefaultRunnerConfig, TriggerResult, trigger
 from cloacina.definitions import registry
-from cloacina.packaging.archive import MAX_FILE_BYTES, archive_bytes, read_archive, write_atomically
+from cloacina.packaging.archive import MAX_FILE_BYTES, archive_bytes, fingerprinted, read_archive, write_atomically
 from cloacina.packaging.builder import build_package
 from cloacina.packaging.isolation import MODULE_PREFIX
 from cloacina.services.reconciler import REGISTRY_SOURCE, Reconciler
@@ -265,7 +265,7 @@ def test_registry_deployments_and_trigger_conflicts(deployment: Deployment, buil
     renamed = other.manifest.model_copy(
         update={"package": other.manifest.package.model_copy(update={"name": "other-ingest"})}
     )
-    path = deployment.drop("other.cloacina", archive_bytes(renamed, other.files))
+    path = deployment.drop("other.cloacina", archive_bytes(fingerprinted(renamed, other.files), other.files))
     report = deployment.reconciler.reconcile_once()
     assert (
         "trigger_conflict: trigger 'inbox_watcher' already belongs to package data-ingest" in report.rejected[str(path)]

@@ -11,20 +11,31 @@ top-level module shadows the standard library or cloacina, and that this interpr
 :func:`write_archive` are deterministic: manifest first, then files in path order, mtime 1980-01-01, uid/gid 0, no
 owner names, mode 0644, gzip header mtime 0 and no file name.
 
-Our fingerprint (the package's identity) is :func:`~cloacina.packaging.members.compute_fingerprint` over every
-regular file except the root ``manifest.json``: editing the manifest keeps it, editing any source file changes it.
+Our fingerprint (the package's identity) is :func:`package_fingerprint`: SHA-256 over every regular file and the
+manifest (as canonical JSON, its own ``fingerprint`` field left out), so editing a source file or the manifest
+(renaming a trigger, say) changes it, and an archive edited after its build is rejected (``fingerprint_mismatch``)
+instead of being taken for the version already deployed. Archives built before the manifest was covered carry the
+older fingerprint over the sources only (:func:`~cloacina.packaging.members.compute_fingerprint`): they are
+rejected with a hint to rebuild, except when read back from the database registry that stored them
+(``legacy_fingerprint=True``), where they were validated when deployed.
 
->>> compute_fingerprint({"a.py": b"x = 1\\n"}) == compute_fingerprint({"a.py": b"x = 1\\n"})
+>>> doc = {"package": {"name": "p", "version": "1", "fingerprint": ""}, "python": {"entry_module": "p"}}
+>>> package_fingerprint({"p.py": b"x = 1\\n"}, doc) == package_fingerprint({"p.py": b"x = 1\\n"}, doc)
 True
+>>> renamed = {**doc, "triggers": [{"name": "renamed", "workflow": "w", "poll_interval": "1s"}]}
+>>> package_fingerprint({"p.py": b"x = 1\\n"}, doc) == package_fingerprint({"p.py": b"x = 1\\n"}, renamed)
+False
 >>> normalize_member_name("./pkg//mod.py")
 'pkg/mod.py'
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import gzip
 import io
+import json
 import os
 import tarfile
 from collections.abc import Mapping
@@ -73,7 +84,9 @@ __all__ = [
     "check_source_tree",
     "compute_fingerprint",
     "extract_archive",
+    "fingerprinted",
     "normalize_member_name",
+    "package_fingerprint",
     "read_archive",
     "top_level_modules",
     "write_archive",
@@ -81,6 +94,24 @@ __all__ = [
 ]
 
 FIXED_MTIME = 315_532_800  # 1980-01-01T00:00:00Z, as zip tools use; every member gets it
+_FINGERPRINT_DOMAIN = b"cloacina package: sources and manifest\n"  # never equal to a sources-only fingerprint
+
+
+def package_fingerprint(files: Mapping[str, bytes], manifest: Manifest | Mapping[str, object]) -> str:
+    """Our format's fingerprint: the source ``files`` and the manifest (a :class:`Manifest` or the parsed
+    ``manifest.json``), with the manifest's own ``package.fingerprint`` left out."""
+    document = json.loads(manifest.to_json()) if isinstance(manifest, Manifest) else copy.deepcopy(dict(manifest))
+    package = document.get("package")
+    if isinstance(package, dict):
+        package.pop("fingerprint", None)
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return compute_fingerprint({**files, MANIFEST_NAME: canonical}, domain=_FINGERPRINT_DOMAIN, skip=None)
+
+
+def fingerprinted(manifest: Manifest, files: Mapping[str, bytes]) -> Manifest:
+    """``manifest`` with the fingerprint of ``files`` and itself."""
+    package = manifest.package.model_copy(update={"fingerprint": package_fingerprint(files, manifest)})
+    return manifest.model_copy(update={"package": package})
 
 
 @dataclass(frozen=True)
@@ -179,10 +210,12 @@ def fixed_info(path: str, size: int | None = None) -> tarfile.TarInfo:
 
 
 def write_archive(out_dir: str | os.PathLike[str], manifest: Manifest, files: Mapping[str, bytes]) -> Path:
-    """Write ``OUT_DIR/NAME-VERSION.cloacina`` (fingerprint set from ``files``), validated like any other archive."""
-    package = manifest.package.model_copy(update={"fingerprint": compute_fingerprint(files)})
-    data = archive_bytes(manifest.model_copy(update={"package": package}), files)
+    """Write ``OUT_DIR/NAME-VERSION.cloacina`` (fingerprint set from ``files`` and the manifest), validated like any
+    other archive."""
+    manifest = fingerprinted(manifest, files)
+    data = archive_bytes(manifest, files)
     read_archive(data, runtime_checks=False)  # the same static checks a reconciler runs
+    package = manifest.package
     return write_atomically(Path(out_dir) / f"{package.name}-{package.version}.cloacina", data)
 
 
@@ -208,11 +241,17 @@ def _parse_manifest(document: dict[str, object]) -> Manifest:
 
 
 def read_archive(
-    source: str | os.PathLike[str] | bytes, limits: ArchiveLimits = DEFAULT_LIMITS, *, runtime_checks: bool = True
+    source: str | os.PathLike[str] | bytes,
+    limits: ArchiveLimits = DEFAULT_LIMITS,
+    *,
+    runtime_checks: bool = True,
+    legacy_fingerprint: bool = False,
 ) -> ValidatedArchive:
     """Validate a ``.cloacina`` file (path or bytes, ours or cloaca's) in memory; nothing is extracted or imported.
 
     ``runtime_checks=False`` skips what depends on this interpreter (``requires_python``): for inspecting.
+    ``legacy_fingerprint=True`` also accepts the older sources-only fingerprint (archives read back from the
+    database registry, validated when they were deployed).
     """
     data = load_bytes(source, limits)
     files, dirs = read_members(data, limits)
@@ -231,12 +270,7 @@ def read_archive(
         files.pop(MANIFEST_NAME)
         manifest = _parse_manifest(document)
         check_source_tree(files, dirs, manifest.python.entry_module)
-        actual = compute_fingerprint(files)
-        if actual != manifest.package.fingerprint:
-            raise PackageError(
-                f"fingerprint mismatch: manifest says {manifest.package.fingerprint}, the sources hash to {actual}",
-                reason="fingerprint_mismatch",
-            )
+        _check_fingerprint(files, document, manifest.package.fingerprint, legacy_fingerprint)
         validated = ValidatedArchive(
             manifest=manifest,
             manifest_bytes=raw_manifest or b"",
@@ -250,6 +284,25 @@ def read_archive(
         )
         check_python_version(validated.manifest.python.requires_python, member)
     return validated
+
+
+def _check_fingerprint(files: Mapping[str, bytes], document: dict[str, object], stated: str, legacy: bool) -> None:
+    actual = package_fingerprint(files, document)
+    if actual == stated:
+        return
+    sources_only = compute_fingerprint(files) == stated
+    if sources_only and legacy:
+        return
+    hint = (
+        " (it covers the sources only: the archive was built by an older cloacina, or its manifest was edited "
+        "after the build; rebuild it with `cloacina package build`)"
+        if sources_only
+        else ""
+    )
+    raise PackageError(
+        f"fingerprint mismatch: manifest says {stated}, the sources and manifest hash to {actual}{hint}",
+        reason="fingerprint_mismatch",
+    )
 
 
 def extract_archive(validated: ValidatedArchive, dest_dir: str | os.PathLike[str]) -> Path:

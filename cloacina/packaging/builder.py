@@ -266,7 +266,7 @@ def build_package(
     project = read_pyproject(src_dir)
     files = collect_sources(src_dir)
     check_source_tree(files, entry_module=project.entry_module)
-    fingerprint = compute_fingerprint(files)
+    fingerprint = compute_fingerprint(files)  # provisional: write_archive sets the one covering the manifest too
     # Discover from a copy of exactly what goes into the archive, so an excluded file cannot hide a problem.
     with tempfile.TemporaryDirectory(prefix="cloacina-build-") as stage:
         stage_files(files, Path(stage))

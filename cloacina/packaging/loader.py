@@ -197,7 +197,9 @@ class PackageLoader:
         data = self.store.get_archive(fingerprint)
         if data is None:
             raise PackageNotFoundError(fingerprint)
-        validated = read_archive(data, self.limits)  # static validation again: the row may have been tampered with
+        # Static validation again (the row may have been tampered with); older releases stored sources-only
+        # fingerprints, validated when deployed.
+        validated = read_archive(data, self.limits, legacy_fingerprint=True)
         if validated.fingerprint != fingerprint:
             raise PackageError(
                 f"the registry entry {fingerprint} holds package {validated.fingerprint}; refusing to load it",

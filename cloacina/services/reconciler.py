@@ -335,7 +335,7 @@ class Reconciler:
                 data = self.store.get_archive(fingerprint)
                 if data is None:
                     continue
-                validated = read_archive(data, self.limits)
+                validated = read_archive(data, self.limits, legacy_fingerprint=True)  # validated when deployed
                 if validated.fingerprint != fingerprint:
                     raise PackageError(
                         f"registry entry {fingerprint} holds package {validated.fingerprint}",
