@@ -322,3 +322,20 @@ def test_console_starts_a_run_by_name_on_a_worker(cluster: Any, browser: WebDriv
     assert result["n"] == 42 and result["report"] == "n is 42"
     assert result["double_pid"] != console.service.pid
     assert cluster.sql("SELECT status FROM workflow_runs WHERE id = :id", id=run_id)[0][0] == "Completed"
+
+    # A run that fails on the worker is retried from its page; the new run's page links back to it.
+    console.open("/runs")
+    context = console.find("form[data-start-run] textarea[name=context]")
+    context.clear()
+    context.send_keys('{"n": 1, "fail": true}')
+    console.find("form[data-start-run] button[type=submit]").click()
+    console.wait(lambda d: "/runs/" in d.current_url and d.current_url.rsplit("/", 1)[1] != run_id, "the page")
+    failed_id = console.driver.current_url.rsplit("/", 1)[1]
+    console.wait(
+        lambda d: d.find_element(By.ID, "run-status").get_attribute("data-status") == "Failed", "the run to fail"
+    )
+    console.click(By.XPATH, "//button[normalize-space()='Retry from failure']")
+    console.wait(lambda d: d.current_url.rsplit("/", 1)[1] not in (run_id, failed_id), "the retry's page")
+    retry_id = console.driver.current_url.rsplit("/", 1)[1]
+    assert console.find(f'a[href="/runs/{failed_id}"]').text == failed_id
+    assert cluster.sql("SELECT retry_of FROM workflow_runs WHERE id = :id", id=retry_id)[0][0] == failed_id

@@ -214,9 +214,11 @@ def test_triggers_page_counters_error_and_switch(console: Any) -> None:
 
 
 def test_cron_packages_and_workers_pages(console: Any) -> None:
-    http, _, _ = console
+    http, runner, _ = console
     cron = http.get("/cron", auth=ADMIN).text
     assert "0 2 * * *" in cron and "(in " in cron  # the next due time is in the future
+    schedule_id = runner.list_cron_schedules()[0]["id"]
+    assert f'data-api-method="PATCH" data-api-url="/api/v1/cron/{schedule_id}"' in cron
     packages = http.get("/packages", auth=ADMIN).text
     assert "Extract, check and load" in packages and "extract, clean, check, load" in packages
     workers = http.get("/workers", auth=ADMIN).text
