@@ -188,9 +188,16 @@ class Database:
         return cfg
 
     def upgrade(self, revision: str = "head") -> None:
-        """Apply migrations up to ``revision`` (``cloacina db upgrade``)."""
+        """Apply migrations up to ``revision`` (``cloacina db upgrade``). A schema a newer release migrated is left
+        as it is when this code can run on it (the rolling-upgrade window), else ``SchemaNotMigratedError``."""
         from alembic import command
 
+        if revision == "head" and self.current_revision() not in (None, *self.known_revisions()):
+            status = self.schema_status()
+            if not status.compatible:
+                raise SchemaNotMigratedError(status.detail)
+            log.info("%s; not migrating", status.detail)
+            return
         lock = self._lock or contextlib.nullcontext()
         with lock, self.engine.begin() as conn:
             if self.schema is not None:
