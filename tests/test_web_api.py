@@ -604,7 +604,7 @@ def test_start_run_by_name_executed_by_a_worker(site: Site, tmp_path: Path) -> N
 # -- the last resort ---------------------------------------------------------------------------------------------
 def test_an_unexpected_error_is_a_logged_500_without_internals(caplog: pytest.LogCaptureFixture) -> None:
     """In process: a route that fails unexpectedly (bad input never does: see the module fixture's check)."""
-    from starlette.testclient import TestClient
+    import anyio
 
     from cloacina.web.app import create_app
     from cloacina.web.settings import WebSettings
@@ -615,10 +615,58 @@ def test_an_unexpected_error_is_a_logged_500_without_internals(caplog: pytest.Lo
     def boom() -> None:
         raise RuntimeError("internal detail: /srv/secret/path")
 
-    client = TestClient(app, raise_server_exceptions=False)  # no lifespan: this route needs no runner
+    async def call() -> httpx.Response:  # no lifespan: this route needs no runner
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            return await client.get("/api/v1/boom")
+
     with caplog.at_level("ERROR", logger="cloacina.web"):
-        response = client.get("/api/v1/boom")
+        response = anyio.run(call)
     assert response.status_code == 500
     assert response.json() == {"error": "internal_error", "detail": "unexpected server error; it was logged"}
     assert "/srv/secret/path" not in response.text
     assert any("unhandled error in GET /api/v1/boom" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+# -- readiness --------------------------------------------------------------------------------------------------
+def test_readyz_reports_an_unreachable_broker_and_an_incompatible_schema(tmp_path: Path) -> None:
+    """``/readyz`` is 503 while Redis does not answer or the schema is not one this code runs on; ``/livez``
+    stays 200 (it touches neither)."""
+    import sqlite3
+
+    services = Services(tmp_path)
+    try:
+        dead_broker = f"redis://127.0.0.1:{free_port()}/0"
+        db_file = tmp_path / "cloacina.db"
+        web = start_web(services, f"sqlite:///{db_file}", env={"CLOACINA_BROKER_URL": dead_broker})
+        response = web.get("/readyz")
+        assert response.status_code == 503, response.text
+        checks = response.json()["checks"]
+        assert checks["database"]["ok"] is True
+        assert checks["broker"] == {"ok": False, "detail": "unreachable"}
+        assert web.get("/livez").status_code == 200
+        with contextlib.closing(sqlite3.connect(db_file)) as conn:
+            conn.execute("UPDATE alembic_version SET version_num = '0003'")  # an older schema
+            conn.commit()
+        response = web.get("/readyz")
+        assert response.status_code == 503, response.text
+        assert response.json()["checks"]["database"]["ok"] is False
+        assert "cloacina db upgrade" in response.json()["checks"]["database"]["detail"]
+        assert web.get("/livez").status_code == 200
+    finally:
+        services.stop_all()
+        services.dump_logs()
+
+
+@pytest.mark.parametrize("depth", [98, 99, 100, 500, 900, 990, 1100, 20_000])
+def test_deeply_nested_context_is_refused_up_front(site: Site, depth: int) -> None:
+    """The context object is level 1 and ``deep`` level 2: up to 100 levels in all are accepted."""
+    body = '{"context": {"deep": ' + "[" * depth + "]" * depth + "}}"
+    response = site.web.post(
+        "/api/v1/workflows/web_ok/runs", content=body.encode(), headers={"content-type": "application/json"}
+    )
+    if depth <= 99:
+        assert response.status_code == 201, response.text
+    else:
+        assert assert_error(response, response.status_code)["error"] in ("invalid_context", "bad_request")
+        assert response.status_code in (400, 422)

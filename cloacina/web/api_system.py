@@ -1,9 +1,10 @@
 """Packages, and the process's own endpoints: ``/livez``, ``/readyz``, ``/metrics`` and the OpenAPI document.
 
 - ``/livez`` (no auth): ``200`` as long as the event loop serves requests; touches neither Redis nor the database.
-- ``/readyz`` (no auth): ``200`` when the database answers and its schema is at this cloacina's migration, and
-  (with a broker configured) Redis answers ``PING``; ``503`` otherwise or when the checks take over 5 s. The
-  details name no host or URL: they are for probes, the log has the rest.
+- ``/readyz`` (no auth): ``200`` when the database answers and its schema is one this code runs on (its
+  migration, or a newer compatible one), and (with a broker configured) Redis answers ``PING``; ``503``
+  otherwise or when the checks take over 5 s. The details name no host or URL: they are for probes, the log
+  has the rest.
 - ``/metrics`` (auth): the process's Prometheus registry (``cloacina_*``, ``cloacina_web_*``).
 - ``/api/v1/openapi.json`` (auth) and, with ``CLOACINA_WEB_DOCS=true``, ``/api/v1/docs`` (auth).
 """
@@ -18,7 +19,6 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from cloacina.errors import SchemaNotMigratedError
 from cloacina.observability.logs import redact
 from cloacina.runner.default_runner import DefaultRunner
 from cloacina.services.health import check_redis
@@ -52,14 +52,17 @@ async def livez() -> Health:
 def _database(runner: DefaultRunner) -> Check:
     try:
         runner.db.ping()
-        runner.db.check_migrated()
-        return Check(ok=True, detail=f"reachable, schema at migration {runner.db.current_revision()}")
-    except SchemaNotMigratedError as exc:
-        log.warning("readyz: %s", redact(str(exc)))
-        return Check(ok=False, detail="schema is not at this cloacina's migration; run `cloacina db upgrade`")
+        status = runner.db.schema_status()
     except Exception as exc:
         log.warning("readyz: database: %s", redact(f"{type(exc).__name__}: {exc}"))
         return Check(ok=False, detail=f"unreachable ({type(exc).__name__})")
+    where = f"schema at migration {status.current or 'none'}"
+    if status.compatible:
+        return Check(ok=True, detail=f"reachable, {where}")
+    log.warning("readyz: %s", redact(status.detail))
+    if status.relation == "older":
+        return Check(ok=False, detail=f"{where}, this cloacina needs {status.head}: run `cloacina db upgrade`")
+    return Check(ok=False, detail=f"{where}, newer than this cloacina's {status.head} and not compatible with it")
 
 
 def _broker(url: str) -> Check:

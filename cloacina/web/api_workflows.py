@@ -17,6 +17,7 @@ from cloacina.web.errors import ApiError
 from cloacina.web.schemas import CatalogTaskOut, ErrorBody, RunCreated, StartRunRequest, WorkflowList, WorkflowOut
 
 router = APIRouter(tags=["workflows"])
+MAX_CONTEXT_DEPTH = 100  # the context object is level 1; task code and workers copy it recursively
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "Unknown workflow."}}
 
 
@@ -50,12 +51,28 @@ def _entry(runner: Runner, name: str) -> CatalogEntry:
     return entry
 
 
+def _too_deep(value: Any, limit: int) -> bool:
+    """Does ``value`` nest lists and objects more than ``limit`` levels deep? (Iterative: no recursion limit.)"""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def _checked_context(context: dict[str, Any]) -> dict[str, Any]:
-    """The context as it will be stored; 422 for what JSON parsing lets through but storage cannot hold."""
+    """The context as it will be stored; 422 for what JSON parsing lets through but a run cannot hold."""
+    if _too_deep(context, MAX_CONTEXT_DEPTH):
+        raise ApiError(422, "invalid_context", f"context nests more than {MAX_CONTEXT_DEPTH} levels deep")
     try:
         data = Context(context).to_dict()
         canonical_json(data).encode("utf-8")  # lone surrogates ("\ud800") parse but cannot be stored
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise ApiError(422, "invalid_context", str(exc)) from None
     return data
 
