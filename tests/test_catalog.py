@@ -298,6 +298,10 @@ def test_package_workflows_are_cataloged_with_their_package_and_leave_with_it(
         assert entry is not None and entry.origin == f"package:{fp1}" and entry.package_fingerprint == fp1
         assert [t.task_id for t in entry.tasks] == ["validate", "load"]
         assert entry.description == "Ingest data files detected by trigger"
+        # The embedded runner runs it by name (from the active package): the entry keeps its package origin.
+        assert runner.execute("data_ingest", {"filename": "x.parquet"}).status == "Completed"
+        again = runner.deployment.catalog.get_workflow("data_ingest")
+        assert again is not None and again.origin == f"package:{fp1}"
 
         (watch / "v1.cloacina").unlink()
         (watch / "v2.cloacina").write_bytes(v2.read_bytes())

@@ -36,6 +36,7 @@ from cloacina.definitions import registry
 from cloacina.definitions.packages import package_workflow
 from cloacina.definitions.workflow import Workflow
 from cloacina.errors import CloacinaError, WorkflowNotFoundError
+from cloacina.packaging.isolation import MODULE_PREFIX
 from cloacina.packaging.loader import PackageLoader, PackageNotFoundError
 from cloacina.store.catalog import (
     APP_ORIGIN,
@@ -71,14 +72,26 @@ class StartableWorkflow:
     package_fingerprint: str | None = None
 
 
+def _code_module(workflow: Workflow) -> str | None:
+    """The module of the workflow's first task's function."""
+    first = workflow.topological_order[0] if workflow.topological_order else next(iter(workflow.tasks), None)
+    module = getattr(workflow.tasks[first].function, "__module__", None) if first is not None else None
+    return module if isinstance(module, str) and module else None
+
+
 def origin_of(workflow: Workflow) -> str:
     """``"app:<module>"`` for a workflow declared in an importable module (the module of its first task's function),
     else ``"code"`` (a script's ``__main__``, an interactive session)."""
-    first = workflow.topological_order[0] if workflow.topological_order else next(iter(workflow.tasks), None)
-    module = getattr(workflow.tasks[first].function, "__module__", None) if first is not None else None
-    if not isinstance(module, str) or not module or module == "__main__" or module.startswith("_cloacina_pkg_"):
+    module = _code_module(workflow)
+    if module is None or module == "__main__" or module.startswith(MODULE_PREFIX):
         return CODE_ORIGIN
     return APP_ORIGIN + module
+
+
+def is_package_code(workflow: Workflow) -> bool:
+    """``workflow`` was loaded from a ``.cloacina`` package (recorded with its package, where it is deployed)."""
+    module = _code_module(workflow)
+    return module is not None and module.startswith(MODULE_PREFIX)
 
 
 class WorkflowCatalog:
@@ -204,12 +217,15 @@ class WorkflowCatalog:
     # -- recording ----------------------------------------------------------------------------------------
     def record(self, workflows: Iterable[Workflow], origin: str | None = None) -> None:
         """Record ``workflows`` in the catalog unless this process already did (``origin``: each workflow's
-        :func:`origin_of` if not given). Code-less copies are never recorded back. Never raises."""
+        :func:`origin_of` if not given). Code-less copies are never recorded back, nor package code without its
+        package's origin. Never raises."""
         if self.store is None:
             return
         pending: list[tuple[Workflow, str]] = []
         with self._lock:
             for workflow in workflows:
+                if origin is None and is_package_code(workflow):
+                    continue  # a package's workflow met by name: its deploy recorded it, with its package
                 where = origin or origin_of(workflow)
                 key = (workflow.name, workflow.version, where)
                 if key not in self._recorded and not is_codeless(workflow):
