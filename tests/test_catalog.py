@@ -76,6 +76,22 @@ def durable_url(durable_backend: Backend) -> str:
 
 
 # -- the store ------------------------------------------------------------------------------------------------
+def test_migration_0006_adds_the_table_and_reverts(durable_backend: Backend) -> None:
+    database = Database(durable_backend.url, schema=durable_backend.schema, pool_size=1)
+    try:
+        database.upgrade("0005")
+        assert "workflow_catalog" not in database.table_names()
+        database.upgrade("0006")
+        assert "workflow_catalog" in database.table_names()
+        CatalogStore(database).record(_declare(), APP)
+        database.downgrade("0005")
+        assert "workflow_catalog" not in database.table_names() and "workflow_runs" in database.table_names()
+        database.upgrade("0006")
+        assert CatalogStore(database).list_workflows() == []  # recorded again when processes start
+    finally:
+        database.dispose()
+
+
 def test_record_and_read_an_entry(db: Database) -> None:
     store = CatalogStore(db)
     assert store.list_workflows() == [] and store.get_workflow("cat_wf") is None
