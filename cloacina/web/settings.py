@@ -11,12 +11,11 @@ SecretStr('**********')
 ('admin', 's3cret')
 >>> s.has_credentials
 True
->>> WebSettings(auth="no-colon")
-Traceback (most recent call last):
-...
-pydantic_core._pydantic_core.ValidationError: 1 validation error for WebSettings
-auth
-  Value error, must be USER:PASSWORD with a non-empty user and password [...]
+>>> try:
+...     WebSettings(auth="no-colon-secret")
+... except ValueError as exc:
+...     print(exc.errors()[0]["msg"], "| input shown:", "no-colon-secret" in str(exc))
+Value error, must be USER:PASSWORD with a non-empty user and password | input shown: False
 """
 
 from __future__ import annotations
@@ -26,7 +25,9 @@ import ipaddress
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cloacina.deployment.settings import CloacinaSettings
+from cloacina.deployment.settings import make_url_safe
+from cloacina.errors import StoreError
+from cloacina.store.urls import parse_database_url
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024  # a run's context arrives in the body; 1 MiB is far above any sane one
 
@@ -57,7 +58,11 @@ class WebSettings(BaseSettings):
     """Configuration of ``cloacina web``; each field reads ``CLOACINA_WEB_<FIELD>`` unless noted."""
 
     model_config = SettingsConfigDict(
-        env_prefix="CLOACINA_WEB_", extra="ignore", validate_default=True, populate_by_name=True
+        env_prefix="CLOACINA_WEB_",
+        extra="ignore",
+        validate_default=True,
+        populate_by_name=True,
+        hide_input_in_errors=True,  # the input may be a credential
     )
 
     host: str = Field("127.0.0.1", description="Address to bind; anything but loopback needs a credential.")
@@ -99,14 +104,17 @@ class WebSettings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _check_db(cls, value: str) -> str:
-        CloacinaSettings(database_url=value)  # the deployment's own check: a clear message for bad forms
+        try:
+            parse_database_url(value)  # the deployment's own check: a clear message (password masked)
+        except StoreError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     @field_validator("broker_url")
     @classmethod
     def _check_broker(cls, value: str | None) -> str | None:
-        if value:
-            CloacinaSettings(broker_url=value)
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"expected a redis:// URL, got {make_url_safe(value)}")
         return value or None
 
     @property
