@@ -49,6 +49,8 @@ NO_WEB_ENV: dict[str, str | None] = {
     "CLOACINA_WEB_MAX_BODY_BYTES": None,
     "CLOACINA_DATABASE_URL": None,
     "CLOACINA_BROKER_URL": None,
+    "CLOACINA_LOG_FORMAT": None,
+    "CLOACINA_LOG_LEVEL": None,
 }
 
 
@@ -92,7 +94,7 @@ def start_web(
     """Start ``cloacina web`` on a free port and wait until ``/livez`` answers."""
     port = free_port()
     service = services.cloacina(
-        name, "-v", "web", "--host", host, "--port", str(port), "--db", db_url, env={**NO_WEB_ENV, **(env or {})}
+        name, "web", "--host", host, "--port", str(port), "--db", db_url, env={**NO_WEB_ENV, **(env or {})}
     )
     base = f"http://127.0.0.1:{port}"
 

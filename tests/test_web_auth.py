@@ -84,6 +84,7 @@ def secured(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             "CLOACINA_WEB_AUTH": ":".join(ADMIN),
             "CLOACINA_WEB_READONLY_AUTH": ":".join(VIEWER),
             "CLOACINA_WEB_TOKEN": TOKEN,
+            "CLOACINA_LOG_LEVEL": "DEBUG",  # every request logged: none may show a credential
         }
         web = start_web(services, db_url, env=env)
         yield web, failed_run

@@ -6,18 +6,18 @@
 
 Settings: ``--host``/``--port`` (or ``CLOACINA_WEB_HOST``/``_PORT``), ``--db`` (or ``CLOACINA_DATABASE_URL``),
 ``CLOACINA_BROKER_URL`` (needed to start runs), credentials ``CLOACINA_WEB_AUTH``, ``CLOACINA_WEB_TOKEN``,
-``CLOACINA_WEB_READONLY_AUTH``, and the rest of :class:`cloacina.web.settings.WebSettings`. A bad setting or a
+``CLOACINA_WEB_READONLY_AUTH``, ``CLOACINA_LOG_FORMAT``/``CLOACINA_LOG_LEVEL`` (as for the other services; DEBUG
+adds a line per request), and the rest of :class:`cloacina.web.settings.WebSettings`. A bad setting or a
 non-loopback ``--host`` without any credential exits 2 with the reason.
 """
 
 from __future__ import annotations
 
-import logging
-
 import click
 from pydantic import ValidationError
 
 from cloacina.cli.common import cli_errors, db_option
+from cloacina.observability.logs import configure_logging
 from cloacina.web.server import serve
 from cloacina.web.settings import WebSettings
 
@@ -45,6 +45,9 @@ def web_command(host: str, port: int, db_url: str) -> None:
         settings.check_bind()
     except ValueError as exc:
         raise _usage_error(str(exc)) from None
-    logging.getLogger("cloacina.web").setLevel(logging.INFO)  # the start-up lines, whatever -v says
+    try:
+        configure_logging(settings.log_format, settings.log_level)  # a service: its settings decide, as for workers
+    except ValueError as exc:
+        raise _usage_error(str(exc)) from None
     with cli_errors():
         serve(settings)

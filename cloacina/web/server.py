@@ -55,6 +55,7 @@ def build_server(settings: WebSettings) -> uvicorn.Server:
         port=settings.port,
         log_config=None,  # cloacina's logging (passwords redacted) handles uvicorn's loggers too
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        access_log=log.isEnabledFor(logging.DEBUG),  # the console polls: a line per request only when debugging
         server_header=False,
     )
     return uvicorn.Server(config)

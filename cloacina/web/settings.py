@@ -21,6 +21,7 @@ Value error, must be USER:PASSWORD with a non-empty user and password | input sh
 from __future__ import annotations
 
 import ipaddress
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -84,6 +85,15 @@ class WebSettings(BaseSettings):
         None,
         validation_alias="CLOACINA_BROKER_URL",
         description="Celery broker (CLOACINA_BROKER_URL); starting runs needs it.",
+    )
+
+    log_format: Literal["text", "json"] = Field(
+        "text", validation_alias="CLOACINA_LOG_FORMAT", description="Log line format (CLOACINA_LOG_FORMAT)."
+    )
+    log_level: str = Field(
+        "INFO",
+        validation_alias="CLOACINA_LOG_LEVEL",
+        description="Root log level (CLOACINA_LOG_LEVEL); DEBUG adds a line per request.",
     )
 
     @field_validator("auth", "readonly_auth")
