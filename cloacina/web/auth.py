@@ -184,6 +184,8 @@ def require_user(
     authenticator = _authenticator(request)
     principal = authenticator.authenticate(request.headers.get("authorization"))
     if principal is None:
+        client = request.client.host if request.client else "?"
+        log.info("401 for %s %s from %s", request.method, request.url.path, client)  # never the credential
         raise ApiError(
             401,
             "unauthorized",
