@@ -151,24 +151,43 @@ def test_clients_without_the_code_start_cataloged_runs_on_a_worker_with_the_app(
     assert bad.returncode == 2 and "must be a JSON object" in bad.stderr
 
 
+def _record_version(cluster: Cluster, **env: str) -> None:
+    """Record ``catalog_flow`` as a process importing the app with ``env`` sees it (a newer version)."""
+    record = "from cloacina.definitions.registry import get_workflow; from cloacina.store.catalog import CatalogStore; "
+    record += "from cloacina.store.database import Database; import os, tests.dist_apps.catalog_app; "
+    record += "CatalogStore(Database(os.environ['CLOACINA_DATABASE_URL'])).record(get_workflow('catalog_flow'), 'code')"
+    full_env = {**_client_env(cluster), **env, "PYTHONPATH": str(REPO_ROOT)}
+    recorded = subprocess.run([sys.executable, "-c", record], env=full_env, capture_output=True, text=True, timeout=60)
+    assert recorded.returncode == 0, recorded.stderr
+
+
 @pytest.mark.timeout(300)
-def test_a_worker_with_another_version_refuses_the_run_with_a_clear_error(cluster: Cluster, tmp_path: Path) -> None:
-    worker = cluster.services.worker("w1", CATALOG_APP, concurrency=1)  # CATALOG_ATTEMPTS=1
+def test_a_worker_runs_a_version_with_its_graph_and_refuses_one_with_another_graph(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    worker = cluster.services.worker("w1", CATALOG_APP, concurrency=1)  # CATALOG_ATTEMPTS=1, no audit task
     # A poller without any code: its sweeper ends the run the worker could not plan (planned from the catalog).
     poller = cluster.services.cloacina("p1", "poller")
     wait_for_worker_ready(worker)
     wait_for_poller_ready(poller)
     old = _wait_cataloged(cluster, "catalog_flow", f"app:{CATALOG_APP}")
-    # A newer version (double gets 2 attempts) is recorded by a process that imports it: the catalog serves it.
-    record = "from cloacina.definitions.registry import get_workflow; from cloacina.store.catalog import CatalogStore; "
-    record += "from cloacina.store.database import Database; import os, tests.dist_apps.catalog_app; "
-    record += "CatalogStore(Database(os.environ['CLOACINA_DATABASE_URL'])).record(get_workflow('catalog_flow'), 'code')"
-    env = {**_client_env(cluster), "CATALOG_ATTEMPTS": "2", "PYTHONPATH": str(REPO_ROOT)}
-    recorded = subprocess.run([sys.executable, "-c", record], env=env, capture_output=True, text=True, timeout=60)
-    assert recorded.returncode == 0, recorded.stderr
-    new = _catalog(cluster)["catalog_flow"]
-    assert new.version != old.version and new.tasks[0].max_attempts == 2 and new.origin == "code"
 
+    # A newer version with the same tasks and dependencies (double gets 2 attempts), as in a rolling upgrade that
+    # changed settings: the worker runs the run with its own code.
+    _record_version(cluster, CATALOG_ATTEMPTS="2")
+    same_graph = _catalog(cluster)["catalog_flow"]
+    assert same_graph.version != old.version and same_graph.tasks[0].max_attempts == 2
+    started = _cli(cluster, tmp_path, "runs", "start", "catalog_flow", "--context", '{"n": 3}', "--wait", "--json")
+    assert started.returncode == 0, started.stdout + started.stderr
+    run = json.loads(started.stdout)
+    assert run["status"] == "Completed" and run["workflow_version"] == same_graph.version
+    assert run["final_context"]["n"] == 6
+
+    # A newer version with another graph (an audit task the worker's code does not have): the worker refuses.
+    _record_version(cluster, CATALOG_AUDIT="1")
+    new = _catalog(cluster)["catalog_flow"]
+    assert new.version not in (old.version, same_graph.version) and new.origin == "code"
+    assert [t.task_id for t in new.tasks] == ["double", "report", "audit"]
     started = _cli(cluster, tmp_path, "runs", "start", "catalog_flow", "--context", '{"n": 1}', "--wait", "--json")
     assert started.returncode == 1, started.stdout + started.stderr
     run = json.loads(started.stdout)

@@ -14,10 +14,11 @@ before trying the package registry. Such a run carries the catalog version, and 
 package's workflow, so that the workers run exactly that code.
 
 Versions: a run records the version (content hash) of the workflow it was planned with. A worker whose code has
-another version refuses to run it (:class:`WorkflowVersionError`, the task is given back so that a worker with
-that version can take it, and fails with that message if none does): clients and workers must run the same
-code. An embedded runner (which planned the run itself, or adopts runs of a previous process of its own after a
-code change) runs its code with a warning, as before. A process that plans only uses the catalog's copy of the
+another version runs it with its own code (with a warning) when both versions have the same tasks and
+dependencies, so a rolling upgrade that changed task bodies or settings never fails the runs in flight; when the
+graph differs it refuses (:class:`WorkflowVersionError`, the task is given back so that a worker with that version
+can take it, and fails with that message if none does). An embedded runner (which planned the run itself, or
+adopts runs of a previous process of its own after a code change) runs its code with a warning, as before. A process that plans only uses the catalog's copy of the
 run's version when it has it.
 
 Recording: :meth:`WorkflowCatalog.record` writes a workflow to the catalog once per process (remembered by name,
@@ -52,12 +53,14 @@ log = logging.getLogger("cloacina.workflows")
 
 
 class WorkflowVersionError(CloacinaError, ValueError):
-    """A run was planned with another version of its workflow than the code of the process asked to run it."""
+    """A run was planned with a version of its workflow whose tasks or dependencies differ from the code of the
+    process asked to run it."""
 
     def __init__(self, name: str, run_version: str, code_version: str) -> None:
         super().__init__(
             f"workflow {name!r}: the run was started with version {run_version}, this process has version "
-            f"{code_version} of its code; deploy the same code to the clients and the workers"
+            f"{code_version} of its code, with other tasks or dependencies; deploy the same code to the clients "
+            "and the workers"
         )
         self.workflow_name = name
         self.run_version = run_version
@@ -98,7 +101,8 @@ class WorkflowCatalog:
     """Resolves workflows by name (and version and package) for one process, and records them in the catalog.
 
     ``plans_only``: this process executes no task (it may plan runs of cataloged workflows without their code).
-    ``strict_versions``: refuse to run a stored run whose version differs from this process's code (workers).
+    ``strict_versions``: refuse to run a stored run whose version has another task graph than this process's code
+    (workers).
     """
 
     def __init__(
@@ -115,6 +119,7 @@ class WorkflowCatalog:
         self.strict_versions = strict_versions
         self._local: dict[str, Workflow] = {}
         self._codeless: dict[tuple[str, str], Workflow] = {}
+        self._compatible: dict[tuple[str, str, str], bool] = {}
         self._recorded: set[tuple[str, str, str]] = set()
         self._lock = threading.Lock()
 
@@ -167,7 +172,7 @@ class WorkflowCatalog:
             return package_workflow(package_fingerprint, name)
         workflow = self.get(name)
         if workflow.version != version:
-            if self.strict_versions and not is_codeless(workflow):
+            if self.strict_versions and not is_codeless(workflow) and not self._same_graph(name, version, workflow):
                 raise WorkflowVersionError(name, version, workflow.version)
             log.warning(
                 "workflow %r changed since the run started (run has %s, code has %s); using the code",
@@ -176,6 +181,30 @@ class WorkflowCatalog:
                 workflow.version,
             )
         return workflow
+
+    def _same_graph(self, name: str, version: str, workflow: Workflow) -> bool:
+        """Whether a run of ``version`` can be run with ``workflow``'s code: the same tasks with the same
+        dependencies (a rolling upgrade that only changed task bodies, callbacks or retry settings must not fail
+        the runs in flight; the attempts a run allows were stored with its tasks). A version the catalog does not
+        know is given the benefit of the doubt, as before there was a catalog."""
+        key = (name, version, workflow.version)
+        with self._lock:
+            known = self._compatible.get(key)
+        if known is not None:
+            return known
+        entry = None
+        if self.store is not None:
+            try:
+                entry = self.store.get_version(name, version)
+            except Exception as exc:  # the catalog is unreachable: decide as without one
+                log.warning("cannot read the workflow catalog to compare versions of %r: %s", name, exc)
+                return True
+        same = entry is None or {t.task_id: sorted(t.dependencies) for t in entry.tasks} == {
+            tid: sorted(task.dependencies) for tid, task in workflow.tasks.items()
+        }
+        with self._lock:
+            self._compatible[key] = same
+        return same
 
     def _catalog_entry(self, name: str) -> CatalogEntry | None:
         assert self.store is not None

@@ -3,7 +3,8 @@
 ``double`` doubles ``n`` (or raises when the context has ``"fail": true``) and records the process that ran it;
 ``report`` runs only when ``double`` succeeded (a trigger rule, so the rule travels through the catalog too).
 ``CATALOG_ATTEMPTS`` (default 1) sets the attempts of ``double``: processes that import this module with another
-value have another version of the workflow.
+value have another version of the workflow (the same graph); with ``CATALOG_AUDIT=1`` the workflow has a third
+task, ``audit`` (another graph).
 """
 
 import os
@@ -29,3 +30,10 @@ with cloaca.WorkflowBuilder("catalog_flow") as builder:
     def report(ctx):
         ctx.set("report", f"n is {ctx.get('n')}")
         return ctx
+
+    if os.environ.get("CATALOG_AUDIT") == "1":
+
+        @cloaca.task(id="audit", dependencies=["report"])
+        def audit(ctx):
+            ctx.set("audited", True)
+            return ctx
