@@ -62,10 +62,11 @@ Create the name of the service account to use
 {{- end }}
 
 {{/*
-The image reference; the tag defaults to the chart's appVersion.
+The image reference; the tag defaults to the chart's appVersion. No public image exists: the repository is required.
 */}}
 {{- define "cloacina.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- $repository := required "set image.repository to an image built from the repository's Dockerfile (docker build -t REGISTRY/cloacina:TAG . && docker push REGISTRY/cloacina:TAG): no public cloacina image is published" .Values.image.repository }}
+{{- printf "%s:%s" $repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
 {{/*
@@ -85,6 +86,13 @@ existingSecret the hook gets a copy of the chart's Secret created as a hook itse
 {{- else }}
 {{- printf "%s-migrate" (include "cloacina.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
+{{- end }}
+
+{{/*
+Name of the Secret holding the web's "user:password".
+*/}}
+{{- define "cloacina.webSecretName" -}}
+{{- default (printf "%s-web" (include "cloacina.fullname" .) | trunc 63 | trimSuffix "-") .Values.web.auth.existingSecret }}
 {{- end }}
 
 {{/*
@@ -117,8 +125,9 @@ Settings as CLOACINA_<KEY> pairs (configmap.yaml data); null values are left out
 {{- end }}
 
 {{/*
-Environment of the cloacina containers: the URLs from the Secret, then extraEnv. The settings come from the
-ConfigMap through envFrom (see each workload). Argument: a dict with "context" (the root) and "secretName".
+Environment of the cloacina containers that use the database (poller, worker, web, migrate hooks): the URLs from the
+Secret, then extraEnv. The settings come from the ConfigMap through envFrom (see each workload). Argument: a dict
+with "context" (the root) and "secretName".
 */}}
 {{- define "cloacina.secretEnv" -}}
 {{- $root := .context }}
@@ -155,12 +164,17 @@ prometheus.io/path: /metrics
 {{- end }}
 
 {{/*
-Volumes every cloacina pod mounts: an emptyDir on /tmp (the root file system is read-only) and, when set, the
-user's app ConfigMap.
+Volumes every cloacina pod mounts: a size-limited emptyDir on /tmp (the root file system is read-only) and, when
+set, the user's app ConfigMap.
 */}}
-{{- define "cloacina.volumes" -}}
+{{- define "cloacina.tmpVolume" -}}
 - name: tmp
-  emptyDir: {}
+  emptyDir:
+    sizeLimit: {{ .Values.tmp.sizeLimit | quote }}
+{{- end }}
+
+{{- define "cloacina.volumes" -}}
+{{ include "cloacina.tmpVolume" . }}
 {{- if .Values.app.configMapName }}
 - name: app
   configMap:
@@ -176,4 +190,77 @@ user's app ConfigMap.
   mountPath: {{ .Values.app.mountPath }}
   readOnly: true
 {{- end }}
+{{- end }}
+
+{{/*
+HTTP probes of a container: startup and liveness on /livez, readiness on /readyz. Argument: a dict with "port"
+(a container port name) and "probes" (the component's values with startupProbe, livenessProbe, readinessProbe).
+*/}}
+{{- define "cloacina.httpProbes" -}}
+startupProbe:
+  httpGet:
+    path: /livez
+    port: {{ .port }}
+  {{- toYaml .probes.startupProbe | nindent 2 }}
+livenessProbe:
+  httpGet:
+    path: /livez
+    port: {{ .port }}
+  {{- toYaml .probes.livenessProbe | nindent 2 }}
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: {{ .port }}
+  {{- toYaml .probes.readinessProbe | nindent 2 }}
+{{- end }}
+
+{{/*
+The metrics port every poller and worker serves /metrics, /livez and /readyz on.
+*/}}
+{{- define "cloacina.metricsPort" -}}
+{{- required "config.metrics_port is needed: the pollers' and workers' probes use /livez and /readyz on it" .Values.config.metrics_port }}
+{{- end }}
+
+{{/*
+The broker URL as KEDA needs it, derived from the one broker URL the services use: a YAML dict with address
+(host:port), databaseIndex, enableTLS, username and password. Without existingSecret the URL is secrets.brokerUrl;
+with it, the Secret's broker-url key is read at install time (helm lookup), which an offline `helm template` cannot do.
+*/}}
+{{- define "cloacina.kedaRedis" -}}
+{{- $url := .Values.secrets.brokerUrl }}
+{{- if .Values.secrets.existingSecret }}
+{{- $secret := lookup "v1" "Secret" .Release.Namespace .Values.secrets.existingSecret }}
+{{- $data := (get (default dict $secret) "data") | default dict }}
+{{- if not (hasKey $data .Values.secrets.keys.brokerUrl) }}
+{{- fail (printf "worker.keda derives the Redis address from the broker URL: with secrets.existingSecret the chart reads key %q of Secret %q at install time, and it is not readable here (an offline `helm template`, or the Secret is missing)" .Values.secrets.keys.brokerUrl .Values.secrets.existingSecret) }}
+{{- end }}
+{{- $url = index $data .Values.secrets.keys.brokerUrl | b64dec }}
+{{- end }}
+{{- $url = required "set secrets.brokerUrl (a redis:// URL) or secrets.existingSecret" $url }}
+{{- $parsed := urlParse $url }}
+{{- if not (has $parsed.scheme (list "redis" "rediss")) }}
+{{- fail (printf "worker.keda needs a redis:// or rediss:// broker URL, got scheme %q" $parsed.scheme) }}
+{{- end }}
+{{- $userinfo := $parsed.userinfo | default "" }}
+{{- if contains "%" $userinfo }}
+{{- fail "worker.keda passes the broker URL's password to KEDA as written: use a password without percent-encoding (letters, digits, - _ . ~)" }}
+{{- end }}
+{{- $host := $parsed.host }}
+{{- if not (regexMatch ":[0-9]+$" $host) }}
+{{- $host = printf "%s:6379" $host }}
+{{- end }}
+{{- $db := trimPrefix "/" $parsed.path | default "0" }}
+{{- $user := "" }}
+{{- $password := "" }}
+{{- if contains ":" $userinfo }}
+{{- $user = index (splitn ":" 2 $userinfo) "_0" }}
+{{- $password = index (splitn ":" 2 $userinfo) "_1" }}
+{{- else }}
+{{- $user = $userinfo }}
+{{- end }}
+address: {{ $host | quote }}
+databaseIndex: {{ $db | quote }}
+enableTLS: {{ eq $parsed.scheme "rediss" | toString | quote }}
+username: {{ $user | quote }}
+password: {{ $password | quote }}
 {{- end }}
