@@ -35,9 +35,12 @@ pytestmark = pytest.mark.timeout(120)
 APP = f"app:{__name__}"
 
 
-def _declare(name: str = "cat_wf", attempts: int = 2, description: str = "doubles n") -> Workflow:
-    """A two-task workflow with a retry policy, a rule and a timeout; ``attempts`` changes its version."""
-    with cloaca.WorkflowBuilder(name) as builder:
+def _declare(
+    name: str = "cat_wf", attempts: int = 2, description: str = "doubles n", *, audit: bool = False
+) -> Workflow:
+    """A two-task workflow with a retry policy, a rule and a timeout; ``attempts`` changes its version, ``audit``
+    adds a third task (another graph; declared in a namespace of its own, so later declarations do not keep it)."""
+    with cloaca.WorkflowBuilder(name, package="audited" if audit else None) as builder:
         builder.description(description)
         builder.tag("team", "data")
 
@@ -51,6 +54,12 @@ def _declare(name: str = "cat_wf", attempts: int = 2, description: str = "double
             """Says what n is."""
             ctx.set("report", f"n is {ctx.get('n')}")
             return ctx
+
+        if audit:
+
+            @cloaca.task(id="audit", dependencies=["report"])
+            def audit_task(ctx: Any) -> Any:
+                return ctx
 
     return registry.get_workflow(name)
 
@@ -189,18 +198,24 @@ def test_origin_of_a_workflow() -> None:
 
 
 # -- resolving runs --------------------------------------------------------------------------------------------
-def test_a_worker_refuses_a_run_of_another_version_an_embedded_runner_warns(
+def test_a_worker_refuses_a_run_of_another_graph_an_embedded_runner_warns(
     db: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = CatalogStore(db)
     old = _declare(attempts=1)
     store.record(old, APP)
-    new = _declare(attempts=2)  # the code of this process from now on
+    other_graph = _declare(attempts=1, audit=True)
+    store.record(other_graph, APP)
+    new = _declare(attempts=2)  # the code of this process from now on: old's graph, another version
     worker = WorkflowCatalog(None, store, strict_versions=True)
     assert worker.resolve("cat_wf", new.version) is new
+    with caplog.at_level(logging.WARNING, "cloacina.workflows"):
+        assert worker.resolve("cat_wf", old.version) is new  # same tasks and dependencies: runs with its code
+    assert "changed since the run started" in caplog.text
     with pytest.raises(WorkflowVersionError) as raised:
-        worker.resolve("cat_wf", old.version)
-    assert f"started with version {old.version}" in str(raised.value) and new.version in str(raised.value)
+        worker.resolve("cat_wf", other_graph.version)
+    assert f"started with version {other_graph.version}" in str(raised.value) and new.version in str(raised.value)
+    caplog.clear()
     embedded = WorkflowCatalog(None, store)
     with caplog.at_level(logging.WARNING, "cloacina.workflows"):
         assert embedded.resolve("cat_wf", old.version) is new

@@ -18,8 +18,8 @@ another version runs it with its own code (with a warning) when both versions ha
 dependencies, so a rolling upgrade that changed task bodies or settings never fails the runs in flight; when the
 graph differs it refuses (:class:`WorkflowVersionError`, the task is given back so that a worker with that version
 can take it, and fails with that message if none does). An embedded runner (which planned the run itself, or
-adopts runs of a previous process of its own after a code change) runs its code with a warning, as before. A process that plans only uses the catalog's copy of the
-run's version when it has it.
+adopts runs of a previous process of its own after a code change) runs its code with a warning, as before. A
+process that plans only uses the catalog's copy of the run's version when it has it.
 
 Recording: :meth:`WorkflowCatalog.record` writes a workflow to the catalog once per process (remembered by name,
 version and origin), so a process records what it registered when it starts and any workflow it meets later
