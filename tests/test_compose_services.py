@@ -3,19 +3,22 @@ Redis and PostgreSQL, its health check passes, and a file dropped in the inbox g
 
 What maps where: the compose ``CLOACINA_DATABASE_URL`` and ``CLOACINA_BROKER_URL`` point at the local servers (a
 fresh PostgreSQL schema, a private Redis db), ``/app/workflows`` is ``examples/deploy`` (the compose bind mount),
-the ``inbox`` volume is a temp dir, and ports 9100/5555 become free local ports. ``${VAR:?...}`` credentials take
-their values from ``.env.example``. Image entry points are the repo's ``beat/`` and ``workers/`` scripts, as the
-Dockerfile installs them.
+the ``inbox`` volume is a temp dir, and ports 9100/8080/5555 become free local ports (and 0.0.0.0 the loopback).
+``${VAR:?...}`` credentials take their values from ``.env.example``. The image's entry point is tini, which runs the
+service's command as it is.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shlex
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,6 @@ from tests.conftest import PG_URL
 from tests.support import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-ENTRYPOINTS = {"poller": ROOT / "beat" / "entrypoint.sh", "worker": ROOT / "workers" / "entrypoint.sh"}
 
 
 def _dotenv_example() -> dict[str, str]:
@@ -49,26 +51,25 @@ def _service_env(
 ) -> dict[str, str]:
     dotenv = _dotenv_example()
     declared = {k: _interpolate(str(v), dotenv) for k, v in compose["services"][name]["environment"].items()}
-    assert declared["CLOACINA_DATABASE_URL"].startswith("postgresql://")
     assert declared["CLOACINA_BROKER_URL"].startswith("redis://")
-    mapped = {
-        **declared,
-        "CLOACINA_DATABASE_URL": f"{PG_URL}?options=-csearch_path%3D{schema}",
-        "CLOACINA_BROKER_URL": redis_url,
-        "CLOACINA_APP": declared["CLOACINA_APP"].replace("/app/workflows", str(ROOT / "examples" / "deploy")),
-        "INBOX_PATH": str(tmp / "inbox"),
-        "CLOACINA_METRICS_PORT": str(metrics_port),
-        # Short recovery settings keep a slow start from looking like lost work; nothing is killed here.
-        "CLOACINA_LEASE_TTL_S": "3",
-    }
-    return {**os.environ, **mapped}
+    mapped = {**declared, "CLOACINA_BROKER_URL": redis_url}
+    if "CLOACINA_DATABASE_URL" in declared:  # not Flower's
+        assert declared["CLOACINA_DATABASE_URL"].startswith("postgresql://")
+        mapped |= {
+            "CLOACINA_DATABASE_URL": f"{PG_URL}?options=-csearch_path%3D{schema}",
+            "CLOACINA_APP": declared["CLOACINA_APP"].replace("/app/workflows", str(ROOT / "examples" / "deploy")),
+            "INBOX_PATH": str(tmp / "inbox"),
+            "CLOACINA_METRICS_PORT": str(metrics_port),
+            # Short recovery settings keep a slow start from looking like lost work; nothing is killed here.
+            "CLOACINA_LEASE_TTL_S": "3",
+        }
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("CLOACINA_", "FLOWER_"))}
+    return {**inherited, **mapped}
 
 
 def _command(compose: dict[str, Any], name: str, ports: dict[str, str]) -> list[str]:
     service = compose["services"][name]
     command = [_interpolate(str(part), _dotenv_example()) for part in service.get("command", [])]
-    if name in ENTRYPOINTS:  # the image's ENTRYPOINT plus the service's command as its arguments
-        command = ["sh", str(ENTRYPOINTS[name]), *command]
     return [ports.get(part, part) for part in command]
 
 
@@ -111,6 +112,7 @@ def test_compose_services_run_locally_and_process_an_inbox_file(pg_schema: str, 
         assert migrate.wait(120) == 0, logs()
         assert subprocess.run(_healthcheck(compose, "migrate", {}), env=env, cwd=ROOT, timeout=60).returncode == 0
 
+        assert not any("--app" in part for part in compose["services"]["poller"]["command"])  # from CLOACINA_APP
         replicas = compose["services"]["poller"]["deploy"]["replicas"]
         poller_ports = [free_port() for _ in range(replicas)]
         for port in poller_ports:
@@ -120,11 +122,11 @@ def test_compose_services_run_locally_and_process_an_inbox_file(pg_schema: str, 
         start("worker", _command(compose, "worker", {}), worker_env)
         flower_port = str(free_port())
         flower_env = _service_env(compose, "flower", pg_schema, redis_url, tmp_path, free_port())
-        start(
-            "flower",
-            [*_command(compose, "flower", {"--port=5555": f"--port={flower_port}"}), "--address=127.0.0.1"],
-            flower_env,
-        )
+        assert "CLOACINA_DATABASE_URL" not in flower_env and "FLOWER_BASIC_AUTH" in flower_env
+        start("flower", [*_command(compose, "flower", {"5555": flower_port}), "--address", "127.0.0.1"], flower_env)
+        web_port = str(free_port())
+        web_env = _service_env(compose, "web", pg_schema, redis_url, tmp_path, free_port())
+        start("web", _command(compose, "web", {"0.0.0.0": "127.0.0.1", "8080": web_port}), web_env)
 
         # Each service's own health check, as compose would run it.
         def healthy(name: str, env: dict[str, str], replace: dict[str, str]) -> bool:
@@ -132,8 +134,9 @@ def test_compose_services_run_locally_and_process_an_inbox_file(pg_schema: str, 
             return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, timeout=60).returncode == 0
 
         checks = {f"poller:{p}": (lambda p=p: healthy("poller", worker_env, {"9100": str(p)})) for p in poller_ports}
-        checks["worker"] = lambda: healthy("worker", worker_env, {})
+        checks["worker"] = lambda: healthy("worker", worker_env, {"9100": worker_env["CLOACINA_METRICS_PORT"]})
         checks["flower"] = lambda: healthy("flower", flower_env, {"5555": flower_port})
+        checks["web"] = lambda: healthy("web", web_env, {"8080": web_port})
         pending = dict(checks)
 
         def all_healthy() -> bool:
@@ -161,6 +164,16 @@ def test_compose_services_run_locally_and_process_an_inbox_file(pg_schema: str, 
         assert [(r.status, r.trigger_name) for r in rows] == [("Completed", "inbox_items")], logs()
         for name, proc, _ in procs[1:]:
             assert proc.poll() is None, f"{name} exited\n{logs()}"
+        # The web console answers only with the credentials of .env.
+        api = f"http://127.0.0.1:{web_port}/api/v1/workflows"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(api, timeout=10)
+        assert refused.value.code == 401
+        request = urllib.request.Request(api)
+        token = base64.b64encode(web_env["CLOACINA_WEB_AUTH"].encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
     finally:
         for _, proc, _ in procs:
             if proc.poll() is None:
