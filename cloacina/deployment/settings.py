@@ -76,7 +76,7 @@ class CloacinaSettings(BaseSettings):
 
     # observability
     task_events: bool = Field(True, description="Celery task events (Flower's task view needs them).")
-    metrics_port: int | None = Field(None, ge=0, le=65535, description="Serve /metrics and /healthz on this port.")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Serve /metrics, /livez, /readyz here.")
     log_format: Literal["text", "json"] = Field("text", description="Log line format.")
     log_level: str = Field("INFO", description="Root log level of services.")
 

@@ -169,7 +169,7 @@ def instrument_scheduler(scheduler: Any, metrics: Metrics) -> None:
     """Wire ``metrics`` into a ``TriggerScheduler``: count its events and :meth:`Metrics.tick` on every pass.
 
     The tick wraps the instance's ``run_once`` (the loop thread calls ``self.run_once()``), so a loop that is stuck
-    or dead stops ticking and the poller's ``/healthz`` turns unhealthy.
+    or dead stops ticking and the poller's ``/livez`` turns unhealthy.
     """
     scheduler.add_listener(metrics.observe_trigger_event)
     run_once: Callable[[], float] = scheduler.run_once
