@@ -147,3 +147,32 @@ def test_a_broker_mode_client_on_postgresql_wakes_on_the_databases_notice(pg_sch
     assert result.status == "Completed"
     # One read before waiting and one after the notice; polling would have read ~7 times in its first 0.25 s.
     assert 1 <= len(run_reads) <= 3, run_reads
+
+
+def test_without_a_schema_setting_the_listener_finds_the_schema_its_tables_are_in(
+    pg_schema: str, other_schema: str
+) -> None:
+    # A URL whose search_path names the schemas (as docker-compose's does), no `schema=`; the first schema on the
+    # path exists but holds no tables. The channel must be the one of the schema where `workflow_runs` resolves
+    # (where the trigger fires), not the first one on the path.
+    with psycopg.connect(PG_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE SCHEMA "{pg_schema}"')
+        admin.execute(f'CREATE SCHEMA "{other_schema}"')
+    migrator = Database(f"{PG_URL}?options=-csearch_path%3D{pg_schema}")
+    migrator.upgrade()
+    migrator.dispose()
+    db = Database(f"{PG_URL}?options=-csearch_path%3D{other_schema},{pg_schema}")
+    store = RunStore(db)
+    assert db.schema is None
+    heard: list[str] = []
+    listener = PgRunEndNotices(db)
+    try:
+        listener.listen(heard.append)
+        wait_until(lambda: listener.listening, 10, message="LISTEN")
+        run_id = store.create_run(_workflow("search_path_wf"), {})
+        assert run_id is not None
+        store.finish_run(run_id, RunStatus.COMPLETED, {}, None)
+        wait_until(lambda: heard == [run_id], 10, message="the end of the run")
+    finally:
+        listener.stop()
+        db.dispose()

@@ -86,8 +86,11 @@ class PgRunEndNotices:
             try:
                 with psycopg.connect(self._conninfo, autocommit=True) as conn:
                     schema = self._schema
-                    if schema is None:
-                        row = conn.execute("SELECT current_schema()").fetchone()
+                    if schema is None:  # the schema the store's statements find workflow_runs in
+                        row = conn.execute(
+                            "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                            " WHERE c.oid = to_regclass('workflow_runs')"
+                        ).fetchone()
                         schema = str(row[0]) if row and row[0] else "public"
                     conn.execute(f'LISTEN "{run_end_channel(schema)}"')
                     self._subscribed.set()
