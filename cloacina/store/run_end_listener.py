@@ -88,8 +88,8 @@ class PgRunEndNotices:
                     schema = self._schema
                     if schema is None:  # the schema the store's statements find workflow_runs in
                         row = conn.execute(
-                            "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                            " WHERE c.oid = to_regclass('workflow_runs')"
+                            "SELECT COALESCE((SELECT n.nspname FROM pg_class c JOIN pg_namespace n"
+                            " ON n.oid = c.relnamespace WHERE c.oid = to_regclass('workflow_runs')), current_schema())"
                         ).fetchone()
                         schema = str(row[0]) if row and row[0] else "public"
                     conn.execute(f'LISTEN "{run_end_channel(schema)}"')
