@@ -69,9 +69,12 @@ class Database:
         if schema is not None and self.url.dialect != "postgresql":
             raise InvalidSchemaError("with_schema() needs a PostgreSQL URL; SQLite has no schemas")
         self._lock: threading.RLock | None = threading.RLock() if self.url.dialect == "sqlite" else None
-        self._pool_size = pool_size
         self.engine: Engine = self._create_engine(pool_size)
-        self._autocommit_engine: Engine | None = None
+        # PostgreSQL's single statements have a pool of their own (see single_statement); created here, not on
+        # first use, so that threads never race to create it. An engine connects only when used.
+        self._autocommit_engine: Engine | None = (
+            self._create_engine(pool_size, autocommit=True) if self.url.dialect == "postgresql" else None
+        )
 
     @property
     def dialect(self) -> str:
@@ -165,16 +168,14 @@ class Database:
         """A connection in autocommit: each statement is its own transaction, sent in one round trip (for the
         single-statement transitions of :mod:`cloacina.store.run_fast_path`).
 
-        On PostgreSQL it comes from a second pool whose connections are born in autocommit: switching a pooled
-        connection's isolation level and resetting it on return cost a round trip per statement."""
-        if self._lock is not None:  # SQLite: one shared connection, switched for the statement
-            with self._lock, self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        On PostgreSQL it comes from a second pool whose connections are born in autocommit: no isolation level to
+        switch on checkout and back on return, no reset on return."""
+        if self._autocommit_engine is None:  # SQLite: one shared connection, switched for the statement
+            lock = self._lock or contextlib.nullcontext()
+            with lock, self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 yield conn
             return
-        engine = self._autocommit_engine
-        if engine is None:
-            engine = self._autocommit_engine = self._create_engine(self._pool_size, autocommit=True)
-        with engine.connect() as conn:
+        with self._autocommit_engine.connect() as conn:
             yield conn
 
     # -- migrations -------------------------------------------------------------------------------------
