@@ -33,7 +33,7 @@ from cloacina.engine.states import RunStatus, TaskStatus
 from cloacina.store import run_statements as sql
 from cloacina.store.database import Database
 from cloacina.store.models import TaskRun, WorkflowRun
-from cloacina.store.run_planning import end_run_locked
+from cloacina.store.run_planning import apply_new_row_decision, end_run_locked
 from cloacina.store.run_queries import RUN_BY_ID
 from cloacina.store.run_records import OpenedRun, RunEnd, RunRecord, TaskRecord, Transition, run_record, task_record
 from cloacina.timestamps import utcnow
@@ -196,19 +196,7 @@ def retry_task_rows(
                 completed_at=previous.completed_at or now,
             )
         elif decision is not None:
-            row["input_context"] = canonical_json(decision.input_context)
-            if decision.action == "run":
-                row["status"] = TaskStatus.READY.value
-                ready.append(task.task_id)
-                views[task.task_id] = TaskView(TaskStatus.READY)
-            else:
-                row.update(
-                    status=TaskStatus.SKIPPED.value,
-                    skip_reason=decision.skip_reason,
-                    output_context=row["input_context"],
-                    completed_at=now,
-                )
-                views[task.task_id] = TaskView(TaskStatus.SKIPPED, decision.input_context, decision.skip_reason)
+            apply_new_row_decision(row, decision, ready, views, now)
         rows.append(row)
     return rows, tuple(ready), views
 

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 
 from cloacina.context import canonical_json
 from cloacina.definitions.workflow import Workflow
-from cloacina.engine.planner import TaskView, final_context, plan, run_outcome
+from cloacina.engine.planner import Decision, TaskView, final_context, plan, run_outcome
 from cloacina.engine.states import RunStatus, TaskStatus
 from cloacina.store import run_statements as sql
 from cloacina.store.run_records import RunEnd, Transition, loads
@@ -62,6 +62,27 @@ def plan_locked(c: Connection, run_id: str, run_input: str, workflow: Workflow, 
     return Transition(True, tuple(ready), ended)
 
 
+def apply_new_row_decision(
+    row: dict[str, Any], decision: Decision, ready: list[str], views: dict[str, TaskView], now: datetime
+) -> None:
+    """Write the planner's ``decision`` for a task into its new row: Ready (and listed in ``ready``), or Skipped
+    with its input passed through; ``views`` follows, for the planner's next look."""
+    task_id = row["task_id"]
+    row["input_context"] = canonical_json(decision.input_context)
+    if decision.action == "run":
+        row["status"] = TaskStatus.READY.value
+        ready.append(task_id)
+        views[task_id] = TaskView(TaskStatus.READY)
+    else:
+        row.update(
+            status=TaskStatus.SKIPPED.value,
+            skip_reason=decision.skip_reason,
+            output_context=row["input_context"],
+            completed_at=now,
+        )
+        views[task_id] = TaskView(TaskStatus.SKIPPED, decision.input_context, decision.skip_reason)
+
+
 def initial_task_rows(
     workflow: Workflow, run_input: Mapping[str, Any], now: datetime, planned: bool
 ) -> tuple[list[dict[str, Any]], tuple[str, ...], dict[str, TaskView]]:
@@ -88,19 +109,7 @@ def initial_task_rows(
         }
         decision = decisions.get(task.task_id)
         if decision is not None:
-            row["input_context"] = canonical_json(decision.input_context)
-            if decision.action == "run":
-                row["status"] = TaskStatus.READY.value
-                ready.append(task.task_id)
-                views[task.task_id] = TaskView(TaskStatus.READY)
-            else:
-                row.update(
-                    status=TaskStatus.SKIPPED.value,
-                    skip_reason=decision.skip_reason,
-                    output_context=row["input_context"],
-                    completed_at=now,
-                )
-                views[task.task_id] = TaskView(TaskStatus.SKIPPED, decision.input_context, decision.skip_reason)
+            apply_new_row_decision(row, decision, ready, views, now)
         rows.append(row)
     return rows, tuple(ready), views
 
