@@ -19,6 +19,7 @@ import cloacina as cloaca
 from cloacina.definitions import registry
 from cloacina.definitions.workflow import Workflow
 from cloacina.engine.states import RunStatus, TaskStatus
+from cloacina.store import run_fast_path as fast
 from cloacina.store.database import Database
 from cloacina.store.recovery import LostAttempt, RecoveryStore
 from cloacina.store.runs import RunStore, StartedAttempt, TriggerClaim
@@ -225,3 +226,45 @@ def test_an_ended_run_refuses_starts_and_finishes(store: RunStore) -> None:
     assert store.finish_run(opened.run_id, RunStatus.FAILED, None, "timed out") is not None
     assert not store.complete_attempt(opened.run_id, "a", 1, {}, wf, started.basis).applied
     assert store.start_attempt(opened.run_id, "b") is None
+
+
+def test_generic_plans_reach_every_row_through_an_index(pg_schema: str) -> None:
+    """psycopg prepares a statement after a few runs and PostgreSQL then may cache one generic plan for the
+    connection's life, made while the tables were small. The hot statements must still find their rows through
+    an index: a finish once rescanned all of ``task_attempts`` every time (a semi-join the generic plan made a
+    sequential scan). auto_explain reports each executed plan to this connection as a notice."""
+    db = Database(PG_URL, schema=pg_schema)
+    db.upgrade()
+    store = RunStore(db)
+    wf = _chain()
+    plans: list[str] = []
+    try:
+        with db.single_statement() as c:
+            driver = c.connection.driver_connection
+            assert driver is not None
+            driver.prepare_threshold = 0  # prepare at once
+            for setting in (
+                "LOAD 'auto_explain'",
+                "SET auto_explain.log_min_duration = 0",
+                "SET auto_explain.log_level = 'notice'",
+                "SET plan_cache_mode = force_generic_plan",
+            ):
+                c.exec_driver_sql(setting)
+            driver.add_notice_handler(lambda diag: plans.append(str(diag.message_primary)))
+            for n in range(3):
+                opened = store.open_run(wf, {"n": n})
+                assert opened is not None
+                for task_id in ("a", "b", "c"):
+                    started = fast.start_attempt(c, opened.run_id, task_id, "w", utcnow())
+                    assert started is not None and started.basis is not None
+                    outcome = fast.AttemptOutcome(TaskStatus.COMPLETED, {"n": n})
+                    _, complete = fast.finish_attempt(
+                        c, opened.run_id, task_id, started.attempt, outcome, started.basis, wf, utcnow()
+                    )
+                    assert complete
+            c.exec_driver_sql("RESET ALL")
+    finally:
+        db.dispose()
+    assert len([p for p in plans if "task_attempts" in p]) >= 18, plans  # every start and finish was explained
+    scans = [p for p in plans if "Seq Scan on" in p and ("task_" in p or "workflow_runs" in p)]
+    assert not scans, scans[0]

@@ -16,6 +16,10 @@ run's end with its final context when this was its last task, freeing its dedup 
 finished meanwhile) the outcome is recorded all the same, and the caller plans under the run's lock in a second
 transaction (:meth:`cloacina.store.runs.RunStore.advance`), which sees every committed change.
 
+Each statement reaches every row through equality on a unique or leading index column (never ``IN (SELECT ...)``:
+a generic plan made while a table was small, and cached for the connection's life, turned such a semi-join into a
+sequential scan of ``task_attempts`` on every finish).
+
 Every writer that changes what a planner sees bumps ``workflow_runs.version`` under the run's row lock, so
 "same version" really means "same state".
 
@@ -110,7 +114,7 @@ WITH locked AS (
     UPDATE task_attempts
     SET status = :attempt_status, error_message = CAST(:error AS text), error_kind = CAST(:kind AS varchar),
         completed_at = :now
-    WHERE task_run_id IN (SELECT id FROM resolved) AND attempt = :b_attempt
+    WHERE task_run_id = (SELECT id FROM resolved) AND attempt = :b_attempt
 ), decided AS (
     UPDATE task_runs AS t
     SET status = d.status, input_context = d.input, skip_reason = d.reason, updated_at = :now,
