@@ -263,7 +263,7 @@ class Postgres:
     monitor: psycopg.Connection[Any] | None = None
 
     def connect(self) -> None:
-        self.monitor = psycopg.connect(self.admin_url, autocommit=True)
+        self.monitor = sql_counter.uncounted(psycopg.connect(self.admin_url, autocommit=True))
 
     def create(self, suffix: str) -> str:
         """Create database ``<prefix>_<suffix>``; returns its postgresql:// URL."""

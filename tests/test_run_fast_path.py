@@ -9,11 +9,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
+import psycopg
 import pytest
 from conftest import PG_URL
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
 
 import cloacina as cloaca
 from cloacina.definitions import registry
@@ -51,22 +51,25 @@ def _diamond() -> Workflow:
 
 
 class Statements:
-    """Counts the statements sent on ``store``'s database while active (on every engine of it: single statements
-    have an autocommit pool of their own)."""
+    """Counts the statements sent to PostgreSQL while active, at psycopg's cursor: those SQLAlchemy sends and
+    those the hot path sends through psycopg directly (cloacina.store.driver_sql)."""
 
     def __init__(self, store: RunStore) -> None:
-        self.engine = Engine  # class-level: no other database is used while a count is open
         self.sent: list[str] = []
+        self._original = psycopg.Cursor.execute
 
     def __enter__(self) -> Statements:
-        event.listen(self.engine, "before_cursor_execute", self._count)
+        original, sent = self._original, self.sent
+
+        def counting(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+            sent.append(" ".join(str(query).split())[:60])
+            return original(cursor, query, *args, **kwargs)
+
+        psycopg.Cursor.execute = counting  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *_: object) -> None:
-        event.remove(self.engine, "before_cursor_execute", self._count)
-
-    def _count(self, _conn: object, _cursor: object, statement: str, *_: object) -> None:
-        self.sent.append(" ".join(statement.split())[:60])
+        psycopg.Cursor.execute = self._original  # type: ignore[method-assign]
 
 
 def _start(store: RunStore, run_id: str, task_id: str) -> StartedAttempt:

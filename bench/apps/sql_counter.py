@@ -1,14 +1,17 @@
 """Per-process SQL statement and transaction counters for the benchmarks, off unless asked for.
 
 Worker processes of ``bench/bench_distributed.py`` import this through their bench app. When the environment
-variable ``BENCH_SQL_COUNT_DIR`` is set, :func:`install_from_env` attaches SQLAlchemy event listeners to every
-``Engine`` of the process (``before_cursor_execute``, ``begin``, ``commit``, ``rollback``) and a daemon thread in each
-process (each prefork child gets its own after the fork) rewrites ``<dir>/<pid>.json`` with the running totals
-every 50 ms while they change. The benchmark reads those files before and after a phase and takes the difference.
+variable ``BENCH_SQL_COUNT_DIR`` is set, :func:`install_from_env` counts every statement at psycopg's cursor (so
+the statements cloacina's hot path sends through psycopg directly are counted with SQLAlchemy's), attaches
+SQLAlchemy event listeners to every ``Engine`` of the process (``begin``, ``commit``, ``rollback``), and a daemon
+thread in each process (each prefork child gets its own after the fork) rewrites ``<dir>/<pid>.json`` with the
+running totals every 50 ms while they change. The benchmark reads those files before and after a phase and takes
+the difference.
 
-Nothing here touches cloacina's code: the listeners sit on SQLAlchemy's ``Engine`` class, so they see the
-statements of cloacina's store and of Celery's database result backend alike. ``BEGIN`` is issued by the driver
-and is not a statement here; a transaction is counted when SQLAlchemy begins one (also the implicit "autobegin"),
+Nothing here touches cloacina's code: the hooks sit on psycopg's ``Cursor`` and SQLAlchemy's ``Engine`` classes,
+so they see the statements of cloacina's store and of Celery's database result backend alike (not those of a
+connection passed to :func:`uncounted`: the benchmark's own monitoring). ``BEGIN`` is issued by the driver and
+is not a statement here; a transaction is counted when SQLAlchemy begins one (also the implicit "autobegin"),
 whether it then ends in ``COMMIT``, ``ROLLBACK`` or the pool's reset on return, and for every statement run on a
 connection in autocommit (``autocommit_statements``: each is its own transaction; SQLAlchemy's begin, commit and
 rollback events on such a connection reach no server and are not counted). ``connects`` counts new database
@@ -27,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import Pool
@@ -73,12 +77,28 @@ def _autocommit(conn: Connection) -> bool:
         return False
 
 
-def _on_statement(conn: Connection, *_args: Any, **_kwargs: Any) -> None:
+def uncounted(conn: Any) -> Any:
+    """Leave ``conn``'s statements out of the counts (the benchmark's monitoring connection); returns it."""
+    conn._bench_uncounted = True
+    return conn
+
+
+def _count_statement(cursor: Any) -> None:
+    if getattr(cursor.connection, "_bench_uncounted", False):
+        return
     COUNTER.add("statements")
-    if _autocommit(conn):
+    if getattr(cursor.connection, "autocommit", False):
         COUNTER.add("autocommit_statements")
         COUNTER.add("transactions")
     _ensure_flusher()
+
+
+def _counting(method: Any) -> Any:
+    def counted(cursor: Any, *args: Any, **kwargs: Any) -> Any:
+        _count_statement(cursor)
+        return method(cursor, *args, **kwargs)
+
+    return counted
 
 
 def _on_begin(conn: Connection) -> None:
@@ -148,7 +168,8 @@ def install() -> Counter:
     global _installed
     if not _installed:
         _installed = True
-        event.listen(Engine, "before_cursor_execute", _on_statement)
+        psycopg.Cursor.execute = _counting(psycopg.Cursor.execute)  # type: ignore[method-assign]
+        psycopg.Cursor.executemany = _counting(psycopg.Cursor.executemany)  # type: ignore[method-assign]
         event.listen(Engine, "begin", _on_begin)
         event.listen(Engine, "commit", _on_commit)
         event.listen(Engine, "rollback", _on_rollback)

@@ -1,7 +1,8 @@
 """PostgreSQL's hot path: one statement to start a task attempt, one to finish it.
 
 Each is a single data-modifying ``WITH`` statement run in autocommit, so it is its own transaction and one round
-trip. SQLite keeps the multi-statement path of :mod:`cloacina.store.runs` (it is embedded: no round trips).
+trip, sent through psycopg directly (:mod:`cloacina.store.driver_sql`). SQLite keeps the multi-statement path of
+:mod:`cloacina.store.runs` (it is embedded: no round trips).
 
 **Open** inserts a run, its task rows (the roots already Ready) and its claim (trigger fire or cron time).
 
@@ -44,6 +45,7 @@ from cloacina.context import canonical_json
 from cloacina.definitions.workflow import Workflow
 from cloacina.engine.planner import TaskView, final_context, plan, run_outcome
 from cloacina.engine.states import RunStatus, TaskStatus
+from cloacina.store.driver_sql import DriverStatement
 from cloacina.store.models import UTCDateTime
 from cloacina.store.run_planning import failed_tasks_message
 from cloacina.store.run_records import (
@@ -61,8 +63,9 @@ _ACTIVE = f"('{RunStatus.PENDING.value}', '{RunStatus.RUNNING.value}')"
 _TIMES = ("now", "completed_at", "retry_at")
 _TASK_FIELDS = ("task_id", "status", "max_attempts", "input_context", "skip_reason", "output_context")
 
-START = text(
-    f"""
+START = DriverStatement(
+    text(
+        f"""
 WITH run AS (
     SELECT status, version, workflow_name, workflow_version, package_fingerprint, input_context
     FROM workflow_runs WHERE id = :b_run AND status IN {_ACTIVE}
@@ -87,11 +90,13 @@ SELECT task.attempt, task.input_context, run.workflow_name, run.workflow_version
         FROM task_runs t WHERE t.run_id = :b_run) AS tasks
 FROM task CROSS JOIN run
 """
-).bindparams(bindparam("now", type_=UTCDateTime()))
+    ).bindparams(bindparam("now", type_=UTCDateTime()))
+)
 
 _ENDS = "version = :b_version AND CAST(:end_status AS varchar) IS NOT NULL"
-FINISH = text(
-    f"""
+FINISH = DriverStatement(
+    text(
+        f"""
 WITH locked AS (
     UPDATE workflow_runs
     SET heartbeat_at = :now, version = version + 1,
@@ -135,11 +140,13 @@ SELECT EXISTS (SELECT 1 FROM resolved) AS applied, COALESCE((SELECT fresh FROM l
        f.trigger_name, f.context_hash, f.lock_token
 FROM (SELECT 1) AS one LEFT JOIN freed AS f ON true
 """
-).bindparams(*(bindparam(name, type_=UTCDateTime()) for name in _TIMES))
+    ).bindparams(*(bindparam(name, type_=UTCDateTime()) for name in _TIMES))
+)
 
 
-OPEN = text(
-    f"""
+OPEN = DriverStatement(
+    text(
+        f"""
 WITH run AS (
     INSERT INTO workflow_runs (id, workflow_name, workflow_version, status, input_context, trigger_name,
         cron_schedule_id, package_fingerprint, owner, created_at, updated_at, heartbeat_at, deadline_at, version)
@@ -165,7 +172,8 @@ WITH run AS (
 )
 SELECT id FROM run
 """
-).bindparams(*(bindparam(name, type_=UTCDateTime()) for name in ("now", "deadline_at", "scheduled_time")))
+    ).bindparams(*(bindparam(name, type_=UTCDateTime()) for name in ("now", "deadline_at", "scheduled_time")))
+)
 
 
 @dataclass(frozen=True)
@@ -216,7 +224,7 @@ def open_run(
         "now": now,
         "deadline_at": now + timedelta(seconds=claims.deadline_s) if claims.deadline_s else None,
     }
-    c.execute(OPEN, params)
+    OPEN.execute(c, params)
 
 
 @dataclass(frozen=True)
@@ -240,7 +248,7 @@ class AttemptOutcome:
 
 def start_attempt(c: Connection, run_id: str, task_id: str, worker: str | None, now: datetime) -> StartedAttempt | None:
     """Ready -> Running in one statement; ``None`` if the task is not Ready (or not due) or the run has ended."""
-    row = c.execute(START, {"b_run": run_id, "b_task": task_id, "worker": worker, "now": now}).one_or_none()
+    row = START.execute(c, {"b_run": run_id, "b_task": task_id, "worker": worker, "now": now}).fetchone()
     if row is None:
         return None
     tasks = {
@@ -298,7 +306,8 @@ def finish_attempt(
         "end_error": ended[2] if ended else None,
         "end_final": canonical_json(ended[1]) if ended else None,
     }
-    row = c.execute(FINISH, params).one()
+    row = FINISH.execute(c, params).fetchone()
+    assert row is not None  # the statement always returns one row
     if not row.applied:
         return Transition(False), True
     if not outcome.final or workflow is None:
