@@ -1,5 +1,6 @@
 """Helpers every test shares: waiting on a condition (never a fixed sleep), a free TCP port, a fake clock, and a
-count of the polls a trigger scheduler finished (to wait for "N more poll intervals went by" without sleeping).
+count of the polls a trigger scheduler finished (to wait for "N more poll intervals went by" without sleeping), and
+the SQL statements sent while a block runs.
 
 >>> wait_until(lambda: 42, timeout_s=1, message="the answer")
 42
@@ -10,11 +11,12 @@ count of the polls a trigger scheduler finished (to wait for "N more poll interv
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
@@ -118,3 +120,23 @@ def declare_one_task_workflow(name: str = "wf", task_id: str = "only") -> None:
 
 def _return_context(ctx: Any) -> Any:
     return ctx
+
+
+@contextlib.contextmanager
+def sent_statements() -> Iterator[list[str]]:
+    """The SQL text of every statement any psycopg connection of this process sends while the block runs
+    (SQLAlchemy's and those the hot path sends through psycopg directly), whitespace collapsed."""
+    import psycopg
+
+    sent: list[str] = []
+    original = psycopg.Cursor.execute
+
+    def counting(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(" ".join(str(query).split()))
+        return original(cursor, query, *args, **kwargs)
+
+    psycopg.Cursor.execute = counting  # type: ignore[method-assign]
+    try:
+        yield sent
+    finally:
+        psycopg.Cursor.execute = original  # type: ignore[method-assign]

@@ -4,7 +4,7 @@ exception classes, and a connection the error broke is replaced by the pool. Rea
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -12,9 +12,14 @@ from conftest import PG_URL
 from sqlalchemy import bindparam, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+import cloacina as cloaca
+from cloacina.definitions import registry
 from cloacina.store.database import Database
-from cloacina.store.driver_sql import DriverStatement
+from cloacina.store.driver_sql import DriverStatement, in_utc
 from cloacina.store.models import UTCDateTime
+from cloacina.store.run_queries import RUN_BY_ID
+from cloacina.store.run_records import run_record
+from cloacina.store.runs import RunStore
 from cloacina.timestamps import utcnow
 
 pytestmark = pytest.mark.postgres
@@ -65,3 +70,29 @@ def test_a_killed_connection_is_an_operational_error_and_is_replaced(db: Databas
     with db.single_statement() as c:  # a new connection (the pool holds one): the dead one was invalidated
         again = ECHO.execute(c, {"n": 3, "at": None}).fetchone()
     assert again is not None and again.n == 3 and again.pid != row.pid
+
+
+def test_timestamps_read_back_in_utc_whatever_the_session_time_zone(db: Database) -> None:
+    now = utcnow()
+    with db.single_statement() as c:
+        c.exec_driver_sql("SET TIME ZONE 'Asia/Tokyo'")
+        try:
+            row = ECHO.execute(c, {"n": 1, "at": now}).fetchone()
+        finally:
+            c.exec_driver_sql("RESET TIME ZONE")
+    assert row is not None and row.at.utcoffset() == timedelta(hours=9)
+    read = in_utc(row, ("at",))
+    assert read.at == now and read.at.tzinfo is UTC and read.n == 1
+
+
+def test_get_run_reads_what_sqlalchemy_reads(db: Database) -> None:
+    with cloaca.WorkflowBuilder("driver_read") as builder:
+        cloaca.task(id="a")(lambda ctx: ctx)
+    store = RunStore(db)
+    opened = store.open_run(registry.get_workflow(builder.name), {"k": [1, "x"]})
+    assert opened is not None
+    with db.connection() as c:
+        expected = run_record(c.execute(RUN_BY_ID, {"run_id": opened.run_id}).one())
+    assert store.get_run(opened.run_id) == expected
+    assert expected.created_at.tzinfo is UTC and expected.input_context == {"k": [1, "x"]}
+    assert store.get_run("no-such-run") is None

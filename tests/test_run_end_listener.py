@@ -13,8 +13,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Engine
+from sqlalchemy import create_engine, text
 
 import cloacina as cloaca
 from cloacina.definitions import registry
@@ -24,7 +23,7 @@ from cloacina.store.database import Database
 from cloacina.store.run_end_listener import PgRunEndNotices, run_end_channel
 from cloacina.store.runs import RunStore
 from tests.conftest import PG_URL, require_postgres
-from tests.support import declare_one_task_workflow, wait_until
+from tests.support import declare_one_task_workflow, sent_statements, wait_until
 
 
 @pytest.fixture
@@ -126,13 +125,6 @@ def test_a_broker_mode_client_on_postgresql_wakes_on_the_databases_notice(pg_sch
         wait_until(lambda: notices.listening, 10, message="LISTEN")
         run_id = runner.coordinator.store.create_run(workflow, {"n": 1})  # as if sent; no worker runs it
         assert run_id is not None
-        run_reads: list[str] = []
-
-        def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
-            if "FROM workflow_runs" in statement:
-                run_reads.append(statement)
-
-        event.listen(Engine, "before_cursor_execute", count)  # both pools of the runner's database
 
         def finish_elsewhere() -> None:
             wait_until(lambda: run_id in runner._waiters, 10, message="the waiter")
@@ -141,9 +133,10 @@ def test_a_broker_mode_client_on_postgresql_wakes_on_the_databases_notice(pg_sch
 
         finisher = threading.Thread(target=finish_elsewhere)
         finisher.start()
-        result = runner.wait_for_run(run_id, timeout=30)
+        with sent_statements() as sent:  # every pool of the process, the driver-level reads included
+            result = runner.wait_for_run(run_id, timeout=30)
         finisher.join()
-        event.remove(Engine, "before_cursor_execute", count)
+    run_reads = [statement for statement in sent if "FROM workflow_runs" in statement]
     assert result.status == "Completed"
     # One read before waiting and one after the notice; polling would have read ~7 times in its first 0.25 s.
     assert 1 <= len(run_reads) <= 3, run_reads

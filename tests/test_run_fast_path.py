@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-import psycopg
 import pytest
 from conftest import PG_URL
+from support import sent_statements
 
 import cloacina as cloaca
 from cloacina.definitions import registry
@@ -51,25 +51,18 @@ def _diamond() -> Workflow:
 
 
 class Statements:
-    """Counts the statements sent to PostgreSQL while active, at psycopg's cursor: those SQLAlchemy sends and
-    those the hot path sends through psycopg directly (cloacina.store.driver_sql)."""
+    """Counts the statements sent to PostgreSQL while active (see :func:`support.sent_statements`)."""
 
     def __init__(self, store: RunStore) -> None:
+        self._capture = sent_statements()
         self.sent: list[str] = []
-        self._original = psycopg.Cursor.execute
 
     def __enter__(self) -> Statements:
-        original, sent = self._original, self.sent
-
-        def counting(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-            sent.append(" ".join(str(query).split())[:60])
-            return original(cursor, query, *args, **kwargs)
-
-        psycopg.Cursor.execute = counting  # type: ignore[method-assign]
+        self.sent = self._capture.__enter__()
         return self
 
-    def __exit__(self, *_: object) -> None:
-        psycopg.Cursor.execute = self._original  # type: ignore[method-assign]
+    def __exit__(self, *exc: Any) -> None:
+        self._capture.__exit__(*exc)
 
 
 def _start(store: RunStore, run_id: str, task_id: str) -> StartedAttempt:

@@ -10,7 +10,7 @@ prepares it on the server after a few executions, as it does for SQLAlchemy's.
 What SQLAlchemy would otherwise do is kept: a psycopg error is raised as the matching SQLAlchemy exception
 (``OperationalError``, ``IntegrityError``, ...), so callers' retry and refusal handling is unchanged, and a
 connection the error left broken is invalidated, so the pool replaces it. Timestamps must be aware datetimes (as
-:class:`~cloacina.store.models.UTCDateTime` requires) and are sent in UTC.
+:class:`~cloacina.store.models.UTCDateTime` requires) and are sent in UTC; :func:`in_utc` reads them back in UTC.
 """
 
 from __future__ import annotations
@@ -60,6 +60,12 @@ class DriverStatement:
             if driver.closed or driver.broken:
                 c.invalidate(exc)
             raise DBAPIError.instance(sql, values, exc, psycopg.Error, dialect=c.dialect) from exc
+
+
+def in_utc(row: Any, names: tuple[str, ...]) -> Any:
+    """``row`` (a named tuple) with its timestamp fields ``names`` in UTC, as SQLAlchemy's ``UTCDateTime`` reads
+    them (psycopg gives them in the session's time zone)."""
+    return row._replace(**{name: _utc(getattr(row, name)) for name in names if getattr(row, name) is not None})
 
 
 def _utc(value: datetime) -> datetime:

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, func, select, text
 
 from cloacina.store.database import Database
-from cloacina.store.models import TaskAttempt, TaskRun, WorkflowRun
+from cloacina.store.driver_sql import DriverStatement, in_utc
+from cloacina.store.models import TaskAttempt, TaskRun, UTCDateTime, WorkflowRun
 from cloacina.store.run_records import AttemptRecord, RunRecord, TaskRecord, run_record, task_record
 
 _RUNS = WorkflowRun.__table__
 RUN_BY_ID = select(_RUNS).where(_RUNS.c.id == bindparam("run_id"))
+# The same read for PostgreSQL's waiting clients, through psycopg directly (one per run waited for).
+RUN_BY_ID_DRIVER = DriverStatement(
+    text(f"SELECT {', '.join(c.name for c in _RUNS.c)} FROM workflow_runs WHERE id = :run_id")
+)
+_RUN_TIMESTAMPS = tuple(c.name for c in _RUNS.c if isinstance(c.type, UTCDateTime))
 
 
 class RunQueries:
@@ -22,8 +28,11 @@ class RunQueries:
     def get_run(self, run_id: str) -> RunRecord | None:
         # Waiting clients call this once per run: one Core statement, in autocommit on PostgreSQL (one round trip
         # instead of BEGIN, SELECT and COMMIT).
-        unit = self.db.single_statement if self.db.dialect == "postgresql" else self.db.connection
-        with unit() as c:
+        if self.db.dialect == "postgresql":
+            with self.db.single_statement() as c:
+                found = RUN_BY_ID_DRIVER.execute(c, {"run_id": run_id}).fetchone()
+            return run_record(in_utc(found, _RUN_TIMESTAMPS)) if found else None
+        with self.db.connection() as c:
             row = c.execute(RUN_BY_ID, {"run_id": run_id}).one_or_none()
         return run_record(row) if row else None
 
