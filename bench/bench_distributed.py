@@ -37,7 +37,7 @@ is stopped on the way out, Ctrl-C and errors included. Worker logs go to ``--log
 
 Usage: python bench/bench_distributed.py [--runs 300] [--latency-samples 100] [--shapes chain3,single,diamond]
        [--systems celery,celery_db,cloacina] [--workers 2] [--concurrency 2] [--scaling] [--quick] [--task-events]
-       [--latency-budget-s 20] [--warmup N] [--submitters 1] [--logs bench/results]
+       [--latency-budget-s 20] [--warmup N] [--submitters 1] [--rounds 1] [--logs bench/results]
 """
 
 from __future__ import annotations
@@ -718,6 +718,32 @@ def _ratios(results: dict[str, dict[str, Any]], shapes: list[str]) -> dict[str, 
     return ratios
 
 
+def _round_summary(results: dict[str, dict[str, Any]], shapes: list[str]) -> dict[str, Any]:
+    """One round's headline figures: runs/s and latency p50 per shape and system, and the ratios."""
+    summary: dict[str, Any] = {}
+    for shape in shapes:
+        summary[shape] = {
+            name: {
+                "runs_per_s": entry["throughput"]["runs_per_s"],
+                "latency_p50_ms": entry.get("latency", {}).get("p50_ms"),
+            }
+            for name, entry in results.get(shape, {}).items()
+        }
+    summary["ratios"] = _ratios(results, shapes)
+    return summary
+
+
+def _ratios_over_rounds(per_round: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each ratio's median, minimum and maximum over the rounds (the machine's speed drifts between systems)."""
+    out: dict[str, Any] = {}
+    for shape in per_round[0]:
+        out[shape] = {}
+        for key in per_round[0][shape]:
+            values = sorted(r[shape][key] for r in per_round if key in r.get(shape, {}))
+            out[shape][key] = {"median": _r(statistics.median(values)), "min": values[0], "max": values[-1]}
+    return out
+
+
 def _raise_on_sigterm(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)
 
@@ -744,6 +770,13 @@ def main() -> None:
     parser.add_argument("--scaling", action="store_true", help="add the chain3 worker-scaling curve (1x2, 2x2, 1x4)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 30 runs, 10 latency samples, 5 s budget")
     parser.add_argument("--task-events", action="store_true", help="send Celery task events (all systems' workers)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat every system's phases this many times (fresh workers each round) and report each ratio's "
+        "median, min and max over the rounds; a shared machine's speed drifts while the systems run one after another",
+    )
     parser.add_argument("--logs", default="bench/results", help="directory for worker and redis logs")
     args = parser.parse_args()
     if args.quick:
@@ -779,6 +812,7 @@ def main() -> None:
             "shapes": {s: SHAPE_TASKS[s] for s in shapes},
             "systems": systems,
             "task_events": args.task_events,
+            "rounds": args.rounds,
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
         },
@@ -800,25 +834,31 @@ def main() -> None:
                 url = pg.create(name)
                 databases[name] = (url, make_url(url).database or "")
         bench = Bench(redis_server, pg, client_sql, args.submitters)
-        results: dict[str, dict[str, Any]] = {shape: {} for shape in shapes}
+        rounds: list[dict[str, dict[str, Any]]] = []
         cross_check: dict[str, Any] = {}
-        for name in systems:
-            system = _make_system(name, topology, redis_server.url, databases, logs, args.task_events)
-            check = bench.session_begin(system)
-            with _running(
-                system, redis_server, lambda system=system, check=check: bench.session_stopped(system, check)
-            ):
-                for shape in shapes:
-                    entry = {"throughput": bench.throughput(system, shape, args.runs, warmup, detail=True)}
-                    if args.latency_samples > 0:
-                        entry["latency"] = bench.latency(system, shape, args.latency_samples, args.latency_budget_s)
-                    results[shape][name] = entry
-                    samples = entry["latency"]["samples"] if "latency" in entry else 0
-                    check.tasks += (warmup + args.runs + samples) * SHAPE_TASKS[shape]
-            if system.database is not None:
-                cross_check[name] = bench.session_end(system, check)
-        output["results"] = results
-        output["ratios"] = _ratios(results, shapes)
+        for round_index in range(args.rounds):
+            results: dict[str, dict[str, Any]] = {shape: {} for shape in shapes}
+            for name in systems:
+                system = _make_system(name, topology, redis_server.url, databases, logs, args.task_events)
+                check = bench.session_begin(system)
+                with _running(
+                    system, redis_server, lambda system=system, check=check: bench.session_stopped(system, check)
+                ):
+                    for shape in shapes:
+                        entry = {"throughput": bench.throughput(system, shape, args.runs, warmup, detail=True)}
+                        if args.latency_samples > 0:
+                            entry["latency"] = bench.latency(system, shape, args.latency_samples, args.latency_budget_s)
+                        results[shape][name] = entry
+                        samples = entry["latency"]["samples"] if "latency" in entry else 0
+                        check.tasks += (warmup + args.runs + samples) * SHAPE_TASKS[shape]
+                if system.database is not None and round_index == 0:
+                    cross_check[name] = bench.session_end(system, check)
+            rounds.append(results)
+        output["results"] = rounds[0]
+        output["ratios"] = _ratios(rounds[0], shapes)
+        if len(rounds) > 1:
+            output["rounds"] = [_round_summary(r, shapes) for r in rounds]
+            output["ratios_over_rounds"] = _ratios_over_rounds([_ratios(r, shapes) for r in rounds])
         output["sql_cross_check"] = cross_check
         if args.scaling:
             scaling: dict[str, Any] = {}
@@ -853,14 +893,17 @@ NOTES = [
     "Celery does for any backend without native join.",
     "cpu_ms_per_run: /proc utime+stime deltas over the throughput phase (10 ms ticks); postgres_backends are the "
     "backends connected to the system's own database, not PostgreSQL's background processes.",
-    "sql: worker_* counted by SQLAlchemy listeners in every worker process, per task; client_* in this process per "
-    "run (cloacina's wait_for_run polls the run row; celery_db's client polls the result every 20 ms). "
-    "sql_cross_check compares them with pg_stat_database over each system's whole session (warm-ups, throughput, "
-    "latency runs, start-up and migration included); connection_setup_transactions are the ones SQLAlchemy's listeners "
-    "cannot see (one per new connection, one per engine's first connect: psycopg dialect set-up).",
+    "sql: statements counted at psycopg's cursor and transactions by SQLAlchemy listeners, in every worker "
+    "process, per task; client_* in this process per run (cloacina's client creates the run and reads it once "
+    "after its end notice; celery_db's client polls the result every 20 ms). sql_cross_check compares them with "
+    "pg_stat_database over each system's first session (warm-ups, throughput, latency runs, start-up and migration "
+    "included); connection_setup_transactions are the ones the listeners cannot see (one per new connection, one "
+    "per engine's first connect: psycopg dialect set-up).",
     "Throughput ends when the client has seen every run finish: Redis pub/sub for celery, 20 ms polls for "
-    "celery_db, wait_for_run's backoff (2 ms up to 250 ms) for cloacina. When submit_seconds is close to seconds, "
+    "celery_db, PostgreSQL's run-end notification (LISTEN) for cloacina. When submit_seconds is close to seconds, "
     "the client's send call bounds the figure, not the workers (try --submitters 2).",
+    "--rounds N repeats every system N times with fresh workers; ratios_over_rounds gives each ratio's median, min "
+    "and max. On a shared machine the figures of one round can drift by a third between systems.",
     "latency.budget_hit: fewer samples than asked because --latency-budget-s ran out (celery_db's diamond: each "
     "sequential run waits for chord_unlock).",
 ]
