@@ -37,6 +37,7 @@ from celery.signals import worker_init, worker_process_init
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from cloacina.backoff import Backoff
+from cloacina.dispatch import redis_transport
 from cloacina.dispatch.canvas import TASK_NAME, node_signature
 from cloacina.dispatch.result_backend import backend_url
 from cloacina.dispatch.threads import CachedThreads, SlotLease, SlotPool
@@ -69,8 +70,11 @@ class NodeRunner(Protocol):
 def celery_config(options: CeleryOptions) -> dict[str, Any]:
     """The Celery configuration cloacina needs, as a dict (tests and docs read it too)."""
     transport = {"visibility_timeout": options.visibility_timeout_s}
+    # redis:// brokers use kombu's Redis transport minus its per-command client construction (redis_transport).
+    plain_redis = options.broker_url.startswith("redis://")
     return {
         "broker_url": options.broker_url,
+        **({"broker_transport": redis_transport.TRANSPORT} if plain_redis else {}),
         # Chords count their header results in Redis; nodes outside chord headers store no result at all.
         "result_backend": backend_url(options.result_url),
         "task_serializer": "json",
