@@ -40,7 +40,8 @@ from cloacina.backoff import Backoff
 from cloacina.dispatch import redis_transport
 from cloacina.dispatch.canvas import TASK_NAME, node_signature
 from cloacina.dispatch.result_backend import backend_url
-from cloacina.dispatch.threads import CachedThreads, SlotLease, SlotPool
+from cloacina.dispatch.threads import SlotLease, SlotPool
+from cloacina.execution.cached_threads import CachedThreads
 from cloacina.execution.coordinator import NodeOutcome
 from cloacina.execution.task_handle import holding_slot
 

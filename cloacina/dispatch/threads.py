@@ -16,13 +16,13 @@ import functools
 import heapq
 import itertools
 import logging
-import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from cloacina.execution.cached_threads import CachedThreads
 from cloacina.execution.task_handle import holding_slot
 from cloacina.timestamps import utcnow
 
@@ -152,44 +152,6 @@ class SlotLease:
             self._pool._cond.notify_all()
         if was_held:
             self._pool._give_back()
-
-
-class CachedThreads:
-    """Runs functions on daemon threads: an idle thread if there is one, else a new one. Threads retire after
-    ``idle_s`` without work. Nothing bounds the count: callers bound the work they submit (with slots)."""
-
-    def __init__(self, name: str, idle_s: float = 60.0) -> None:
-        self._name = name
-        self._idle_s = idle_s
-        self._work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._idle = 0
-        self._count = itertools.count(1)
-
-    def submit(self, fn: Callable[[], None]) -> None:
-        with self._lock:
-            self._work.put(fn)
-            if self._idle:
-                self._idle -= 1  # that idle thread takes it (or another one does: the count only errs low)
-                return
-        threading.Thread(target=self._loop, name=f"{self._name}-{next(self._count)}", daemon=True).start()
-
-    def _loop(self) -> None:
-        while True:
-            try:
-                fn = self._work.get(timeout=self._idle_s)
-            except queue.Empty:
-                with self._lock:
-                    if not self._work.empty():
-                        continue
-                    self._idle = max(0, self._idle - 1)
-                    return
-            try:
-                fn()
-            except Exception:
-                log.exception("pooled function failed")
-            with self._lock:
-                self._idle += 1
 
 
 class ThreadDispatcher:
