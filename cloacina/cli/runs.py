@@ -33,6 +33,7 @@ from cloacina.cli.common import (
 )
 from cloacina.definitions.app_loader import load_app
 from cloacina.engine.states import RunStatus
+from cloacina.runner.default_runner import DefaultRunner
 from cloacina.runner.errors import WorkflowTimeoutError
 from cloacina.store.runs import AttemptRecord, RunRecord, TaskRecord
 from cloacina.timestamps import iso
@@ -228,14 +229,25 @@ def runs_start(
             return
         if not as_json:
             click.echo(f"run {run_id} of {workflow} started; waiting for it to end", err=True)
-        try:
-            runner.wait_for_run(run_id, timeout_s)
-        except WorkflowTimeoutError:
-            raise click.ClickException(
-                f"run {run_id} has not ended after {timeout_s:g}s; it goes on (`cloacina runs show {run_id}`)"
-            ) from None
-        run = runner.runs.get_run(run_id)
+        run = _wait_for(runner, run_id, timeout_s)
+    _show_outcome(run, as_json)
+
+
+def _wait_for(runner: DefaultRunner, run_id: str, timeout_s: float | None) -> RunRecord:
+    """Wait for ``run_id`` to end and read it; a timeout is an error that says the run goes on."""
+    try:
+        runner.wait_for_run(run_id, timeout_s)
+    except WorkflowTimeoutError:
+        raise click.ClickException(
+            f"run {run_id} has not ended after {timeout_s:g}s; it goes on (`cloacina runs show {run_id}`)"
+        ) from None
+    run = runner.runs.get_run(run_id)
     assert run is not None
+    return run
+
+
+def _show_outcome(run: RunRecord, as_json: bool) -> None:
+    """Print an ended run with its final context; exit 1 unless it Completed."""
     if as_json:
         emit_json(run_to_dict(run, contexts=True))
     else:
@@ -357,20 +369,8 @@ def runs_retry(run_id: str, db_url: str, as_json: bool, app: str | None, wait: b
             return
         if not as_json:
             click.echo(f"run {new_id} retries {run_id}; waiting for it to end", err=True)
-        try:
-            runner.wait_for_run(new_id, timeout_s)
-        except WorkflowTimeoutError:
-            raise click.ClickException(
-                f"run {new_id} has not ended after {timeout_s:g}s; it goes on (`cloacina runs show {new_id}`)"
-            ) from None
-        run = runner.runs.get_run(new_id)
-    assert run is not None
-    if as_json:
-        emit_json(run_to_dict(run, contexts=True))
-    else:
-        console().print(Group(_run_table(run), "", f"final context: {escape(json.dumps(run.final_context))}"))
-    if run.status != RunStatus.COMPLETED:
-        raise SystemExit(1)
+        run = _wait_for(runner, new_id, timeout_s)
+    _show_outcome(run, as_json)
 
 
 _CODE_HINT = " (without a broker the run executes here: pass --app with the workflow's code)"
