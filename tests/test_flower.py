@@ -1,5 +1,8 @@
 """``cloacina flower``: Flower against the configured broker, behind basic auth, sees a real worker.
 
+The worker runs with cloacina's defaults (task events off, as in Celery): Flower turns events on for the workers it
+watches, so its task view lists the runs' tasks all the same.
+
 Issue 13: started as users and Kubernetes start it: ``--port 5566`` with a space, the basic-auth password in
 ``FLOWER_BASIC_AUTH`` (never in the process's arguments), and ``FLOWER_PORT=tcp://...`` injected by a Service named
 ``flower`` in the namespace.
@@ -47,8 +50,9 @@ def test_flower_requires_auth_and_sees_the_worker(pg_schema: str, tmp_path: Path
     }
     port = free_port()
     logs = {name: (tmp_path / f"{name}.log").open("wb") for name in ("worker", "flower")}
+    worker_args = ["worker", "--app", "tests.apps.flower_app", "--pool", "solo", "-n", "flowertest@%h"]
     worker = subprocess.Popen(
-        [sys.executable, "-m", "cloacina", "worker", "--pool", "solo", "-n", "flowertest@%h"],
+        [sys.executable, "-m", "cloacina", *worker_args],
         env=env,
         stdout=logs["worker"],
         stderr=subprocess.STDOUT,
@@ -88,6 +92,21 @@ def test_flower_requires_auth_and_sees_the_worker(pg_schema: str, tmp_path: Path
         assert b"s3cret" not in Path(f"/proc/{flower.pid}/cmdline").read_bytes()
         assert _get(f"{base}/", None)[0] == 401
         assert _get(f"{base}/api/workers", ("ops", "wrong"))[0] == 401
+
+        # No CLOACINA_TASK_EVENTS: the worker sends no events until Flower enables them (every few seconds).
+        import cloacina as cloaca
+
+        with cloaca.DefaultRunner(env["CLOACINA_DATABASE_URL"], cloaca.DefaultRunnerConfig(broker_url=redis_url)) as c:
+
+            def task_seen() -> list[dict[str, object]] | None:
+                c.execute("flower_wf", {}, timeout=60)  # one more run each time: events may be enabled meanwhile
+                status, body = _get(f"{base}/api/tasks", ("ops", "s3cret"))
+                tasks = json.loads(body) if status == 200 else {}
+                found = [t for t in tasks.values() if t.get("name") == "cloacina.task" and t.get("state") == "SUCCESS"]
+                return found or None
+
+            seen = wait_until(task_seen, 90, interval_s=1.0, message=lambda: f"Flower to list a task\n{log_tails()}")
+        assert "flower_wf" in str(seen[0].get("kwargs")), seen[0]
     finally:
         for proc in (worker, flower):
             if proc.poll() is None:

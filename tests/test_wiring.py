@@ -231,3 +231,21 @@ def test_the_celery_app_module_builds_a_worker_app_from_the_environment(tmp_path
     env.pop("CLOACINA_BROKER_URL")
     refused = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True)
     assert refused.returncode != 0 and "CLOACINA_BROKER_URL is not set" in refused.stderr
+
+
+def test_celery_defaults_are_ours() -> None:
+    """No task events unless asked (Flower enables them), workers log at WARNING, the other services at INFO."""
+    from cloacina.dispatch.celery_app import celery_config
+    from cloacina.services.worker import worker_argv
+
+    settings = CloacinaSettings(database_url="sqlite://", broker_url="redis://127.0.0.1:6379/0")
+    assert settings.task_events is False
+    conf = celery_config(celery_options(settings))
+    assert conf["worker_send_task_events"] is False and conf["task_send_sent_event"] is False
+    assert "--loglevel=WARNING" in worker_argv(settings)
+    assert settings.service_log_level("poller") == "INFO"
+    forced = CloacinaSettings(
+        database_url="sqlite://", broker_url="redis://127.0.0.1:6379/0", task_events=True, log_level="DEBUG"
+    )
+    assert celery_config(celery_options(forced))["worker_send_task_events"] is True
+    assert "--loglevel=DEBUG" in worker_argv(forced) and forced.service_log_level("poller") == "DEBUG"

@@ -89,7 +89,7 @@ def worker_command(
 
     settings = _settings(db_url)
     _require_broker(settings)
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.log_format, settings.service_log_level("worker"))
     _load(app_spec)
     _wait_for_database(settings)
     argv = worker_argv(
@@ -108,7 +108,7 @@ def poller_command(app_spec: str | None, db_url: str | None) -> None:
 
     settings = _settings(db_url)
     _require_broker(settings)
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.log_format, settings.service_log_level("poller"))
     _load(app_spec)
     service = PollerService(settings)
 

@@ -75,10 +75,24 @@ class CloacinaSettings(BaseSettings):
     cron_max_recovery_attempts: int = Field(3, ge=0, description="Re-fires tried per lost due time.")
 
     # observability
-    task_events: bool = Field(True, description="Celery task events (Flower's task view needs them).")
+    task_events: bool = Field(
+        False,
+        description="Force Celery task events on. Off by default, as in Celery: Flower turns them on for the "
+        "workers it watches (its enable_events loop).",
+    )
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Serve /metrics, /livez, /readyz here.")
     log_format: Literal["text", "json"] = Field("text", description="Log line format.")
-    log_level: str = Field("INFO", description="Root log level of services.")
+    log_level: str | None = Field(
+        None,
+        description="Root log level of services; default WARNING for workers (per-task lines are INFO), INFO "
+        "for the others.",
+    )
+
+    def service_log_level(self, role: str) -> str:
+        """The log level of a ``role`` service: the setting, else WARNING for workers and INFO for the rest."""
+        if self.log_level:
+            return self.log_level
+        return "WARNING" if role == "worker" else "INFO"
 
     @field_validator("database_url")
     @classmethod

@@ -59,7 +59,7 @@ class CeleryOptions:
     result_url: str  # Redis where chords count their header results
     queue: str = "cloacina"
     visibility_timeout_s: int = 3600
-    task_events: bool = True
+    task_events: bool = False  # as in Celery: Flower turns events on for the workers it watches
 
 
 class NodeRunner(Protocol):

@@ -160,7 +160,7 @@ def configure_logging(fmt: str = "text", level: str | int = "INFO", *, stream: I
     Typical service start-up::
 
         settings = CloacinaSettings()
-        configure_logging(settings.log_format, settings.log_level)
+        configure_logging(settings.log_format, settings.service_log_level("poller"))
     """
     if fmt not in ("text", "json"):
         raise ValueError(f"log format must be 'text' or 'json', got {fmt!r}")

@@ -99,7 +99,7 @@ def worker_argv(
         f"--pool={pool}",
         f"--queues={queues or settings.queue}",
         f"--hostname={hostname or f'cloacina@{socket.gethostname()}-{os.getpid()}'}",
-        f"--loglevel={settings.log_level}",
+        f"--loglevel={settings.service_log_level('worker')}",
     ]
     if concurrency:
         argv.append(f"--concurrency={concurrency}")
