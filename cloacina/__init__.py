@@ -62,6 +62,7 @@ from cloacina.runner.errors import (
     RunnerOperationError,
     RunnerShutDownError,
     RunnerStartError,
+    SchemaSetupError,
     WorkflowTimeoutError,
 )
 from cloacina.runner.results import RunHandle, WorkflowResult
@@ -135,6 +136,7 @@ __all__ = [
     "SchemaNotMigratedError",
     "WorkflowNotFoundError",
     "RunnerStartError",
+    "SchemaSetupError",
     "RunnerShutDownError",
     "WorkflowTimeoutError",
     "RunnerOperationError",

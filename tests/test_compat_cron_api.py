@@ -146,8 +146,10 @@ def test_unknown_and_deleted_schedules(make: Callable[..., Runner]) -> None:
         runner.get_cron_schedule(UNKNOWN)  # never None
     with pytest.raises(ValueError):
         runner.update_cron_schedule(UNKNOWN, "* * * * *", "UTC")
-    assert runner.set_cron_schedule_enabled(UNKNOWN, False) is None  # as in cloaca: nothing to do
-    assert runner.delete_cron_schedule(UNKNOWN) is None
+    with pytest.raises(ValueError, match="Failed to update cron schedule"):
+        runner.set_cron_schedule_enabled(UNKNOWN, False)  # CLOACA_API §19
+    with pytest.raises(ValueError, match="Failed to delete cron schedule"):
+        runner.delete_cron_schedule(UNKNOWN)
     assert runner.get_cron_execution_history(UNKNOWN, None, None) == []
     sid = runner.register_cron_workflow("cron_compat", "0 2 * * *", "UTC")
     assert runner.delete_cron_schedule(sid) is None

@@ -150,7 +150,7 @@ def test_a_runner_that_cannot_start_is_a_runtime_error(url: str) -> None:
 def test_unreachable_postgres_is_a_runtime_error() -> None:
     with pytest.raises(RuntimeError, match=r"^Failed to create DefaultRunner: "):
         cloaca.DefaultRunner("postgresql://nobody@127.0.0.1:1/none")
-    with pytest.raises(RuntimeError, match=r"^Failed to create DefaultRunner: "):
+    with pytest.raises(RuntimeError, match=r"^Failed to set up schema 'tenant_x': "):  # §19
         cloaca.DefaultRunner.with_schema("postgresql://nobody@127.0.0.1:1/none", "tenant_x")
 
 

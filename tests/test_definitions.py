@@ -96,7 +96,7 @@ def test_add_task_rejects_unknown_id_and_plain_function() -> None:
         builder.add_task("nope")
     with pytest.raises(ValueError, match="'run' not found"):
         builder.add_task(_fn())
-    with pytest.raises(ValueError, match="task id or a @task function"):
+    with pytest.raises(ValueError, match="Task must be either a string task ID or a function object"):
         builder.add_task(42)  # type: ignore[arg-type]
 
 

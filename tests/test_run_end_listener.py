@@ -119,7 +119,7 @@ def test_the_listener_reconnects_after_its_connection_is_killed(pg_schema: str) 
 def test_a_broker_mode_client_on_postgresql_wakes_on_the_databases_notice(pg_schema: str, redis_url: str) -> None:
     workflow = _workflow("pg_notice_wf")
     config = cloaca.DefaultRunnerConfig(broker_url=redis_url)
-    with cloaca.DefaultRunner.with_schema(PG_URL, pg_schema, config) as runner:
+    with cloaca.DefaultRunner.with_schema_config(PG_URL, pg_schema, config) as runner:
         notices = runner._notices
         assert isinstance(notices, PgRunEndNotices)
         wait_until(lambda: notices.listening, 10, message="LISTEN")

@@ -392,8 +392,8 @@ def test_with_schema_isolates_tenants(pg_schema: str, second_pg_schema: str) -> 
     _workflow("tenant_wf")
     config = cloaca.DefaultRunnerConfig(enable_trigger_scheduling=False, enable_cron_scheduling=False)
     with (
-        cloaca.DefaultRunner.with_schema(PG_URL, pg_schema, config) as tenant_a,
-        cloaca.DefaultRunner.with_schema(PG_URL, second_pg_schema, config) as tenant_b,
+        cloaca.DefaultRunner.with_schema_config(PG_URL, pg_schema, config) as tenant_a,
+        cloaca.DefaultRunner.with_schema_config(PG_URL, second_pg_schema, config) as tenant_b,
     ):
         result = tenant_a.execute("tenant_wf", {"tenant": "a"})
         assert result.status == "Completed"

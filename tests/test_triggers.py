@@ -303,7 +303,9 @@ def test_trigger_without_workflow_is_not_scheduled(caplog: pytest.LogCaptureFixt
 def test_two_runner_processes_never_run_one_key_concurrently(pg_schema: str) -> None:
     script = Path(__file__).parent / "procs" / "dedup_runner.py"
     # Create the schema once up front so the two processes do not race on the first migration.
-    cloaca.DefaultRunner.with_schema(PG_URL, pg_schema, DefaultRunnerConfig(enable_trigger_scheduling=False)).shutdown()
+    cloaca.DefaultRunner.with_schema_config(
+        PG_URL, pg_schema, DefaultRunnerConfig(enable_trigger_scheduling=False)
+    ).shutdown()
     procs = [
         subprocess.Popen([sys.executable, str(script), PG_URL, pg_schema, "6"], stdout=subprocess.PIPE, text=True)
         for _ in range(2)

@@ -104,7 +104,8 @@ class WorkflowBuilder:
             name = getattr(task, "__name__", None)
             if not isinstance(name, str):
                 raise DefinitionError(
-                    f"workflow {self.name!r}: add_task() takes a task id or a @task function, got {type(task).__name__}"
+                    "Task must be either a string task ID or a function object with __name__ attribute "
+                    f"(workflow {self.name!r}, got {type(task).__name__})"
                 )
             task_id, attached = name, getattr(task, "__cloacina_task__", None)
         found = registry.find_task(task_id, self._scope)

@@ -123,7 +123,8 @@ def _build_retry(options: dict[str, Any], retry: RetryPolicy | None) -> RetryPol
     if retry is not None:
         if given:
             raise DefinitionError(
-                f"retry=RetryPolicy(...) cannot be combined with the retry_* keywords (got {', '.join(sorted(given))})"
+                "@task(retry=RetryPolicy(...)) cannot be combined with the retry_* keyword arguments "
+                f"(got: {', '.join(sorted(given))}). Use the RetryPolicy object OR the keywords, not both."
             )
         if not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy, got {type(retry).__name__}")

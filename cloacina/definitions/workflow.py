@@ -188,7 +188,9 @@ def _ancestors(tasks: Mapping[str, TaskDefinition], task_id: str) -> set[str]:
 def _validate(name: str, tasks: Mapping[str, TaskDefinition]) -> tuple[str, ...]:
     """The topological order of ``tasks``; ``DefinitionError`` (a ``ValueError``) if they do not form a workflow."""
     if not tasks:
-        raise DefinitionError(f"workflow {name!r} has no tasks; add at least one @task", subject=name)
+        raise DefinitionError(
+            f"Workflow cannot be empty: workflow {name!r} has no tasks; add at least one @task", subject=name
+        )
     order = _topological_order(tasks, name)
     for t in tasks.values():
         if t.trigger_rule is None:

@@ -134,10 +134,12 @@ class CronAPI:
         if self.cron_scheduler is not None:
             self.cron_scheduler.notify()
 
-    def _require_schedule(self, store: CronStore, schedule_id: str) -> CronScheduleRecord:
+    def _require_schedule(self, store: CronStore, schedule_id: str, operation: str) -> CronScheduleRecord:
+        """The schedule, else ``ValueError("<operation>: unknown cron schedule <id>")``: the words of the
+        operation asked for (cloaca's "Failed to update ..." even where the update reads first)."""
         found = store.get_schedule(schedule_id)
         if found is None:
-            raise ValueError(f"Failed to get cron schedule: unknown cron schedule {schedule_id}")
+            raise ValueError(f"{operation}: unknown cron schedule {schedule_id}")
         return found
 
     def _create(
@@ -222,7 +224,9 @@ class CronAPI:
         """One schedule (keys as in :meth:`list_cron_schedules`); ``ValueError`` if the id is malformed or names
         no schedule."""
         store = self._cron_store()
-        return _times(self._require_schedule(store, parse_schedule_id(schedule_id)).to_dict())
+        return _times(
+            self._require_schedule(store, parse_schedule_id(schedule_id), "Failed to get cron schedule").to_dict()
+        )
 
     @operation("Failed to update cron schedule")
     def update_cron_schedule(
@@ -237,7 +241,7 @@ class CronAPI:
         its catch-up policy. ``next_run_at`` is recomputed from now (times missed under the old expression are
         not caught up). ``ValueError`` for an unknown id or an invalid value."""
         store = self._cron_store()
-        current = self._require_schedule(store, parse_schedule_id(schedule_id))
+        current = self._require_schedule(store, parse_schedule_id(schedule_id), "Failed to update cron schedule")
         if catchup_policy is not None:
             _check_policy(catchup_policy)
         spec = cron_math.validate_cron(
@@ -257,16 +261,13 @@ class CronAPI:
 
     @operation("Failed to update cron schedule")
     def set_cron_schedule_enabled(self, schedule_id: str, enabled: bool) -> None:
-        """Enable or disable a schedule (an unknown id is ignored, as in cloaca). Enabling starts from now:
-        times passed while disabled are not run."""
+        """Enable or disable a schedule (``ValueError`` for an unknown id). Enabling starts from now: times
+        passed while disabled are not run."""
         store = self._cron_store()
         sid = parse_schedule_id(schedule_id)
         if not isinstance(enabled, bool):
             raise TypeError(f"enabled must be True or False, got {enabled!r}")
-        current = store.get_schedule(sid)
-        if current is None:
-            log.debug("set_cron_schedule_enabled: no cron schedule %s", sid)
-            return
+        current = self._require_schedule(store, sid, "Failed to update cron schedule")
         if enabled and not current.enabled:
             following = cron_math.next_due(current.cron_expression, current.timezone, utcnow())
             store.set_enabled(sid, True, next_run_at=following)
@@ -276,11 +277,13 @@ class CronAPI:
 
     @operation("Failed to delete cron schedule")
     def delete_cron_schedule(self, schedule_id: str) -> None:
-        """Delete a schedule and its execution history (the runs it started are kept); an unknown id is
-        ignored, as in cloaca."""
+        """Delete a schedule and its execution history (the runs it started are kept); ``ValueError`` for an
+        unknown id."""
         store = self._cron_store()
-        if store.delete_schedule(parse_schedule_id(schedule_id)):
-            self._notify_cron()
+        sid = parse_schedule_id(schedule_id)
+        if not store.delete_schedule(sid):
+            raise ValueError(f"Failed to delete cron schedule: unknown cron schedule {sid}")
+        self._notify_cron()
 
     # -- history ----------------------------------------------------------------------------------------
     @operation("Failed to get cron execution history")

@@ -36,7 +36,13 @@ from cloacina.execution.coordinator import RunCoordinator
 from cloacina.packaging.loader import PackageLoader
 from cloacina.runner.config import DefaultRunnerConfig
 from cloacina.runner.cron_api import CronAPI
-from cloacina.runner.errors import RunnerShutDownError, RunnerStartError, WorkflowTimeoutError, operation
+from cloacina.runner.errors import (
+    RunnerShutDownError,
+    RunnerStartError,
+    SchemaSetupError,
+    WorkflowTimeoutError,
+    operation,
+)
 from cloacina.runner.results import RunHandle, WorkflowResult
 from cloacina.runner.trigger_api import TriggerAPI
 from cloacina.scheduling.cron import CronScheduler
@@ -96,7 +102,14 @@ class DefaultRunner(TriggerAPI, CronAPI):
         except Exception as exc:
             raise RunnerStartError(exc) from exc
         try:
-            self.deployment.prepare_schema(migrate=True)
+            self.deployment.prepare_schema(migrate=True)  # connects, logs in, creates and migrates the schema
+        except Exception as exc:
+            self._closed = False
+            self.shutdown(0)
+            if schema is not None:
+                raise SchemaSetupError(schema, exc, secrets=self.deployment.db.url.secrets) from exc
+            raise RunnerStartError(exc) from exc
+        try:
             self._start(self.deployment)
         except Exception as exc:
             self._closed = False
@@ -150,10 +163,25 @@ class DefaultRunner(TriggerAPI, CronAPI):
         return DefaultRunner(database_url, config)
 
     @staticmethod
-    def with_schema(database_url: str, schema: str, config: DefaultRunnerConfig | None = None) -> DefaultRunner:
+    def with_schema(database_url: str, schema: str) -> DefaultRunner:
         """A runner whose tables live in PostgreSQL schema ``schema`` (created and migrated if missing): one per
         tenant. ``ValueError`` unless the URL is ``postgres://``/``postgresql://`` and the name is non-empty
-        Unicode letters, digits and ``_`` (folded to lower case, as PostgreSQL folds unquoted names)."""
+        Unicode letters, digits and ``_`` (folded to lower case, as PostgreSQL folds unquoted names). If the
+        database cannot be reached, refuses the login or the schema cannot be created:
+        :class:`~cloacina.runner.errors.SchemaSetupError`, a ``RuntimeError`` saying
+        ``Failed to set up schema '<schema>': <cause>`` (no password).
+
+        The signature is exactly cloaca's (code inspects it); :meth:`with_schema_config` takes a config too.
+        """
+        check_schema_args(database_url, schema)
+        return DefaultRunner(database_url, schema=schema)
+
+    @staticmethod
+    def with_schema_config(database_url: str, schema: str, config: DefaultRunnerConfig) -> DefaultRunner:
+        """:meth:`with_schema` with ``config`` (a :class:`DefaultRunnerConfig`); cloacina extension. E.g.
+        ``DefaultRunner.with_schema_config(url, "tenant_a", DefaultRunnerConfig(max_concurrent_tasks=8))``."""
+        if not isinstance(config, DefaultRunnerConfig):
+            raise TypeError(f"config must be a DefaultRunnerConfig, got {type(config).__name__}")
         check_schema_args(database_url, schema)
         return DefaultRunner(database_url, config, schema=schema)
 

@@ -4,6 +4,7 @@
 
     CloacinaError
     ├── RunnerStartError (also RuntimeError)                 "Failed to create DefaultRunner: <cause>"
+    │   └── SchemaSetupError                                 with_schema(): "Failed to set up schema '<s>': <cause>"
     ├── RunnerShutDownError (also ValueError, RuntimeError)  the runner was shut down
     ├── WorkflowTimeoutError (also ValueError, TimeoutError) execute() waited past its limit
     ├── CronDisabledError (also ValueError)                  the cron API of a runner without cron scheduling
@@ -31,6 +32,22 @@ class RunnerStartError(CloacinaError, RuntimeError):
 
     def __init__(self, cause: BaseException | str) -> None:
         super().__init__(f"Failed to create DefaultRunner: {cause}")
+
+
+class SchemaSetupError(RunnerStartError):
+    """``DefaultRunner.with_schema`` could not reach the database, log in, or create and migrate the schema.
+
+    The message is cloaca's, ``Failed to set up schema '<schema>': <cause>``, with every string of ``secrets``
+    (the URL's password) masked in the cause.
+    """
+
+    def __init__(self, schema: str, cause: BaseException | str, *, secrets: tuple[str, ...] = ()) -> None:
+        text = str(cause)
+        for secret in secrets:
+            if secret:
+                text = text.replace(secret, "***")
+        CloacinaError.__init__(self, f"Failed to set up schema '{schema}': {text}")
+        self.schema = schema
 
 
 class RunnerShutDownError(CloacinaError, ValueError, RuntimeError):

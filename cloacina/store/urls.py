@@ -85,6 +85,14 @@ class DatabaseURL:
         """The URL with any password masked, safe for logs."""
         return make_url(self.sqlalchemy_url).render_as_string(hide_password=True)
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The URL's password as given and decoded (none for SQLite), for masking it in error messages."""
+        password = make_url(self.sqlalchemy_url).password
+        if not password:
+            return ()
+        return tuple(sorted({str(password), quote(str(password), safe="")}, key=len, reverse=True))
+
 
 def parse_database_url(url: str) -> DatabaseURL:
     """Parse ``url``; ``StoreError`` (with the password masked) if it is not a supported form."""

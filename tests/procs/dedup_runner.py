@@ -30,7 +30,7 @@ def items() -> cloaca.TriggerResult:
 def main() -> None:
     url, schema, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
     config = cloaca.DefaultRunnerConfig(enable_cron_scheduling=False, trigger_base_poll_interval_ms=200)
-    runner = cloaca.DefaultRunner.with_schema(url, schema, config)
+    runner = cloaca.DefaultRunner.with_schema_config(url, schema, config)
     print("ready", flush=True)
     time.sleep(seconds)  # the process polls for this long: the test's observation period
     runner.set_trigger_enabled("items", False)
