@@ -20,7 +20,6 @@ from cloacina.deployment.wiring import DEFAULT_POOL_SIZE, Deployment, celery_opt
 from cloacina.dispatch.celery_app import NodeTask, publisher_app
 from cloacina.dispatch.celery_dispatcher import CeleryDispatcher
 from cloacina.dispatch.threads import ThreadDispatcher
-from cloacina.execution.dispatcher import PlanOnly
 from cloacina.runner.config import FIELD_NAMES, RUNNER_RECOVERY_STALE_AFTER_S, DefaultRunnerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,7 +139,7 @@ def test_each_role_gets_its_dispatcher_and_pool(tmp_path: Path, clean_env: None,
         embedded.prepare_schema(migrate=True)
         assert isinstance(embedded.dispatcher, ThreadDispatcher)
         assert isinstance(client.dispatcher, CeleryDispatcher) and isinstance(poller.dispatcher, CeleryDispatcher)
-        assert isinstance(worker.dispatcher, PlanOnly)
+        assert isinstance(worker.dispatcher, CeleryDispatcher)  # publishes what its finishes make Ready
         assert embedded.coordinator.dispatcher is embedded.dispatcher
         # One publishing app per configuration per process: the client and the poller share it.
         assert client.dispatcher.app is poller.dispatcher.app is publisher_app(client.celery_options)

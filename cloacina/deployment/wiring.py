@@ -64,6 +64,7 @@ def celery_options(settings: CloacinaSettings) -> CeleryOptions:
         queue=settings.queue,
         visibility_timeout_s=settings.visibility_timeout_s,
         task_events=settings.task_events,
+        fuse_stretches=settings.fuse_stretches,
     )
 
 
@@ -129,9 +130,11 @@ class Deployment:
 
     @cached_property
     def dispatcher(self) -> Dispatcher:
-        if self.role == "worker" or self.role == "tool":
-            return PlanOnly()  # workers run the nodes Celery delivers; tools execute nothing
+        if self.role == "tool":
+            return PlanOnly()  # tools execute nothing
         if self.distributed:
+            # A worker publishes what its finishes make Ready (most of it straight from its node, see
+            # cloacina.dispatch.celery_app); a poller or client publishes new and recovered runs.
             return CeleryDispatcher(
                 publisher_app(self.celery_options), self.settings.queue, fuse=self.settings.fuse_stretches
             )

@@ -1,20 +1,19 @@
-"""Compile a workflow DAG into a Celery canvas: fused sequential stretches, chained, with groups and chords for
-fan-out and fan-in.
+"""The messages a run's tasks travel in: one per sequential stretch, published as its head becomes Ready.
 
 A **stretch** is a run of tasks in which each has exactly one successor and that successor has exactly one
-dependency: ``a -> b -> c`` is one stretch. A stretch is one canvas node, so one broker message runs its tasks
-back to back in one worker process (each task still gets its own durable start and completion). Fusion can be
-turned off (``fuse=False``): then every task is a stretch of its own.
+dependency: ``a -> b -> c`` is one stretch. A stretch is one broker message, so one worker process runs its tasks
+back to back (each task still gets its own durable start and completion). Fusion can be turned off
+(``fuse=False``): then every task is a stretch of its own.
 
-Stretches are cut into topological levels (a stretch's level is one more than the deepest level of the
-stretches its first task depends on). Each level becomes one signature or a group, and the levels are chained;
-Celery turns ``group`` followed by anything into a chord, the fan-in barrier. A chain compiles to one node, a
-diamond ``a -> (b, c) -> d`` to ``chain(a, group(b, c), d)``. A DAG that is not series-parallel waits at level
-barriers a little more than strictly needed (one fixed-shape canvas instead of a scheduler round trip per task).
+There is no canvas of chords and groups. A new run publishes the stretches of its root tasks; the statement that
+finishes a task returns the tasks it made Ready, and the finishing worker publishes their stretches (or runs one
+of them next, in the same process). The last branch of a fan-in readies the join: SQL counts the branches, not a
+Celery chord, so no result backend is on the hot path. A worker killed between its finish and its publish loses
+nothing: the sweeper republishes the Ready tasks of a run that made no progress.
 
-Every node is the same Celery task, ``cloacina.task``, with keyword arguments (workflow, run_id, tasks) that
+Every message is the same Celery task, ``cloacina.task``, with keyword arguments (workflow, run_id, tasks) that
 read well in Flower: the node consults the SQL state machine for each of its tasks, so rules, skips, retries and
-callbacks behave exactly as embedded, and a node delivered twice, or for tasks already finished, does nothing.
+callbacks behave exactly as embedded, and a message delivered twice, or for tasks already finished, does nothing.
 
 >>> from cloacina import WorkflowBuilder, task
 >>> with WorkflowBuilder("doc_canvas") as b:
@@ -23,25 +22,23 @@ callbacks behave exactly as embedded, and a node delivered twice, or for tasks a
 ...         b.add_task(name)
 >>> stretches(b.build())
 [['a'], ['b'], ['c'], ['d', 'e']]
->>> canvas_levels(b.build())
-[[['a']], [['b'], ['c']], [['d', 'e']]]
->>> canvas_levels(b.build(), finished={"a", "b", "c", "d"})
-[[['e']]]
->>> canvas_levels(b.build(), fuse=False)
-[[['a']], [['b'], ['c']], [['d']], [['e']]]
+>>> stretch_from(b.build(), "d"), stretch_from(b.build(), "e"), stretch_from(b.build(), "d", fuse=False)
+(['d', 'e'], ['e'], ['d'])
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import threading
+from collections.abc import Collection, Iterable
 from typing import Any
 
-from celery import Celery, chain, group
+from celery import Celery
 from celery.canvas import Signature
 
 from cloacina.definitions.workflow import Workflow
 
 TASK_NAME = "cloacina.task"
+RUN_STAMP = "cloacina_run"  # the Celery stamp naming the run a message belongs to (what a cancel revokes)
 
 
 def stretches(workflow: Workflow, finished: Collection[str] = (), *, fuse: bool = True) -> list[list[str]]:
@@ -66,58 +63,70 @@ def stretches(workflow: Workflow, finished: Collection[str] = (), *, fuse: bool 
     return cut
 
 
-def canvas_levels(workflow: Workflow, finished: Collection[str] = (), *, fuse: bool = True) -> list[list[list[str]]]:
-    """The stretches of :func:`stretches` grouped by level."""
-    cut = stretches(workflow, finished, fuse=fuse)
-    first_of = {id(s): s[0] for s in cut}
-    stretch_of = {task_id: s for s in cut for task_id in s}
-    level: dict[int, int] = {}
-    for stretch in cut:  # topological: every dependency's stretch comes earlier
-        head = first_of[id(stretch)]
-        deps = [d for d in workflow.tasks[head].dependencies if d not in finished]
-        level[id(stretch)] = 1 + max((level[id(stretch_of[d])] for d in deps), default=-1)
-    levels: list[list[list[str]]] = [[] for _ in range(1 + max(level.values(), default=-1))]
-    for stretch in cut:
-        levels[level[id(stretch)]].append(stretch)
-    return levels
+_tails_cache: dict[tuple[int, bool], tuple[Workflow, dict[str, list[str]]]] = {}
+_tails_lock = threading.Lock()
+_TAILS_CACHE_SIZE = 256
 
 
-def node_signature(
-    app: Celery, run_id: str, workflow_name: str, task_ids: list[str], queue: str, chord_header: bool = False
-) -> Signature[Any]:
-    """The canvas node for one stretch: immutable, so it ignores its parents' return values. Only chord headers
-    store a (null) result: the chord counts them; every other node skips the result backend."""
+def _tails(workflow: Workflow, fuse: bool) -> dict[str, list[str]]:
+    """Each task's stretch from that task to the stretch's end (cached per workflow object)."""
+    key = (id(workflow), fuse)
+    cached = _tails_cache.get(key)
+    if cached is not None and cached[0] is workflow:
+        return cached[1]
+    tails = {}
+    for stretch in stretches(workflow, fuse=fuse):
+        for index, task_id in enumerate(stretch):
+            tails[task_id] = stretch[index:]
+    with _tails_lock:
+        if len(_tails_cache) >= _TAILS_CACHE_SIZE:
+            _tails_cache.clear()
+        _tails_cache[key] = (workflow, tails)  # holds the workflow, so its id is not reused while cached
+    return tails
+
+
+def stretch_from(workflow: Workflow, task_id: str, *, fuse: bool = True) -> list[str]:
+    """The tasks one message runs when ``task_id`` becomes Ready: it and the rest of its stretch."""
+    return list(_tails(workflow, fuse).get(task_id, [task_id]))
+
+
+def node_signature(app: Celery, run_id: str, workflow_name: str, task_ids: list[str], queue: str) -> Signature[Any]:
+    """The message of one stretch, stamped with its run. It stores no result (nothing waits on one)."""
     # Keyword arguments read well in Flower: {'workflow': 'etl', 'run_id': '...', 'tasks': ['extract', 'load']}.
     kwargs = {"workflow": workflow_name, "run_id": run_id, "tasks": list(task_ids)}
     # Celery would otherwise compute both reprs with its recursion-safe saferepr on every publish (a fifth of
     # a single-node publish's CPU); these arguments are plain strings and lists, so repr() gives the same text.
-    return app.signature(
+    signature = app.signature(
         TASK_NAME,
         kwargs=kwargs,
         immutable=True,
         queue=queue,
-        ignore_result=not chord_header,
+        ignore_result=True,
         argsrepr="()",
         kwargsrepr=repr(kwargs),
     )
+    signature.stamp(cloacina_run=run_id)  # RUN_STAMP
+    return signature
 
 
-def compile_canvas(
+def publish_stretches(
     app: Celery,
-    workflow: Workflow,
     run_id: str,
+    workflow: Workflow,
+    heads: Iterable[str],
+    queue: str,
     *,
-    queue: str = "cloacina",
-    finished: Collection[str] = (),
     fuse: bool = True,
-) -> Any:
-    """The canvas that runs every unfinished task of ``run_id`` (``None`` when nothing is left)."""
-    stages = []
-    levels = canvas_levels(workflow, finished, fuse=fuse)
-    for index, level in enumerate(levels):
-        header = len(level) > 1 and index < len(levels) - 1  # a group followed by more work becomes a chord
-        sigs = [node_signature(app, run_id, workflow.name, s, queue, chord_header=header) for s in level]
-        stages.append(sigs[0] if len(sigs) == 1 else group(sigs))
-    if not stages:
-        return None
-    return stages[0] if len(stages) == 1 else chain(*stages)
+    countdowns: dict[str, float] | None = None,
+) -> int:
+    """Publish one message per stretch headed by each of ``heads`` (after its countdown, if any); how many."""
+    sent = 0
+    for head in heads:
+        countdown = (countdowns or {}).get(head, 0.0)
+        signature = node_signature(app, run_id, workflow.name, stretch_from(workflow, head, fuse=fuse), queue)
+        if countdown > 0:
+            signature.apply_async(countdown=countdown)
+        else:
+            signature.apply_async()
+        sent += 1
+    return sent

@@ -37,8 +37,9 @@ from celery.signals import worker_init, worker_process_init
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from cloacina.backoff import Backoff
+from cloacina.definitions.workflow import Workflow
 from cloacina.dispatch import redis_transport
-from cloacina.dispatch.canvas import TASK_NAME, node_signature
+from cloacina.dispatch.canvas import TASK_NAME, node_signature, publish_stretches, stretch_from
 from cloacina.dispatch.result_backend import backend_url
 from cloacina.dispatch.threads import SlotLease, SlotPool
 from cloacina.execution.cached_threads import CachedThreads
@@ -46,6 +47,7 @@ from cloacina.execution.coordinator import NodeOutcome
 from cloacina.execution.task_handle import holding_slot
 
 log = logging.getLogger("cloacina.celery")
+FUSE_SETTING = "cloacina_fuse_stretches"  # app.conf key: whether a message carries a whole stretch
 WAITING_BACKOFF = Backoff(initial_s=0.05, max_s=2.0)  # a duplicate delivery waits for its dependency
 STORE_DOWN_BACKOFF = Backoff(initial_s=0.5, max_s=30.0)  # the database or Redis is briefly unreachable
 T = TypeVar("T")
@@ -56,10 +58,11 @@ class CeleryOptions:
     """What the Celery app needs to know of a deployment (mapped from its settings by the wiring)."""
 
     broker_url: str
-    result_url: str  # Redis where chords count their header results
+    result_url: str  # Redis result backend (nothing on the hot path stores a result)
     queue: str = "cloacina"
     visibility_timeout_s: int = 3600
-    task_events: bool = False  # as in Celery: Flower turns events on for the workers it watches
+    task_events: bool = False
+    fuse_stretches: bool = True  # as in Celery: Flower turns events on for the workers it watches
 
 
 class NodeRunner(Protocol):
@@ -76,7 +79,7 @@ def celery_config(options: CeleryOptions) -> dict[str, Any]:
     return {
         "broker_url": options.broker_url,
         **({"broker_transport": redis_transport.TRANSPORT} if plain_redis else {}),
-        # Chords count their header results in Redis; nodes outside chord headers store no result at all.
+        # No message stores a result; the backend is configured for what Celery itself may ask of it.
         "result_backend": backend_url(options.result_url),
         "task_serializer": "json",
         "result_serializer": "json",
@@ -96,6 +99,7 @@ def celery_config(options: CeleryOptions) -> dict[str, Any]:
         "worker_redirect_stdouts": False,
         "task_time_limit": None,
         "enable_utc": True,
+        FUSE_SETTING: options.fuse_stretches,
     }
 
 
@@ -165,9 +169,29 @@ class FollowUp:
     countdown_s: float
 
 
-def _run_stretch(runner: NodeRunner, workflow: str, run_id: str, task_ids: list[str], retries: int) -> FollowUp | None:
-    """Run the stretch's tasks back to back until one must wait; then say what to hand back to Celery."""
-    for index, task_id in enumerate(task_ids):
+ReadyPublisher = Callable[[str, Workflow, list[str]], None]  # (run_id, workflow, heads): one message per stretch
+
+
+def _run_stretch(
+    runner: NodeRunner,
+    workflow: str,
+    run_id: str,
+    task_ids: list[str],
+    retries: int,
+    publish_ready: ReadyPublisher,
+    *,
+    fuse: bool = True,
+) -> FollowUp | None:
+    """Run the stretch's tasks back to back until one must wait; then say what to hand back to Celery.
+
+    The tasks a finish makes Ready that this stretch does not already hold: once the stretch is done, the first
+    is run next here (its stretch joins this one: no publish, no broker round trip), the others are published, one
+    message each. Without fusion every Ready task is published (a message per task).
+    """
+    task_ids = list(task_ids)
+    index = 0
+    while index < len(task_ids):
+        task_id = task_ids[index]
         rest = {"workflow": workflow, "run_id": run_id, "tasks": task_ids[index:]}
         try:
             outcome = runner.run_node(run_id, task_id)
@@ -188,6 +212,14 @@ def _run_stretch(runner: NodeRunner, workflow: str, run_id: str, task_ids: list[
             return FollowUp(rest, outcome.delay_s)
         if outcome.kind == "waiting":  # a dependency is still running (duplicate delivery, recovery, a deferral)
             return FollowUp(rest, max(WAITING_BACKOFF.delay(retries), outcome.delay_s))
+        index += 1
+        if outcome.ready and outcome.workflow is not None:
+            held = set(task_ids[index:])
+            heads = [t for t in outcome.ready if t not in held]
+            if fuse and heads and index == len(task_ids):  # stretch done: go on with the first newly Ready one
+                task_ids.extend(stretch_from(outcome.workflow, heads.pop(0), fuse=fuse))
+            if heads:
+                publish_ready(run_id, outcome.workflow, heads)
     return None
 
 
@@ -283,13 +315,25 @@ def run_canvas_node(
         raise self.retry(kwargs=kwargs, countdown=WAITING_BACKOFF.delay(retries))
     app, queue = self.app, str(self.app.conf.task_default_queue)
 
+    fuse = bool(app.conf.get(FUSE_SETTING, True))
+
     def republish(follow_up: FollowUp) -> None:
         kw = follow_up.kwargs
         signature = node_signature(app, kw["run_id"], kw["workflow"], kw["tasks"], queue)
         signature.apply_async(countdown=follow_up.countdown_s)
 
+    def publish_ready(run: str, wf: Workflow, heads: list[str]) -> None:
+        try:
+            publish_stretches(app, run, wf, heads, queue, fuse=fuse)
+        except Exception as exc:  # the broker is down: the tasks stay Ready and the sweeper republishes them
+            log.error("publishing the Ready tasks of run %s failed (the sweeper will retry): %s", run, exc)
+
     execution = StretchExecution(lease, republish)
-    host.threads.submit(lambda: execution.run(lambda: _run_stretch(runner, workflow, run_id, task_ids, retries)))
+    host.threads.submit(
+        lambda: execution.run(
+            lambda: _run_stretch(runner, workflow, run_id, task_ids, retries, publish_ready, fuse=fuse)
+        )
+    )
     follow_up = execution.wait()
     if follow_up is not None:
         raise self.retry(kwargs=follow_up.kwargs, countdown=follow_up.countdown_s)

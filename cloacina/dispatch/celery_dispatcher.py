@@ -1,9 +1,10 @@
-"""The distributed :class:`~cloacina.execution.dispatcher.Dispatcher`: runs go to Celery as canvases.
+"""The distributed :class:`~cloacina.execution.dispatcher.Dispatcher`: runs go to Celery, a message per stretch.
 
-A new run is published whole, each sequential stretch of its DAG one message (unless fusion is off); Ready tasks
-need no message of their own (the canvas already holds their nodes); a recovered run is republished for its
-unfinished part only, so it resumes at the first unfinished task of a stretch. Deadlines are enforced by the
-pollers' sweeper.
+A new run publishes the stretches of its root tasks (:mod:`cloacina.dispatch.canvas`); after that, the worker that
+finishes a task publishes the stretches its finish made Ready (or runs one of them next). Tasks made Ready
+anywhere else (planning by recovery, a retried run) are published here. A recovered run is republished from SQL:
+every Ready task's stretch, each after what remains of its retry delay, so it resumes at the first unfinished
+task of a stretch and never redoes finished work. Deadlines are enforced by the pollers' sweeper.
 
 Cancellation. Every message of a run's canvas carries the run's id as a Celery stamp (``cloacina_run``; Celery
 keeps stamps on retries). When a run is cancelled, :meth:`CeleryDispatcher.cancel_run` broadcasts a revoke of
@@ -20,22 +21,15 @@ each worker remembers the ids of revoked runs until it restarts (Celery keeps re
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from celery import Celery
 
 from cloacina.definitions.workflow import Workflow
-from cloacina.dispatch.canvas import compile_canvas
+from cloacina.dispatch.canvas import RUN_STAMP, publish_stretches
 from cloacina.execution.dispatcher import RunDriver
+from cloacina.timestamps import utcnow
 
 log = logging.getLogger("cloacina.publish")
-RUN_STAMP = "cloacina_run"  # the Celery stamp naming the run a message belongs to
-
-
-def _publish(canvas: Any, run_id: str) -> None:
-    """Send ``canvas`` with every message stamped with ``run_id`` (what :meth:`CeleryDispatcher.cancel_run` revokes)."""
-    canvas.stamp(**{RUN_STAMP: run_id})
-    canvas.apply_async()
 
 
 class CeleryDispatcher:
@@ -51,32 +45,52 @@ class CeleryDispatcher:
         self._coordinator = coordinator
 
     def start_run(self, run_id: str, workflow: Workflow, ready: tuple[str, ...]) -> None:
-        """Publish the canvas of a new run."""
+        """Publish the stretches of a new run's root tasks."""
+        self.tasks_ready(run_id, ready, workflow)
+
+    def tasks_ready(self, run_id: str, task_ids: tuple[str, ...], workflow: Workflow | None = None) -> None:
+        """Publish the stretch of each task planning made Ready. A failed publish is logged: the run makes no
+        progress, and the sweeper republishes its Ready tasks."""
+        if not task_ids:
+            return
         try:
-            canvas = compile_canvas(self.app, workflow, run_id, queue=self.queue, fuse=self.fuse)
-            if canvas is not None:
-                _publish(canvas, run_id)
-        except Exception as exc:  # broker down: the run stays Pending in SQL and the sweeper republishes it
+            if workflow is None:
+                workflow = self._workflow_of(run_id)
+                if workflow is None:
+                    return
+            publish_stretches(self.app, run_id, workflow, task_ids, self.queue, fuse=self.fuse)
+        except Exception as exc:  # broker down: the tasks stay Ready in SQL and the sweeper republishes them
             log.error("publishing run %s failed (the sweeper will retry): %s", run_id, exc, extra={"run_id": run_id})
 
-    def tasks_ready(self, run_id: str, task_ids: tuple[str, ...]) -> None:
-        return None  # their canvas nodes are already on their way
-
     def resume_run(self, run_id: str) -> None:
-        """Publish the unfinished part of ``run_id`` (recovery). Plans first, so finished work is never redone."""
-        coordinator = self._coordinator
-        if coordinator is None:
-            raise RuntimeError("CeleryDispatcher is not attached to a coordinator")
+        """Publish every Ready task of ``run_id`` (recovery), each after what remains of its retry delay. Plans
+        first, so a task whose dependencies all finished is Ready too; finished work is never redone."""
+        coordinator = self._attached()
         coordinator.advance(run_id)
         loaded = coordinator.store.load(run_id)
         if loaded is None or loaded[0].status.is_terminal:
             return
         run, tasks = loaded
         workflow = coordinator.resolve_workflow(run.workflow_name, run.workflow_version, run.package_fingerprint)
-        finished = {tid for tid, rec in tasks.items() if rec.status.is_terminal}
-        canvas = compile_canvas(self.app, workflow, run_id, queue=self.queue, finished=finished, fuse=self.fuse)
-        if canvas is not None:
-            _publish(canvas, run_id)
+        now = utcnow()
+        ready = [tid for tid in workflow.topological_order if tid in tasks and str(tasks[tid].status) == "Ready"]
+        countdowns = {
+            tid: max(0.0, (due - now).total_seconds())
+            for tid in ready
+            if (due := tasks[tid].next_attempt_at) is not None
+        }
+        publish_stretches(self.app, run_id, workflow, ready, self.queue, fuse=self.fuse, countdowns=countdowns)
+
+    def _attached(self) -> RunDriver:
+        if self._coordinator is None:
+            raise RuntimeError("CeleryDispatcher is not attached to a coordinator")
+        return self._coordinator
+
+    def _workflow_of(self, run_id: str) -> Workflow | None:
+        run = self._attached().store.get_run(run_id)
+        if run is None or run.status.is_terminal:
+            return None
+        return self._attached().resolve_workflow(run.workflow_name, run.workflow_version, run.package_fingerprint)
 
     def cancel_run(self, run_id: str) -> None:
         """Revoke the run's messages (queued, or held for a countdown); never terminate a running one."""

@@ -176,7 +176,7 @@ class ThreadDispatcher:
     def start_run(self, run_id: str, workflow: Workflow, ready: tuple[str, ...]) -> None:
         self.tasks_ready(run_id, ready)
 
-    def tasks_ready(self, run_id: str, task_ids: tuple[str, ...]) -> None:
+    def tasks_ready(self, run_id: str, task_ids: tuple[str, ...], workflow: Workflow | None = None) -> None:
         for task_id in task_ids:
             self.submit(run_id, task_id)
 

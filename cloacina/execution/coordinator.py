@@ -172,11 +172,15 @@ class RunCoordinator:
             if run is None or run.status.is_terminal:
                 return Transition(False)
             workflow = self.resolve_workflow(run.workflow_name, run.workflow_version, run.package_fingerprint)
-        return self._after(run_id, self.store.advance(run_id, workflow))
+        return self._after(run_id, self.store.advance(run_id, workflow), workflow)
 
-    def _after(self, run_id: str, transition: Transition) -> Transition:
-        if transition.ready:
-            self.dispatcher.tasks_ready(run_id, transition.ready)
+    def _after(
+        self, run_id: str, transition: Transition, workflow: Workflow | None = None, *, dispatch_ready: bool = True
+    ) -> Transition:
+        """Hand newly Ready tasks to the dispatcher (unless the caller runs them: ``dispatch_ready=False``) and
+        announce the run's end."""
+        if transition.ready and dispatch_ready:
+            self.dispatcher.tasks_ready(run_id, transition.ready, workflow)
         if transition.ended is not None:
             log.info("run finished", extra={"run_id": run_id, "status": str(transition.ended.status)})
             self._notify(transition.ended)
@@ -206,9 +210,10 @@ class RunCoordinator:
 
     # -- tasks ------------------------------------------------------------------------------------------
     def run_node(self, run_id: str, task_id: str) -> NodeOutcome:
-        """One delivery of a canvas node: make the task Ready if its turn has come, then run it."""
+        """One delivery of a task's message: make the task Ready if its turn has come, then run it. The tasks its
+        finish makes Ready come back in the outcome (the caller runs or publishes them), not to the dispatcher."""
         # Fast path: the task was made Ready by the step that finished its last dependency.
-        outcome = self.run_task(run_id, task_id)
+        outcome = self.run_task(run_id, task_id, dispatch_ready=False)
         if outcome.kind != "done":
             return outcome
         found = self.store.get_task(run_id, task_id)
@@ -230,10 +235,11 @@ class RunCoordinator:
             remaining = (task.next_attempt_at - utcnow()).total_seconds()
             if remaining > 0.01:
                 return NodeOutcome("retry", remaining)
-        return self.run_task(run_id, task_id)
+        return self.run_task(run_id, task_id, dispatch_ready=False)
 
-    def run_task(self, run_id: str, task_id: str) -> NodeOutcome:
-        """Execute one attempt of a Ready task and record its outcome (plus the planning it causes)."""
+    def run_task(self, run_id: str, task_id: str, *, dispatch_ready: bool = True) -> NodeOutcome:
+        """Execute one attempt of a Ready task and record its outcome (plus the planning it causes). The tasks
+        its finish makes Ready go to the dispatcher, or (``dispatch_ready=False``) back in the outcome."""
         started = self.store.start_attempt(run_id, task_id, worker=self.worker_name)
         if started is None:  # not Ready: taken, finished, not yet due, or the run ended (run_node looks closer)
             return NodeOutcome("done")
@@ -256,7 +262,9 @@ class RunCoordinator:
             except TaskCallError as failure:
                 if failure.raised:  # after every attempt that raised, retries included, before it is recorded
                     self._callback(definition, "on_failure", task_id, failure.message, failure.context)
-                return self._record_failure(run_id, workflow, definition, started, failure, fields)
+                return self._record_failure(
+                    run_id, workflow, definition, started, failure, fields, dispatch_ready=dispatch_ready
+                )
             # on_success runs before the task is marked completed (cloaca's order), so recording the completion
             # can plan the successors and end the run, when this was its last task, in one transaction.
             if definition.on_success is not None:
@@ -268,8 +276,8 @@ class RunCoordinator:
             self._discarded(run_id, task_id, started.attempt, "completed")
             return NodeOutcome("done")
         log.info("task completed", extra=fields)
-        self._after(run_id, transition)
-        return NodeOutcome("completed")
+        self._after(run_id, transition, workflow, dispatch_ready=dispatch_ready)
+        return NodeOutcome("completed", ready=() if dispatch_ready else transition.ready, workflow=workflow)
 
     def _record_failure(
         self,
@@ -279,6 +287,8 @@ class RunCoordinator:
         started: StartedAttempt,
         failure: TaskCallError,
         fields: dict[str, Any],
+        *,
+        dispatch_ready: bool = True,
     ) -> NodeOutcome:
         message, attempt, policy = failure.message, started.attempt, definition.retry
         retry = policy.permits_retry(attempt, message, failure.cause)
@@ -297,8 +307,8 @@ class RunCoordinator:
             log.warning("task attempt failed, retrying in %.3fs: %s", delay_s, message, extra=fields)
             return NodeOutcome("retry", delay_s)
         log.error("task failed: %s", message, extra=fields)
-        self._after(run_id, transition)
-        return NodeOutcome("failed")
+        self._after(run_id, transition, workflow, dispatch_ready=dispatch_ready)
+        return NodeOutcome("failed", ready=() if dispatch_ready else transition.ready, workflow=workflow)
 
     def _unresolvable(self, run_id: str, task_id: str, started: StartedAttempt, exc: Exception) -> NodeOutcome:
         """The attempt started but its code cannot be found here: give the task back (another worker may have the

@@ -24,10 +24,15 @@ class NodeOutcome:
     ``completed``/``failed``: this delivery ran the final attempt. ``retry``: run it again after ``delay_s``.
     ``done``: nothing to do (already finished, skipped, taken by another delivery). ``waiting``: a dependency
     or another delivery of this task is still running; try again later.
+
+    ``ready``: the tasks this delivery's finish made Ready, of ``workflow``, handed back to the delivery's
+    executor instead of the dispatcher (it runs one of them next and publishes the others).
     """
 
     kind: Literal["completed", "failed", "retry", "done", "waiting"]
     delay_s: float = 0.0
+    ready: tuple[str, ...] = ()
+    workflow: Workflow | None = None
 
 
 class RunDriver(Protocol):
@@ -40,7 +45,7 @@ class RunDriver(Protocol):
 
     def advance(self, run_id: str, workflow: Workflow | None = None) -> Transition: ...
 
-    def run_task(self, run_id: str, task_id: str) -> NodeOutcome: ...
+    def run_task(self, run_id: str, task_id: str, *, dispatch_ready: bool = True) -> NodeOutcome: ...
 
     def expire_run(self, run_id: str, deadline_s: float) -> None: ...
 
@@ -54,8 +59,9 @@ class Dispatcher(Protocol):
     def start_run(self, run_id: str, workflow: Workflow, ready: tuple[str, ...]) -> None:
         """A run was just created in the store, its root tasks ``ready`` already: start executing it."""
 
-    def tasks_ready(self, run_id: str, task_ids: tuple[str, ...]) -> None:
-        """Planning made these tasks Ready (after a completion, or when a run is planned)."""
+    def tasks_ready(self, run_id: str, task_ids: tuple[str, ...], workflow: Workflow | None = None) -> None:
+        """Planning made these tasks Ready (after a completion, or when a run is planned); ``workflow`` is the
+        run's, when the caller has it."""
 
     def resume_run(self, run_id: str) -> None:
         """Recovery: execute whatever is left of ``run_id``, never redoing finished tasks."""
@@ -84,7 +90,7 @@ class PlanOnly:
     def start_run(self, run_id: str, workflow: Workflow, ready: tuple[str, ...]) -> None:
         return None
 
-    def tasks_ready(self, run_id: str, task_ids: tuple[str, ...]) -> None:
+    def tasks_ready(self, run_id: str, task_ids: tuple[str, ...], workflow: Workflow | None = None) -> None:
         return None
 
     def resume_run(self, run_id: str) -> None:
