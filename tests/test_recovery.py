@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 import cloacina as cloaca
+from cloacina.store.database import Database
+from cloacina.store.runs import RunStore
 from tests.conftest import Backend
 from tests.support import wait_until
 
@@ -42,6 +44,14 @@ def test_killed_runner_is_recovered_by_the_next_one(
         assert proc.stdout is not None
         run_id = proc.stdout.readline().strip()
         assert wait_until(lambda: (markers / "slow").exists(), 30, message="the first attempt to start")
+        # On PostgreSQL an attempt records its start after a moment (its finish would, were it short): kill the
+        # runner once the attempt is Running in SQL, so the loss is counted (tests/test_deferred_start.py kills
+        # one before that).
+        db = Database(durable_backend.url, schema=durable_backend.schema)
+        try:
+            wait_until(lambda: str(RunStore(db).get_tasks(run_id)["slow"].status) == "Running", 30, message="Running")
+        finally:
+            db.dispose()
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)

@@ -68,7 +68,7 @@ class CeleryOptions:
 class NodeRunner(Protocol):
     """Runs one delivery of a canvas node in a worker process."""
 
-    def run_node(self, run_id: str, task_id: str) -> NodeOutcome: ...
+    def run_node(self, run_id: str, task_id: str, *, record_start: bool = False) -> NodeOutcome: ...
 
 
 def celery_config(options: CeleryOptions) -> dict[str, Any]:
@@ -181,12 +181,14 @@ def _run_stretch(
     publish_ready: ReadyPublisher,
     *,
     fuse: bool = True,
+    redelivered: bool = False,
 ) -> FollowUp | None:
     """Run the stretch's tasks back to back until one must wait; then say what to hand back to Celery.
 
     The tasks a finish makes Ready that this stretch does not already hold: once the stretch is done, the first
     is run next here (its stretch joins this one: no publish, no broker round trip), the others are published, one
-    message each. Without fusion every Ready task is published (a message per task).
+    message each. Without fusion every Ready task is published (a message per task). A ``redelivered`` message
+    (its worker was lost) records each task's start before running it, so repeated losses are counted.
     """
     task_ids = list(task_ids)
     index = 0
@@ -194,7 +196,7 @@ def _run_stretch(
         task_id = task_ids[index]
         rest = {"workflow": workflow, "run_id": run_id, "tasks": task_ids[index:]}
         try:
-            outcome = runner.run_node(run_id, task_id)
+            outcome = runner.run_node(run_id, task_id, record_start=redelivered)
         except (OperationalError, InterfaceError, redis.ConnectionError) as exc:
             # The database (or Redis) is briefly unavailable: keep the message and try again with backoff.
             # If the attempt itself had started, its heartbeat stops and the sweeper gives it back.
@@ -316,6 +318,7 @@ def run_canvas_node(
     app, queue = self.app, str(self.app.conf.task_default_queue)
 
     fuse = bool(app.conf.get(FUSE_SETTING, True))
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
 
     def republish(follow_up: FollowUp) -> None:
         kw = follow_up.kwargs
@@ -331,7 +334,9 @@ def run_canvas_node(
     execution = StretchExecution(lease, republish)
     host.threads.submit(
         lambda: execution.run(
-            lambda: _run_stretch(runner, workflow, run_id, task_ids, retries, publish_ready, fuse=fuse)
+            lambda: _run_stretch(
+                runner, workflow, run_id, task_ids, retries, publish_ready, fuse=fuse, redelivered=redelivered
+            )
         )
     )
     follow_up = execution.wait()

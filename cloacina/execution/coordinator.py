@@ -42,11 +42,22 @@ from cloacina.definitions.task import TaskDefinition
 from cloacina.definitions.workflow import Workflow
 from cloacina.engine.planner import final_context
 from cloacina.engine.states import RunStatus, TaskStatus
+from cloacina.execution.deferred_start import DeferredStart, RecordingSlot
 from cloacina.execution.dispatcher import Dispatcher, NodeOutcome, PlanOnly
 from cloacina.execution.task_call import TaskCallError, call_task, describe_error
+from cloacina.execution.task_handle import current_slot, holding_slot
 from cloacina.secrets import task_secrets
 from cloacina.store.models import utcnow
-from cloacina.store.runs import CronClaim, OpenedRun, RunEnd, RunStore, StartedAttempt, Transition, TriggerClaim
+from cloacina.store.runs import (
+    CronClaim,
+    OpenedRun,
+    PendingStart,
+    RunEnd,
+    RunStore,
+    StartedAttempt,
+    Transition,
+    TriggerClaim,
+)
 
 log = logging.getLogger("cloacina.run")
 # How long to keep trying to record an outcome the task already has: 0.5 + 1 + 2 + 4 s.
@@ -57,7 +68,7 @@ UNRESOLVABLE_RETRY_S = 5.0
 WorkflowResolver = Callable[[str, str, str | None], Workflow]  # (name, version, package fingerprint)
 RunFinishedListener = Callable[[RunEnd], None]
 __all__ = ["NodeOutcome", "RunCoordinator", "WorkflowResolver"]
-AttemptTracker = Callable[[str, str, int], AbstractContextManager[Any]]
+AttemptTracker = Callable[[str, str, int, DeferredStart | None], AbstractContextManager[Any]]
 
 
 class RunCoordinator:
@@ -209,11 +220,12 @@ class RunCoordinator:
                 log.exception("run-finished listener failed for run %s", ended.run_id)
 
     # -- tasks ------------------------------------------------------------------------------------------
-    def run_node(self, run_id: str, task_id: str) -> NodeOutcome:
+    def run_node(self, run_id: str, task_id: str, *, record_start: bool = False) -> NodeOutcome:
         """One delivery of a task's message: make the task Ready if its turn has come, then run it. The tasks its
-        finish makes Ready come back in the outcome (the caller runs or publishes them), not to the dispatcher."""
+        finish makes Ready come back in the outcome (the caller runs or publishes them), not to the dispatcher.
+        ``record_start``: see :meth:`run_task`."""
         # Fast path: the task was made Ready by the step that finished its last dependency.
-        outcome = self.run_task(run_id, task_id, dispatch_ready=False)
+        outcome = self.run_task(run_id, task_id, dispatch_ready=False, record_start=record_start)
         if outcome.kind != "done":
             return outcome
         found = self.store.get_task(run_id, task_id)
@@ -235,45 +247,69 @@ class RunCoordinator:
             remaining = (task.next_attempt_at - utcnow()).total_seconds()
             if remaining > 0.01:
                 return NodeOutcome("retry", remaining)
-        return self.run_task(run_id, task_id, dispatch_ready=False)
+        return self.run_task(run_id, task_id, dispatch_ready=False, record_start=record_start)
 
-    def run_task(self, run_id: str, task_id: str, *, dispatch_ready: bool = True) -> NodeOutcome:
+    def run_task(
+        self, run_id: str, task_id: str, *, dispatch_ready: bool = True, record_start: bool = False
+    ) -> NodeOutcome:
         """Execute one attempt of a Ready task and record its outcome (plus the planning it causes). The tasks
-        its finish makes Ready go to the dispatcher, or (``dispatch_ready=False``) back in the outcome."""
-        started = self.store.start_attempt(run_id, task_id, worker=self.worker_name)
+        its finish makes Ready go to the dispatcher, or (``dispatch_ready=False``) back in the outcome.
+
+        On PostgreSQL the attempt's start is deferred (:mod:`cloacina.execution.deferred_start`): a short task's
+        finish records it; ``record_start=True`` (a message delivered again after its worker was lost) records it
+        before the task runs, so repeated losses are counted.
+        """
+        started = self.store.begin_attempt(run_id, task_id, worker=self.worker_name)
         if started is None:  # not Ready: taken, finished, not yet due, or the run ended (run_node looks closer)
             return NodeOutcome("done")
+        deferred = None
+        if not started.is_recorded:
+            deferred = DeferredStart(
+                started,
+                self.worker_name,
+                lambda: self.store.record_start(run_id, task_id, started, worker=self.worker_name),
+            )
+            if record_start and not deferred.record_now():
+                return NodeOutcome("done")  # another delivery took it meanwhile
         try:
             workflow = self.resolve_workflow(
                 started.workflow_name, started.workflow_version, started.package_fingerprint
             )
             definition = workflow.get_task(task_id)
         except Exception as exc:  # this process cannot load the code (missing module, package not loadable)
+            if deferred is not None and not deferred.record_now():
+                return NodeOutcome("done")
             return self._unresolvable(run_id, task_id, started, exc)
         fields = {"run_id": run_id, "workflow": workflow.name, "task": task_id, "attempt": started.attempt}
         for listener in self._started_listeners:
             listener(run_id, task_id, started)
         timeout_s = definition.timeout_s or self.default_task_timeout_s
-        tracking = self.track_attempt(run_id, task_id, started.attempt) if self.track_attempt else nullcontext()
+        tracking = (
+            self.track_attempt(run_id, task_id, started.attempt, deferred) if self.track_attempt else nullcontext()
+        )
+        slot = current_slot() if deferred is None else RecordingSlot(current_slot(), deferred)
         # The attempt's heartbeat covers its callbacks too: a slow callback on a live worker is not a lost attempt.
-        with tracking, task_secrets(workflow):  # the Context handed to the task reads secrets (cloacina.secrets)
+        with tracking, task_secrets(workflow), holding_slot(slot):  # the task's Context reads secrets
             try:
                 output = call_task(definition, started.input_context, timeout_s)
             except TaskCallError as failure:
                 if failure.raised:  # after every attempt that raised, retries included, before it is recorded
                     self._callback(definition, "on_failure", task_id, failure.message, failure.context)
                 return self._record_failure(
-                    run_id, workflow, definition, started, failure, fields, dispatch_ready=dispatch_ready
+                    run_id, workflow, definition, started, failure, fields, deferred, dispatch_ready=dispatch_ready
                 )
             # on_success runs before the task is marked completed (cloaca's order), so recording the completion
             # can plan the successors and end the run, when this was its last task, in one transaction.
             if definition.on_success is not None:
                 self._callback(definition, "on_success", task_id, Context(output))
+        start = deferred.settle() if deferred is not None else None
         transition = _record(
-            lambda: self.store.complete_attempt(run_id, task_id, started.attempt, output, workflow, started.basis)
+            lambda: self.store.complete_attempt(
+                run_id, task_id, started.attempt, output, workflow, started.basis, start
+            )
         )
         if not transition.applied:  # resolved meanwhile: timed out, lost, or its run was cancelled
-            self._discarded(run_id, task_id, started.attempt, "completed")
+            self._discarded(run_id, task_id, started.attempt, "completed", start)
             return NodeOutcome("done")
         log.info("task completed", extra=fields)
         self._after(run_id, transition, workflow, dispatch_ready=dispatch_ready)
@@ -287,6 +323,7 @@ class RunCoordinator:
         started: StartedAttempt,
         failure: TaskCallError,
         fields: dict[str, Any],
+        deferred: DeferredStart | None = None,
         *,
         dispatch_ready: bool = True,
     ) -> NodeOutcome:
@@ -295,13 +332,14 @@ class RunCoordinator:
         delay_s = policy.retry_delay_s(attempt, self._rng) if retry else 0.0
         retry_at = utcnow() + timedelta(seconds=delay_s) if retry else None
         kind = failure_kind(message, failure.cause)
+        start = deferred.settle() if deferred is not None else None
         transition = _record(
             lambda: self.store.fail_attempt(
-                run_id, definition.task_id, attempt, message, kind, retry_at, workflow, started.basis
+                run_id, definition.task_id, attempt, message, kind, retry_at, workflow, started.basis, start
             )
         )
         if not transition.applied:
-            self._discarded(run_id, definition.task_id, attempt, "failed")
+            self._discarded(run_id, definition.task_id, attempt, "failed", start)
             return NodeOutcome("done")
         if retry:
             log.warning("task attempt failed, retrying in %.3fs: %s", delay_s, message, extra=fields)
@@ -327,11 +365,14 @@ class RunCoordinator:
             self._after(run_id, transition)
         return NodeOutcome("failed")
 
-    def _discarded(self, run_id: str, task_id: str, attempt: int, outcome: str) -> None:
+    def _discarded(
+        self, run_id: str, task_id: str, attempt: int, outcome: str, start: PendingStart | None = None
+    ) -> None:
         """An attempt's outcome did not apply: if its run was cancelled while it ran, record that its result was
-        discarded (only then does this write anything; a timed-out or lost attempt is left as it was)."""
+        discarded (only then does this write anything; a timed-out or lost attempt is left as it was). ``start``:
+        the attempt's start was deferred and is not recorded."""
         try:
-            if self.store.discard_attempt(run_id, task_id, attempt, outcome):
+            if self.store.discard_attempt(run_id, task_id, attempt, outcome, start):
                 log.info(
                     "result of a cancelled run's task discarded",
                     extra={"run_id": run_id, "task": task_id, "attempt": attempt},

@@ -40,10 +40,10 @@ class WorkerNodeRunner:
         self.coordinator.add_attempt_started_listener(self._on_attempt_started)
         self._attempt = threading.local()  # the workflow of the attempt this thread runs (metrics labels)
 
-    def run_node(self, run_id: str, task_id: str) -> NodeOutcome:
+    def run_node(self, run_id: str, task_id: str, *, record_start: bool = False) -> NodeOutcome:
         started = time.perf_counter()
         self._attempt.workflow = None
-        outcome = self.coordinator.run_node(run_id, task_id)
+        outcome = self.coordinator.run_node(run_id, task_id, record_start=record_start)
         if self.metrics is not None and outcome.kind in ("completed", "failed", "retry"):
             workflow = self._workflow_of(run_id)
             self.metrics.task_finished(workflow, task_id, outcome.kind, time.perf_counter() - started)

@@ -32,10 +32,19 @@ from cloacina.engine.planner import TaskView, final_context, plan, run_outcome
 from cloacina.engine.states import RunStatus, TaskStatus
 from cloacina.store import run_statements as sql
 from cloacina.store.database import Database
-from cloacina.store.models import TaskRun, WorkflowRun
+from cloacina.store.models import TaskAttempt, TaskRun, WorkflowRun
 from cloacina.store.run_planning import apply_new_row_decision, end_run_locked
 from cloacina.store.run_queries import RUN_BY_ID
-from cloacina.store.run_records import OpenedRun, RunEnd, RunRecord, TaskRecord, Transition, run_record, task_record
+from cloacina.store.run_records import (
+    OpenedRun,
+    PendingStart,
+    RunEnd,
+    RunRecord,
+    TaskRecord,
+    Transition,
+    run_record,
+    task_record,
+)
 from cloacina.timestamps import utcnow
 
 CANCELLED_MESSAGE = "run cancelled"
@@ -98,13 +107,37 @@ class RunControl:
             return RunEnd(run_id, RunStatus.CANCELLED)
         return RunEnd(run_id, RunStatus.CANCELLED, execution.trigger_name, execution.context_hash, execution.lock_token)
 
-    def discard_attempt(self, run_id: str, task_id: str, attempt: int, outcome: str) -> bool:
+    def discard_attempt(
+        self, run_id: str, task_id: str, attempt: int, outcome: str, start: PendingStart | None = None
+    ) -> bool:
         """The task of an attempt whose run was cancelled returned (``outcome``: what it did, e.g. "completed"):
-        record that on the attempt. ``False`` if the attempt was not a cancelled one (it timed out, was lost)."""
+        record that on the attempt. ``False`` if the attempt was not a cancelled one (it timed out, was lost).
+
+        ``start``: the attempt's start was never recorded (deferred), so the cancel took its task for one that had
+        not started: record the attempt, and the task as cancelled while running, as the cancel would have."""
         message = f"{RUNNING_CANCELLED} (the task {outcome} after the cancellation)"
+        now = utcnow()
         with self.db.connection() as c:
-            params = {"b_run": run_id, "b_task": task_id, "b_attempt": attempt, "now": utcnow(), "error": message}
-            return c.execute(sql.DISCARD_ATTEMPT, params).rowcount == 1
+            params = {"b_run": run_id, "b_task": task_id, "b_attempt": attempt, "now": now, "error": message}
+            if start is None:
+                return c.execute(sql.DISCARD_ATTEMPT, params).rowcount == 1
+            params.update(started=start.started_at, cancel_error=RUNNING_CANCELLED)
+            task_run_id = c.execute(sql.CANCEL_DEFERRED_TASK, params).scalar_one_or_none()
+            if task_run_id is None:
+                return False
+            c.execute(
+                insert(TaskAttempt).values(
+                    task_run_id=task_run_id,
+                    attempt=attempt,
+                    worker=start.worker,
+                    status=sql.CANCELLED_ATTEMPT,
+                    error_message=message,
+                    error_kind="cancelled",
+                    started_at=start.started_at,
+                    completed_at=now,
+                )
+            )
+            return True
 
     def retry_run(
         self, run_id: str, workflow: Workflow, *, deadline_s: float | None = None, owner: str | None = None

@@ -10,6 +10,12 @@ trip, sent through psycopg directly (:mod:`cloacina.store.driver_sql`). SQLite k
 the task's input together with a :class:`~cloacina.store.run_records.PlanBasis`: the run's version and every
 task's state, as one snapshot.
 
+**Deferred start** (the common case): a short task costs one statement. **Peek** reads what a start returns and
+writes nothing; the task runs; its **finish** records the start together with the end (``Ready -> Completed``,
+the attempt row inserted whole), guarded by the attempt number the peek saw, so of two deliveries of one task
+only one finish applies. A task still running after a short delay (or one that defers) records its start then
+with **Claim**, the same guarded ``Ready -> Running``, and its finish is the ordinary one.
+
 **Finish** locks the run's row and bumps its version, records the outcome and the attempt's end, and, when the
 run's version is still the one the start saw (nothing a planner would notice changed meanwhile: the common case
 of a sequential stretch), applies the plan computed from that basis: successors made Ready or Skipped, and the
@@ -50,6 +56,7 @@ from cloacina.store.models import UTCDateTime
 from cloacina.store.run_planning import failed_tasks_message
 from cloacina.store.run_records import (
     CronClaim,
+    PendingStart,
     PlanBasis,
     RunEnd,
     StartedAttempt,
@@ -58,9 +65,10 @@ from cloacina.store.run_records import (
     TriggerClaim,
     loads,
 )
+from cloacina.timestamps import utcnow
 
 _ACTIVE = f"('{RunStatus.PENDING.value}', '{RunStatus.RUNNING.value}')"
-_TIMES = ("now", "completed_at", "retry_at")
+_TIMES = ("now", "completed_at", "retry_at", "started")
 _TASK_FIELDS = ("task_id", "status", "max_attempts", "input_context", "skip_reason", "output_context")
 
 START = DriverStatement(
@@ -93,6 +101,45 @@ FROM task CROSS JOIN run
     ).bindparams(bindparam("now", type_=UTCDateTime()))
 )
 
+PEEK = DriverStatement(
+    text(
+        f"""
+SELECT task.attempt + 1 AS attempt, task.input_context, run.workflow_name, run.workflow_version,
+       run.package_fingerprint, run.input_context AS run_input, run.version,
+       (SELECT json_agg(json_build_array(t.task_id, t.status, t.output_context, t.skip_reason, t.error_message))
+        FROM task_runs t WHERE t.run_id = :b_run) AS tasks
+FROM workflow_runs AS run JOIN task_runs AS task ON task.run_id = run.id
+WHERE run.id = :b_run AND run.status IN {_ACTIVE} AND task.task_id = :b_task
+  AND task.status = '{TaskStatus.READY.value}' AND (task.next_attempt_at IS NULL OR task.next_attempt_at <= :now)
+"""
+    ).bindparams(bindparam("now", type_=UTCDateTime()))
+)
+
+CLAIM = DriverStatement(
+    text(
+        f"""
+WITH run AS (
+    SELECT id FROM workflow_runs WHERE id = :b_run AND status IN {_ACTIVE}
+), task AS (
+    UPDATE task_runs
+    SET status = '{TaskStatus.RUNNING.value}', attempt = :b_attempt, heartbeat_at = :now, next_attempt_at = NULL,
+        updated_at = :now, started_at = COALESCE(started_at, :started)
+    WHERE run_id = :b_run AND task_id = :b_task AND status = '{TaskStatus.READY.value}'
+      AND attempt = :b_attempt - 1 AND EXISTS (SELECT 1 FROM run)
+    RETURNING id
+), attempt_row AS (
+    INSERT INTO task_attempts (task_run_id, attempt, worker, status, started_at)
+    SELECT id, :b_attempt, CAST(:worker AS varchar), '{TaskStatus.RUNNING.value}', :started FROM task
+), running AS (
+    UPDATE workflow_runs SET status = '{RunStatus.RUNNING.value}', started_at = :started, heartbeat_at = :now,
+        updated_at = :now
+    WHERE id = :b_run AND status = '{RunStatus.PENDING.value}' AND EXISTS (SELECT 1 FROM task)
+)
+SELECT EXISTS (SELECT 1 FROM task) AS claimed
+"""
+    ).bindparams(*(bindparam(name, type_=UTCDateTime()) for name in ("now", "started")))
+)
+
 _ENDS = "version = :b_version AND CAST(:end_status AS varchar) IS NOT NULL"
 FINISH = DriverStatement(
     text(
@@ -100,7 +147,9 @@ FINISH = DriverStatement(
 WITH locked AS (
     UPDATE workflow_runs
     SET heartbeat_at = :now, version = version + 1,
-        status = CASE WHEN {_ENDS} THEN CAST(:end_status AS varchar) ELSE status END,
+        status = CASE WHEN {_ENDS} THEN CAST(:end_status AS varchar)
+                      WHEN CAST(:unclaimed AS boolean) THEN '{RunStatus.RUNNING.value}' ELSE status END,
+        started_at = CASE WHEN CAST(:unclaimed AS boolean) THEN COALESCE(started_at, :started) ELSE started_at END,
         completed_at = CASE WHEN {_ENDS} THEN :now ELSE completed_at END,
         updated_at = CASE WHEN {_ENDS} THEN :now ELSE updated_at END,
         error_message = CASE WHEN {_ENDS} THEN CAST(:end_error AS text) ELSE error_message END,
@@ -111,15 +160,22 @@ WITH locked AS (
     UPDATE task_runs
     SET status = :new_status, output_context = CAST(:output AS text), error_message = CAST(:error AS text),
         error_kind = CAST(:kind AS varchar), completed_at = :completed_at, next_attempt_at = :retry_at,
-        updated_at = :now
-    WHERE run_id = :b_run AND task_id = :b_task AND status = '{TaskStatus.RUNNING.value}' AND attempt = :b_attempt
-      AND EXISTS (SELECT 1 FROM locked)
+        updated_at = :now, attempt = :b_attempt, started_at = COALESCE(started_at, :started)
+    WHERE run_id = :b_run AND task_id = :b_task AND EXISTS (SELECT 1 FROM locked) AND CASE
+        WHEN CAST(:unclaimed AS boolean) THEN status = '{TaskStatus.READY.value}' AND attempt = :b_attempt - 1
+        ELSE status = '{TaskStatus.RUNNING.value}' AND attempt = :b_attempt END
     RETURNING id
 ), finished AS (
     UPDATE task_attempts
     SET status = :attempt_status, error_message = CAST(:error AS text), error_kind = CAST(:kind AS varchar),
         completed_at = :now
-    WHERE task_run_id = (SELECT id FROM resolved) AND attempt = :b_attempt
+    WHERE task_run_id = (SELECT id FROM resolved) AND attempt = :b_attempt AND NOT CAST(:unclaimed AS boolean)
+), recorded AS (
+    INSERT INTO task_attempts (task_run_id, attempt, worker, status, started_at, completed_at, error_message,
+        error_kind)
+    SELECT id, :b_attempt, CAST(:worker AS varchar), :attempt_status, :started, :now, CAST(:error AS text),
+        CAST(:kind AS varchar)
+    FROM resolved WHERE CAST(:unclaimed AS boolean)
 ), decided AS (
     UPDATE task_runs AS t
     SET status = d.status, input_context = d.input, skip_reason = d.reason, updated_at = :now,
@@ -249,8 +305,10 @@ class AttemptOutcome:
 def start_attempt(c: Connection, run_id: str, task_id: str, worker: str | None, now: datetime) -> StartedAttempt | None:
     """Ready -> Running in one statement; ``None`` if the task is not Ready (or not due) or the run has ended."""
     row = START.execute(c, {"b_run": run_id, "b_task": task_id, "worker": worker, "now": now}).fetchone()
-    if row is None:
-        return None
+    return None if row is None else _started(row, now, is_recorded=True)
+
+
+def _started(row: Any, now: datetime, *, is_recorded: bool) -> StartedAttempt:
     tasks = {
         tid: TaskSnapshot(TaskStatus(status), loads(output), skip_reason, error)
         for tid, status, output, skip_reason, error in row.tasks
@@ -265,7 +323,31 @@ def start_attempt(c: Connection, run_id: str, task_id: str, worker: str | None, 
         package_fingerprint=row.package_fingerprint,
         triggered_at=triggered_at if isinstance(triggered_at, str) else None,
         basis=PlanBasis(row.version, run_input, tasks),
+        started_at=now,
+        is_recorded=is_recorded,
     )
+
+
+def peek_attempt(c: Connection, run_id: str, task_id: str, now: datetime) -> StartedAttempt | None:
+    """What :func:`start_attempt` would return, written nowhere (its start is recorded later: ``is_recorded`` is
+    ``False``); ``None`` if the task is not Ready (or not due) or the run has ended."""
+    row = PEEK.execute(c, {"b_run": run_id, "b_task": task_id, "now": now}).fetchone()
+    return None if row is None else _started(row, now, is_recorded=False)
+
+
+def claim_attempt(c: Connection, run_id: str, started: StartedAttempt, task_id: str, worker: str | None) -> bool:
+    """Record the start of a peeked attempt (``Ready -> Running``, its attempt row, the run ``Running``) as of
+    ``started.started_at``; ``False`` if the task is no longer Ready at that attempt or the run has ended."""
+    params = {
+        "b_run": run_id,
+        "b_task": task_id,
+        "b_attempt": started.attempt,
+        "worker": worker,
+        "started": started.started_at,
+        "now": utcnow(),
+    }
+    row = CLAIM.execute(c, params).fetchone()
+    return bool(row is not None and row.claimed)
 
 
 def finish_attempt(
@@ -277,8 +359,10 @@ def finish_attempt(
     basis: PlanBasis,
     workflow: Workflow | None,
     now: datetime,
+    start: PendingStart | None = None,
 ) -> tuple[Transition, bool]:
-    """Record ``outcome`` in one statement, with the plan made from ``basis`` when it is still current.
+    """Record ``outcome`` in one statement, with the plan made from ``basis`` when it is still current; ``start``
+    (an attempt whose start is not recorded yet) is recorded by the same statement.
 
     Returns the transition and whether it is complete: ``False`` when the outcome was recorded but the plan could
     not be applied (the run changed since the start), so the caller must plan under the run's lock.
@@ -305,6 +389,9 @@ def finish_attempt(
         "end_status": ended[0].value if ended else None,
         "end_error": ended[2] if ended else None,
         "end_final": canonical_json(ended[1]) if ended else None,
+        "unclaimed": start is not None,
+        "started": start.started_at if start is not None else now,
+        "worker": start.worker if start is not None else None,
     }
     row = FINISH.execute(c, params).fetchone()
     assert row is not None  # the statement always returns one row

@@ -106,6 +106,14 @@ class PlanBasis:
 
 
 @dataclass(frozen=True)
+class PendingStart:
+    """The start of an attempt that its finish records: when it began, on which worker."""
+
+    started_at: datetime
+    worker: str | None
+
+
+@dataclass(frozen=True)
 class StartedAttempt:
     """What the executor needs once it owns an attempt."""
 
@@ -116,6 +124,8 @@ class StartedAttempt:
     package_fingerprint: str | None
     triggered_at: str | None
     basis: PlanBasis | None = None
+    started_at: datetime | None = None
+    is_recorded: bool = True  # False: a peek; the attempt's finish (or a later claim) records its start
 
 
 @dataclass(frozen=True)

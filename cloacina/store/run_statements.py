@@ -206,3 +206,27 @@ DISCARD_ATTEMPT = (
     )
     .values(completed_at=_NOW, error_message=bindparam("error"))
 )
+
+# A task whose start was deferred (cloacina.execution.deferred_start) was running when its run was cancelled: the
+# cancel saw it Ready and skipped it. Its attempt returns: record it as the cancel would have, had it seen it.
+CANCEL_DEFERRED_TASK = (
+    update(TaskRun)
+    .where(
+        TaskRun.run_id == _RUN,
+        TaskRun.task_id == _TASK,
+        TaskRun.status == TaskStatus.SKIPPED.value,
+        TaskRun.skip_reason == SkipReason.RUN_CANCELLED.value,
+        TaskRun.attempt == bindparam("b_attempt") - 1,
+        select(WorkflowRun.id).where(WorkflowRun.id == _RUN, WorkflowRun.status == RunStatus.CANCELLED.value).exists(),
+    )
+    .values(
+        status=TaskStatus.FAILED.value,
+        skip_reason=None,
+        attempt=bindparam("b_attempt"),
+        started_at=func.coalesce(TaskRun.started_at, bindparam("started", type_=UTCDateTime())),
+        error_kind="cancelled",
+        error_message=bindparam("cancel_error"),
+        updated_at=_NOW,
+    )
+    .returning(TaskRun.id)
+)

@@ -41,6 +41,7 @@ from cloacina.store.run_records import (
     AttemptRecord,
     CronClaim,
     OpenedRun,
+    PendingStart,
     PlanBasis,
     RunEnd,
     RunRecord,
@@ -56,6 +57,7 @@ __all__ = [
     "AttemptRecord",
     "CronClaim",
     "OpenedRun",
+    "PendingStart",
     "RunEnd",
     "RunRecord",
     "RunStore",
@@ -245,6 +247,20 @@ class RunStore(RunQueries, RunControl):
                 triggered_at=triggered_at if isinstance(triggered_at, str) else None,
             )
 
+    def begin_attempt(self, run_id: str, task_id: str, *, worker: str | None = None) -> StartedAttempt | None:
+        """The attempt a delivery of a Ready task is about to run. On PostgreSQL its start is deferred (a read,
+        ``is_recorded`` False: :meth:`record_start` or the finish records it); elsewhere :meth:`start_attempt`."""
+        if self.fast_path:
+            with self.db.single_statement() as c:
+                return fast.peek_attempt(c, run_id, task_id, utcnow())
+        return self.start_attempt(run_id, task_id, worker=worker)
+
+    def record_start(self, run_id: str, task_id: str, started: StartedAttempt, *, worker: str | None = None) -> bool:
+        """Record the deferred start of ``started`` (``Ready -> Running``); ``False`` if another delivery took the
+        task meanwhile or the run ended."""
+        with self.db.single_statement() as c:
+            return fast.claim_attempt(c, run_id, started, task_id, worker)
+
     @staticmethod
     def _resolve_attempt(c: Connection, params: dict[str, Any], now: datetime) -> bool:
         row = c.execute(sql.RESOLVE_TASK, {**params, "now": now}).one_or_none()
@@ -271,15 +287,17 @@ class RunStore(RunQueries, RunControl):
         output: Mapping[str, Any],
         workflow: Workflow | None = None,
         basis: PlanBasis | None = None,
+        start: PendingStart | None = None,
     ) -> Transition:
         """Running -> Completed for exactly this attempt, then (given ``workflow``) plan the run in the same
         transaction, ending it when this was its last task. ``applied`` is False if the attempt was already
         resolved (e.g. timed out). The coordinator runs the task's callback before, so a run is never seen
         finished before its callbacks ran. ``basis``: the run as the attempt's start saw it (the fast path plans
-        from it when it is still current).
+        from it when it is still current). ``start``: the attempt's start is not recorded yet; the same statement
+        records it (``Ready -> Completed``).
         """
         outcome = fast.AttemptOutcome(TaskStatus.COMPLETED, output=output)
-        return self._finish(run_id, task_id, attempt, outcome, workflow, basis)
+        return self._finish(run_id, task_id, attempt, outcome, workflow, basis, start)
 
     def fail_attempt(
         self,
@@ -291,12 +309,13 @@ class RunStore(RunQueries, RunControl):
         retry_at: datetime | None,
         workflow: Workflow | None = None,
         basis: PlanBasis | None = None,
+        start: PendingStart | None = None,
     ) -> Transition:
         """Running -> Ready (to retry at ``retry_at``) or Failed for exactly this attempt; a final failure plans
-        the run (given ``workflow``) in the same transaction."""
+        the run (given ``workflow``) in the same transaction. ``start`` as for :meth:`complete_attempt`."""
         status = TaskStatus.FAILED if retry_at is None else TaskStatus.READY
         outcome = fast.AttemptOutcome(status, error=error, kind=kind, retry_at=retry_at)
-        return self._finish(run_id, task_id, attempt, outcome, workflow, basis)
+        return self._finish(run_id, task_id, attempt, outcome, workflow, basis, start)
 
     def _finish(
         self,
@@ -306,11 +325,14 @@ class RunStore(RunQueries, RunControl):
         outcome: fast.AttemptOutcome,
         workflow: Workflow | None,
         basis: PlanBasis | None,
+        start: PendingStart | None = None,
     ) -> Transition:
+        if start is not None and (not self.fast_path or basis is None):
+            raise ValueError("only PostgreSQL's one-statement finish records a deferred start (with its basis)")
         if self.fast_path and basis is not None:
             with self.db.single_statement() as c:
                 transition, complete = fast.finish_attempt(
-                    c, run_id, task_id, attempt, outcome, basis, workflow, utcnow()
+                    c, run_id, task_id, attempt, outcome, basis, workflow, utcnow(), start
                 )
             if complete or workflow is None:
                 return transition
