@@ -31,6 +31,7 @@ from cloacina.cli.common import cli_errors
 if TYPE_CHECKING:
     from cloacina.packaging.loader import PackageLoader
     from cloacina.scheduling.trigger_poller import TriggerScheduler
+    from cloacina.store.cron import CronStore
     from cloacina.store.triggers import TriggerStore
 
 DATABASE_ENV_VAR = "CLOACINA_DATABASE_URL"
@@ -73,8 +74,10 @@ def prepare_sqlite_dir(db_url: str) -> None:
 
 
 @contextlib.contextmanager
-def _engine(db_url: str) -> Iterator[tuple[PackageLoader, TriggerScheduler | None, TriggerStore]]:
-    """(loader, scheduler, trigger_store) of an embedded runner, or of a distributed poller with a broker."""
+def _engine(db_url: str) -> Iterator[tuple[PackageLoader, TriggerScheduler | None, TriggerStore, CronStore]]:
+    """(loader, scheduler, trigger_store, cron_store) of an embedded runner, or of a distributed poller with a
+    broker. The cron store is the one the process's cron scheduler listens on, so a package's cron schedule
+    registered through it is fired from its first due time on."""
     from cloacina.deployment.settings import CloacinaSettings
     from cloacina.deployment.wiring import Deployment
     from cloacina.runner.default_runner import DefaultRunner
@@ -84,7 +87,7 @@ def _engine(db_url: str) -> Iterator[tuple[PackageLoader, TriggerScheduler | Non
     if not settings.broker_url:
         runner = DefaultRunner(db_url)
         try:
-            yield runner.packages, runner.trigger_scheduler, runner.triggers
+            yield runner.packages, runner.trigger_scheduler, runner.triggers, runner.deployment.cron
         finally:
             runner.shutdown()
         return
@@ -96,7 +99,7 @@ def _engine(db_url: str) -> Iterator[tuple[PackageLoader, TriggerScheduler | Non
     service = PollerService(settings)
     service.start()
     try:  # the poller publishes (and republishes) package runs; its loader resolves them
-        yield service.deployment.packages, service.triggers, service.deployment.triggers
+        yield service.deployment.packages, service.triggers, service.deployment.triggers, service.deployment.cron
     finally:
         service.stop()
 
@@ -137,13 +140,14 @@ def daemon_command(
     signal.signal(signal.SIGINT, on_signal)
     with cli_errors():
         prepare_sqlite_dir(db_url)
-        with _engine(db_url) as (loader, scheduler, trigger_store):
+        with _engine(db_url) as (loader, scheduler, trigger_store, cron_store):
             reconciler = Reconciler(
                 loader.store or PackageStore(trigger_store.db),
                 loader,
                 dirs,
                 scheduler=scheduler,
                 trigger_store=trigger_store,
+                cron_store=cron_store,
                 verify_timeout_s=verify_timeout_s,
             )
             mode = "distributed (Celery)" if os.environ.get("CLOACINA_BROKER_URL") else "embedded"

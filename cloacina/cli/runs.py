@@ -49,6 +49,8 @@ def run_to_dict(run: RunRecord, *, contexts: bool) -> dict[str, Any]:
         "workflow_version": run.workflow_version,
         "status": run.status.value,
         "trigger_name": run.trigger_name,
+        "cron_schedule_id": run.cron_schedule_id,
+        "fired_by": run.fired_by,
         "created_at": iso(run.created_at),
         "started_at": iso(run.started_at),
         "completed_at": iso(run.completed_at),
@@ -128,7 +130,7 @@ def runs_list(db_url: str, as_json: bool, workflow: str | None, status: str | No
             r.run_id,
             r.workflow_name,
             styled_status(r.status.value),
-            r.trigger_name or "-",
+            r.fired_by or "-",
             fmt_time(r.created_at),
             fmt_duration_ms(duration_ms(r.started_at or r.created_at, r.completed_at)),
             shorten(r.error_message, 60),
@@ -263,7 +265,9 @@ def _run_table(run: RunRecord) -> Table:
     table.add_row("run", run.run_id)
     table.add_row("workflow", f"{run.workflow_name} (version {run.workflow_version[:12]})")
     table.add_row("status", styled_status(run.status.value))
-    table.add_row("trigger", run.trigger_name or "-")
+    table.add_row("trigger", run.fired_by or "-")
+    if run.cron_schedule_id:
+        table.add_row("cron schedule", run.cron_schedule_id)
     if run.retry_of:
         table.add_row("retry of", run.retry_of)
     table.add_row("created", fmt_time(run.created_at, full=True))

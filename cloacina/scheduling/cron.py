@@ -24,8 +24,14 @@ A run's context is the schedule's instance ``params`` (if any) as flat keys, the
 ``schedule_id``, ``schedule_timezone`` and ``schedule_expression``, which always win (:func:`cron_run_context`).
 
 The loop has the LoopService shape: all logic in :meth:`run_once` (tests call it with their own ``now``);
-:meth:`start` runs it on a daemon thread that sleeps until the earliest ``next_run_at``, at most
-``poll_interval_s`` (schedule rows are re-read on every pass), and wakes early on :meth:`notify`.
+:meth:`start` runs it on a daemon thread that sleeps until the earliest ``next_run_at`` among enabled schedules
+(at most ``poll_interval_s``; schedule rows are re-read on every pass), so a per-second schedule fires on time
+while a loop with nothing due wakes once per ``poll_interval_s``. It wakes early on :meth:`notify`, which the
+scheduler's own store calls after any schedule is created, changed, enabled or deleted through it
+(:meth:`CronStore.add_change_listener`): a schedule registered in this process by the runner's cron API, the
+package reconciler or a poller's package sync is seen at once. A schedule registered by another process is seen
+at this loop's next pass, at most ``poll_interval_s`` later; whichever scheduler claims a due time first fires
+it, so several processes still fire each due time once.
 
 Example::
 
@@ -117,7 +123,8 @@ class CronScheduler:
         self.max_catchup_executions = max_catchup_executions
         self.run_deadline_s = run_deadline_s
         self.clock = clock
-        self.runs_created = 0  # totals since start, for logs and tests
+        self.passes = 0  # totals since start, for logs and tests
+        self.runs_created = 0
         self.claims_refused = 0
         self._retry_after: dict[str, datetime] = {}  # schedule id -> not before (after an error)
         self._next_wake: datetime | None = None
@@ -131,6 +138,7 @@ class CronScheduler:
         now = now_utc if now_utc is not None else self.clock()
         if now.tzinfo is None:
             raise ValueError(f"now_utc must be an aware datetime, got naive {now!r}")
+        self.passes += 1
         wake = now + timedelta(seconds=self.poll_interval_s)
         try:
             schedules = self.store.list_schedules(enabled_only=True, limit=None)
@@ -269,10 +277,12 @@ class CronScheduler:
         self._wake.set()
 
     def start(self) -> None:
-        """Run :meth:`run_once` on a daemon thread until :meth:`stop`."""
+        """Run :meth:`run_once` on a daemon thread until :meth:`stop`; schedule changes made through the store
+        wake it (:meth:`notify`)."""
         if self._thread is not None and self._thread.is_alive():
             return
         self._stopping.clear()
+        self.store.add_change_listener(self.notify)
         self._thread = threading.Thread(target=self._loop, name="cloacina-cron", daemon=True)
         self._thread.start()
         log.info("cron scheduler started (poll interval %gs)", self.poll_interval_s)
@@ -292,6 +302,7 @@ class CronScheduler:
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop the loop and wait (up to ``timeout_s``) for the current pass to end. Idempotent."""
         self._stopping.set()
+        self.store.remove_change_listener(self.notify)
         self._wake.set()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():

@@ -10,6 +10,12 @@ schedulers fires a due time. A due time whose run cannot be created (its workflo
 alone (:meth:`CronStore.claim_without_run`); cron recovery re-fires it later. The schedule's cursor
 (``next_run_at``) only moves forward, with a guarded ``UPDATE ... WHERE next_run_at = <what I read>``.
 
+Change listeners: a write that can make a schedule due sooner (create, update, enable or disable, delete) calls
+every listener added with :meth:`CronStore.add_change_listener` once it has committed. A cron scheduler listens on
+the store of its process, so whatever registers a schedule through that store (the runner's cron API, the package
+reconciler, a poller's package sync) wakes it at once instead of at its next pass. Other processes are not told:
+their schedulers read the schedule at their next pass (at most ``cron_poll_interval_s`` later).
+
 Example::
 
     store = CronStore(db)
@@ -22,6 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -53,6 +61,7 @@ __all__ = [
 ]
 
 _UNSET: Any = object()
+log = logging.getLogger("cloacina.cron")
 
 
 class CronStore(CronExecutions):
@@ -60,6 +69,23 @@ class CronStore(CronExecutions):
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._listeners: tuple[Callable[[], None], ...] = ()
+
+    # -- change listeners -------------------------------------------------------------------------------
+    def add_change_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every committed schedule change made through this store (see module doc)."""
+        self._listeners = (*self._listeners, listener)
+
+    def remove_change_listener(self, listener: Callable[[], None]) -> None:
+        """Stop calling ``listener`` (no-op if it was not added)."""
+        self._listeners = tuple(fn for fn in self._listeners if fn != listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:  # a snapshot: the tuple is replaced, never mutated
+            try:
+                listener()
+            except Exception:  # the write has committed; a listener's bug must not make it look failed
+                log.exception("cron schedule change listener failed")
 
     # -- schedules --------------------------------------------------------------------------------------
     def create_schedule(
@@ -80,7 +106,7 @@ class CronStore(CronExecutions):
         """
         try:
             with self.db.session() as s:
-                return self._insert(
+                record = self._insert(
                     s,
                     workflow_name,
                     cron_expression,
@@ -97,6 +123,8 @@ class CronStore(CronExecutions):
             raise DefinitionError(
                 f"workflow {workflow_name!r} already has an instance named {instance_name!r}", subject=instance_name
             ) from None
+        self._changed()
+        return record
 
     def get_or_create_schedule(
         self,
@@ -130,7 +158,8 @@ class CronStore(CronExecutions):
             record = self._insert(
                 s, workflow_name, cron_expression, timezone, catchup_policy, next_run_at, True, None, None
             )
-            return record, True
+        self._changed()
+        return record, True
 
     def _lock_registration(self, s: Session, workflow_name: str, cron_expression: str, timezone: str) -> None:
         if self.db.dialect == "postgresql":
@@ -214,7 +243,9 @@ class CronStore(CronExecutions):
                 .where(CronSchedule.public_id == schedule_id)
                 .execution_options(populate_existing=True)
             ).one()
-            return schedule_record(row)
+            record = schedule_record(row)
+        self._changed()
+        return record
 
     def set_enabled(self, schedule_id: str, enabled: bool, *, next_run_at: datetime | None = _UNSET) -> bool:
         """Enable or disable a schedule (optionally moving its cursor); ``False`` if it does not exist."""
@@ -223,7 +254,10 @@ class CronStore(CronExecutions):
             values["next_run_at"] = next_run_at
         with self.db.session() as s:
             res = s.execute(update(CronSchedule).where(CronSchedule.public_id == schedule_id).values(**values))
-            return rowcount(res) == 1
+            found = rowcount(res) == 1
+        if found:
+            self._changed()
+        return found
 
     def delete_schedule(self, schedule_id: str) -> bool:
         """Delete a schedule and its execution history; the runs it started are kept."""
@@ -233,7 +267,8 @@ class CronStore(CronExecutions):
                 return False
             s.execute(delete(CronExecution).where(CronExecution.schedule_id == row_id))
             s.execute(delete(CronSchedule).where(CronSchedule.id == row_id))
-            return True
+        self._changed()
+        return True
 
     def advance_schedule(
         self,

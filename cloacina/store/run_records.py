@@ -53,6 +53,26 @@ class RunRecord:
     deadline_at: datetime | None
     package_fingerprint: str | None = None
     retry_of: str | None = None  # the run this one re-executes from its failure (``DefaultRunner.retry_run``)
+    # The cron schedule (its public UUID) whose due time started this run, and the expression that fired it.
+    cron_schedule_id: str | None = None
+    cron_expression: str | None = None
+
+    @property
+    def fired_by(self) -> str | None:
+        """What started the run, for people: the poll trigger's name, ``cron:<expression>`` for a cron
+        schedule's run, or ``None`` (a client started it).
+
+        >>> when = datetime(2025, 1, 1)
+        >>> run = RunRecord("r1", "wf", "v1", RunStatus.COMPLETED, {}, None, None, None, when, None, None, None,
+        ...                 cron_schedule_id="5f0c", cron_expression="*/3 * * * * *")
+        >>> run.fired_by
+        'cron:*/3 * * * * *'
+        """
+        if self.trigger_name is not None:
+            return self.trigger_name
+        if self.cron_schedule_id is not None:
+            return f"cron:{self.cron_expression or self.cron_schedule_id}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -162,13 +182,22 @@ class Transition:
 
 
 def run_record(row: WorkflowRun | Row[Any]) -> RunRecord:
-    """A run's record from its ORM object or a Core row of ``workflow_runs``."""
+    """A run's record from its ORM object or a Core row of ``workflow_runs``.
+
+    A cron schedule's run names its schedule by row id (``cron_schedule_id``); its public id and expression come
+    from the input context the scheduler wrote (``schedule_id``, ``schedule_expression``: keys an instance's
+    params never override), so they stay right after the schedule is changed or deleted, with no join.
+    """
+    input_context = json.loads(row.input_context)
+    from_cron = row.cron_schedule_id is not None
+    schedule_id = input_context.get("schedule_id") if from_cron else None
+    expression = input_context.get("schedule_expression") if from_cron else None
     return RunRecord(
         run_id=row.id,
         workflow_name=row.workflow_name,
         workflow_version=row.workflow_version,
         status=RunStatus(row.status),
-        input_context=json.loads(row.input_context),
+        input_context=input_context,
         final_context=loads(row.final_context),
         error_message=row.error_message,
         trigger_name=row.trigger_name,
@@ -179,6 +208,8 @@ def run_record(row: WorkflowRun | Row[Any]) -> RunRecord:
         package_fingerprint=row.package_fingerprint,
         # Read leniently: the column arrives with migration 0007, and a row of an older schema has none.
         retry_of=getattr(row, "retry_of", None),
+        cron_schedule_id=schedule_id if isinstance(schedule_id, str) else None,
+        cron_expression=expression if isinstance(expression, str) else None,
     )
 
 

@@ -40,6 +40,8 @@ def run_fields(run: RunRecord) -> dict[str, Any]:
         "workflow_version": run.workflow_version,
         "status": run.status.value,
         "trigger_name": run.trigger_name,
+        "cron_schedule_id": run.cron_schedule_id,
+        "fired_by": run.fired_by,
         "created_at": as_utc(run.created_at),
         "started_at": _utc(run.started_at),
         "completed_at": _utc(run.completed_at),

@@ -112,7 +112,13 @@ class RunOut(BaseModel):
     workflow_name: str
     workflow_version: str
     status: str
-    trigger_name: str | None
+    trigger_name: str | None = Field(description="The poll trigger whose fire started the run, if one did.")
+    cron_schedule_id: str | None = Field(
+        None, description="The cron schedule whose due time started the run, if one did (see /api/v1/cron)."
+    )
+    fired_by: str | None = Field(
+        None, description="What started the run, for display: the trigger's name, `cron:<expression>`, or null."
+    )
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
