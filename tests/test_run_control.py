@@ -230,7 +230,7 @@ def test_retry_refuses_completed_running_and_unknown_runs(make_runner: Any) -> N
         runner.retry_run(done.run_id)
     running = runner.execute_async("refuse_wf", {})
     assert bodies.started.wait(WAIT_S)
-    with pytest.raises(ValueError, match="is (Pending|Running)"):  # Pending until its first start is recorded
+    with pytest.raises(ValueError, match=r"is (Pending|Running)"):  # Pending until its first start is recorded
         runner.retry_run(running.run_id)
     wait_until(lambda: str(runner.runs.get_run(running.run_id).status) == "Running", WAIT_S, message="Running")
     with pytest.raises(ValueError, match="is Running"):
