@@ -841,7 +841,7 @@ def _median_range(values: list[float | None], digits: int = 3) -> tuple[float | 
     present = sorted(v for v in values if v is not None)
     if not present:
         return None, None
-    return _r(statistics.median(present), digits), [present[0], present[-1]]
+    return _r(statistics.median(present), digits), [round(present[0], digits), round(present[-1], digits)]
 
 
 def _headline(rounds: list[dict[str, dict[str, Any]]], shapes: list[str], systems: list[str]) -> dict[str, Any]:
