@@ -1,18 +1,38 @@
 """Distributed benchmark: cloacina against plain Celery and durable Celery, same shapes and workers, as JSON.
 
-Systems, all started by this script in its own process tree with the same worker count (``--workers`` prefork
-workers x ``--concurrency`` children each) and the same broker settings (Redis, JSON, acks_late, prefetch 1):
+Systems, all started by this script in its own process tree with the same workers at every topology of
+``--topologies`` (``WxC``: W prefork workers x C children each; default ``1x2,2x2``, both in one invocation):
 
 - ``celery``: plain Celery, results in Redis; the client waits on the final result (Redis pub/sub).
 - ``celery_db``: the same tasks with Celery's SQLAlchemy result backend on PostgreSQL (a pool in every worker
   process, ``result_extended``); the client polls the final result every 20 ms.
 - ``cloacina``: ``cloacina worker`` processes and a ``DefaultRunner`` client (``start_run`` + ``wait_for_run``).
 
-Shapes: ``chain3`` (a -> b -> c), ``single`` (a) and ``diamond`` (a -> b1..b4 -> d); the task bodies return their
-input. Per shape and system:
+Profiles (``--profile``; the full list is in the output's ``config.profile_settings``):
 
-- throughput: ``--runs`` runs submitted at once after a warm-up (from one client thread, or ``--submitters``),
-  runs/s until the client saw the last one finish; ``submit_seconds`` is the part spent sending;
+- ``defaults`` (the default, the headline: what users get): no tuning on either side. The Celery apps are what a
+  Celery user writes: JSON, ``task_acks_late=True``, and Celery's defaults for the rest (prefetch multiplier 4,
+  no ``task_reject_on_worker_lost``, task events off); workers run as ``celery -A <app> worker -c N``. cloacina's
+  workers run as ``cloacina worker --app bench.apps.cloacina_bench_app --concurrency N`` with only
+  ``CLOACINA_DATABASE_URL`` and ``CLOACINA_BROKER_URL`` set, and the client's environment has no ``CLOACINA_*``
+  variable: log level and task events are whatever cloacina ships. Both sides' workers get ``-n <name>@%h``
+  (two workers on one host need distinct node names; the script waits for them by name).
+- ``tuned`` (the "same guarantees" view; the configuration of earlier versions of this script): the Celery apps
+  get cloacina's delivery settings (``acks_late`` + ``reject_on_worker_lost``, prefetch 1, visibility timeout
+  3600), every worker logs at WARNING (``--loglevel=WARNING``; ``CLOACINA_LOG_LEVEL=WARNING``) and task events
+  are off for all three, or on for all three with ``--task-events`` (``CLOACINA_TASK_EVENTS`` in the workers'
+  and the client's environment). ``--task-events`` is refused with ``--profile defaults``.
+
+Any ``CLOACINA_*`` variable of the calling shell is removed first (listed in ``config.cleared_env``).
+
+Shapes: ``chain3`` (a -> b -> c), ``chain10`` (a -> s1 -> ... -> s9), ``single`` (a), ``diamond``
+(a -> b1..b4 -> d) and ``fanout16`` (a -> w0..w15 -> z); the task bodies return their input. Celery composes
+them as ``chain(...)`` and ``chain(first.s(ctx), chord([step.s()] * k, join.s()))``; cloacina declares them as
+workflows (bench/apps/cloacina_bench_app.py). Per topology, shape and system:
+
+- throughput: ``--runs`` runs (``--wide-runs``, default half, for diamond and fanout16) submitted at once after
+  a warm-up from one client thread (or ``--submitters``), then awaited; runs/s until the client saw the last one
+  finish; ``submit_seconds`` is the part spent sending;
 - send -> first-task-start latency over ``--latency-samples`` sequential runs (or as many as fit in
   ``--latency-budget-s``): the client notes ``time.time()`` before sending a run whose input carries a token; the
   run's first task writes its own ``time.time()`` to the private Redis under that token
@@ -22,22 +42,31 @@ input. Per shape and system:
   backends connected to the system's own database;
 - SQL per task over the throughput phase: statements and transactions counted by SQLAlchemy event listeners in
   every worker process (bench/apps/sql_counter.py, switched on by ``BENCH_SQL_COUNT_DIR``) and in this client;
-  cross-checked once per system against ``pg_stat_database`` (xact_commit + xact_rollback of the system's own
-  database from before its start to after its last backend exited: PostgreSQL 15 flushes a backend's counters
-  at most once a second, and on exit, so a per-phase delta would be short);
+  cross-checked once per topology and system against ``pg_stat_database`` (xact_commit + xact_rollback of the
+  system's own database from before its start to after its last backend exited: PostgreSQL 15 flushes a
+  backend's counters at most once a second, and on exit, so a per-phase delta would be short);
 - Redis commands per run (``total_commands_processed`` of the private Redis).
 
-Ratios: runs/s of each system over plain Celery's per shape, cloacina over durable Celery, latency p50 over
-Celery's. ``--scaling`` adds chain3 throughput of celery and cloacina at 1x2, 2x2 and 1x4 (workers x concurrency).
+Output: ``headline`` first, ``{topology: {shape: {x_celery, x_celery_db, latency_p50_x_celery, cpu_ms_per_run:
+{system: ms}, runs_per_s: {system: runs/s}}}}``: cloacina's runs/s over plain and durable Celery's, cloacina's
+latency p50 over Celery's, total CPU per run of each system; medians over ``--rounds`` with ``ranges``
+(min, max) when there is more than one round. Then ``topologies.<WxC>``: ``results`` (first round, in full),
+``ratios`` (of the first round: each system over Celery, cloacina over celery_db, latency p50s), and with
+rounds > 1 ``rounds`` (each round's summary) and ``ratios_over_rounds`` (median, min, max of every ratio), and
+``sql_cross_check``. Rounds are the outer loop, topologies next, systems inner. ``--scaling`` is gone:
+``--topologies 1x2,2x2,1x4 --shapes chain3 --systems celery,cloacina`` gives the curve it gave (with latency
+too; ``--latency-samples 0`` leaves that out).
 
 Infrastructure: a private ``redis-server`` on a free port (``BENCH_REDIS_URL`` with its own database number if
 redis-server is not installed), one PostgreSQL database per database-backed system, created on the server of
-``BENCH_PG_URL`` (default postgresql://postgres@127.0.0.1:5432/test) and dropped at the end. Everything started
-is stopped on the way out, Ctrl-C and errors included. Worker logs go to ``--logs``.
+``BENCH_PG_URL`` (default postgresql://postgres@127.0.0.1:5432/test), shared by the topologies and rounds and
+dropped at the end. Everything started is stopped on the way out, Ctrl-C and errors included. Worker logs go to
+``--logs``.
 
-Usage: python bench/bench_distributed.py [--runs 300] [--latency-samples 100] [--shapes chain3,single,diamond]
-       [--systems celery,celery_db,cloacina] [--workers 2] [--concurrency 2] [--scaling] [--quick] [--task-events]
-       [--latency-budget-s 20] [--warmup N] [--submitters 1] [--rounds 1] [--logs bench/results]
+Usage: python bench/bench_distributed.py [--profile defaults|tuned] [--topologies 1x2,2x2] [--runs 400]
+       [--wide-runs 200] [--latency-samples 100] [--shapes chain3,single,diamond,chain10,fanout16]
+       [--systems celery,celery_db,cloacina] [--rounds 1] [--quick] [--task-events (tuned only)]
+       [--latency-budget-s 20] [--warmup N] [--submitters 1] [--logs bench/results]
 """
 
 from __future__ import annotations
@@ -75,9 +104,35 @@ from bench.apps import latency_probe, sql_counter  # noqa: E402  (needs ROOT on 
 
 PG_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 FALLBACK_REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
-SHAPE_TASKS = {"chain3": 3, "single": 1, "diamond": 6}
+SHAPE_TASKS = {"chain3": 3, "single": 1, "diamond": 6, "chain10": 10, "fanout16": 18}
+WIDE_SHAPES = frozenset({"diamond", "fanout16"})  # throughput phases of --wide-runs runs (default: half --runs)
 SYSTEMS = ("celery", "celery_db", "cloacina")
-SCALING_TOPOLOGIES = ((1, 2), (2, 2), (1, 4))
+PROFILES = ("defaults", "tuned")
+PROFILE_SETTINGS = {  # what each profile configures, printed in the output's config
+    "defaults": {
+        "celery_app": "JSON serializer, task_acks_late=True (and a queue name per system); Celery's defaults for "
+        "the rest: prefetch multiplier 4, no task_reject_on_worker_lost, task events off",
+        "celery_db_app": "the same plus the SQLAlchemy result backend on PostgreSQL: database_engine_options pool 2 "
+        "(+2 overflow) per process, result_extended, own table names",
+        "celery_workers": "celery -A bench.apps.bare_celery_app:app worker -c N -n <name>@%h (prefork, log level "
+        "WARNING: Celery's defaults)",
+        "cloacina_workers": "cloacina worker --app bench.apps.cloacina_bench_app --concurrency N -n <name>@%h with "
+        "CLOACINA_DATABASE_URL and CLOACINA_BROKER_URL only (log level and task events: cloacina's shipped defaults)",
+        "cloacina_client": "DefaultRunner(db_url, DefaultRunnerConfig(broker_url=...)), no CLOACINA_* variable",
+    },
+    "tuned": {
+        "celery_app": "JSON, task_acks_late + task_reject_on_worker_lost, worker_prefetch_multiplier=1, "
+        "visibility_timeout 3600, result_expires 3600, worker_hijack_root_logger=False, task events as "
+        "--task-events (sent events from the client, task events from the workers)",
+        "celery_db_app": "the same plus the SQLAlchemy result backend as in defaults",
+        "celery_workers": "celery -A bench.apps.bare_celery_app:app worker -c N -Q <queue> --pool=prefork "
+        "--loglevel=WARNING -n <name>@%h",
+        "cloacina_workers": "cloacina worker --app bench.apps.cloacina_bench_app --concurrency N --pool=prefork "
+        "-n <name>@%h with CLOACINA_LOG_LEVEL=WARNING and CLOACINA_TASK_EVENTS as --task-events (cloacina's "
+        "own prefetch 1, acks_late and reject_on_worker_lost are not settings)",
+        "cloacina_client": "DefaultRunner as in defaults, CLOACINA_TASK_EVENTS as --task-events in its environment",
+    },
+}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 RUN_TIMEOUT_S = 600.0
 
@@ -348,10 +403,12 @@ class CelerySystem:
         topology: Topology,
         logs: Path,
         *,
+        profile: str,
         task_events: bool,
         database: str | None = None,
     ) -> None:
         self.name = name
+        self.profile = profile
         self.task_events = task_events
         self.redis_url = redis_url
         self.result_url = result_url
@@ -369,7 +426,9 @@ class CelerySystem:
         from bench.apps.bare_celery_app import make_app
 
         db_pool = 2
-        self.app, self.tasks = make_app(self.redis_url, self.result_url, self.queue, db_pool, self.task_events)
+        self.app, self.tasks = make_app(
+            self.redis_url, self.result_url, self.queue, db_pool, profile=self.profile, task_events=self.task_events
+        )
         if self.durable:
             # Celery pools connections only in forked processes: let this client pool too, as a server would.
             self.app.backend.session_manager.forked = True
@@ -381,14 +440,19 @@ class CelerySystem:
             "BENCH_RESULT_URL": self.result_url,
             "BENCH_QUEUE": self.queue,
             "BENCH_DB_POOL": str(db_pool),
+            "BENCH_PROFILE": self.profile,
             "BENCH_TASK_EVENTS": "1" if self.task_events else "",
             "BENCH_REDIS_URL": self.redis_url,
         }
         if self.sql_dir is not None:
             env[sql_counter.ENV_VAR] = str(self.sql_dir)
         names = [f"{self.name}{self.topology.label}n{i}" for i in range(self.topology.workers)]
-        cmd = [sys.executable, "-m", "celery", "-A", "bench.apps.bare_celery_app:app", "worker", "-Q", self.queue]
-        cmd += ["--pool=prefork", f"--concurrency={self.topology.concurrency}", "--loglevel=WARNING"]
+        # defaults: `celery -A <app> worker -c N` (the app's default queue is the system's; -n names the node, as
+        # anyone running two workers on one host must); tuned: as before, pool and log level spelled out.
+        cmd = [sys.executable, "-m", "celery", "-A", "bench.apps.bare_celery_app:app", "worker"]
+        cmd += ["-c", str(self.topology.concurrency)]
+        if self.profile == "tuned":
+            cmd += ["-Q", self.queue, "--pool=prefork", "--loglevel=WARNING"]
         for name in names:
             self.worker_procs.append(_spawn([*cmd, "-n", f"{name}@%h"], env, self.logs / f"{name}.log"))
         _wait_workers(self.redis_url, names, self.worker_procs, 90)
@@ -399,10 +463,14 @@ class CelerySystem:
         first, step, join = self.tasks["first"], self.tasks["step"], self.tasks["join"]
         if shape == "chain3":
             return chain(first.s(ctx), step.s(), step.s())
+        if shape == "chain10":
+            return chain(first.s(ctx), *(step.s() for _ in range(9)))
         if shape == "single":
             return first.s(ctx)
         if shape == "diamond":
             return chain(first.s(ctx), chord([step.s() for _ in range(4)], join.s()))
+        if shape == "fanout16":
+            return chain(first.s(ctx), chord([step.s() for _ in range(16)], join.s()))
         raise ValueError(shape)
 
     def submit(self, shape: str, ctx: dict[str, Any]) -> Any:
@@ -430,9 +498,18 @@ class CloacinaSystem:
     """``cloacina worker`` processes and a ``DefaultRunner`` client on the system's own database."""
 
     def __init__(
-        self, redis_url: str, db_url: str, database: str, topology: Topology, logs: Path, *, task_events: bool
+        self,
+        redis_url: str,
+        db_url: str,
+        database: str,
+        topology: Topology,
+        logs: Path,
+        *,
+        profile: str,
+        task_events: bool,
     ) -> None:
         self.name = "cloacina"
+        self.profile = profile
         self.redis_url = redis_url
         self.db_url = db_url
         self.database: str | None = database
@@ -447,22 +524,28 @@ class CloacinaSystem:
         import cloacina as cloaca
         from bench.apps import cloacina_bench_app  # noqa: F401  (registers the workflows in this process)
 
-        # The client sends Celery's task-sent events only when task events are on, as the Celery systems' clients.
-        os.environ["CLOACINA_TASK_EVENTS"] = "true" if self.task_events else "false"
+        # main() removed every CLOACINA_* variable from this process: with the defaults profile the client and
+        # the workers see only the connection settings, so cloacina's shipped defaults decide the rest.
+        tuning: dict[str, str] = {}
+        if self.profile == "tuned":
+            # The client sends Celery's task-sent events only when task events are on, as the Celery clients.
+            tuning = {"CLOACINA_LOG_LEVEL": "WARNING", "CLOACINA_TASK_EVENTS": "true" if self.task_events else "false"}
+            os.environ["CLOACINA_TASK_EVENTS"] = tuning["CLOACINA_TASK_EVENTS"]
         self.runner = cloaca.DefaultRunner(self.db_url, cloaca.DefaultRunnerConfig(broker_url=self.redis_url))
         env = {
             **os.environ,
             "PYTHONPATH": str(ROOT),
             "CLOACINA_DATABASE_URL": self.db_url,
             "CLOACINA_BROKER_URL": self.redis_url,
-            "CLOACINA_LOG_LEVEL": "WARNING",
-            "CLOACINA_TASK_EVENTS": "true" if self.task_events else "false",
+            **tuning,
             "BENCH_REDIS_URL": self.redis_url,
             sql_counter.ENV_VAR: str(self.sql_dir),
         }
         names = [f"cloacina{self.topology.label}n{i}" for i in range(self.topology.workers)]
         cmd = [sys.executable, "-m", "cloacina", "worker", "--app", "bench.apps.cloacina_bench_app"]
-        cmd += ["--pool=prefork", f"--concurrency={self.topology.concurrency}"]
+        cmd += ["--concurrency", str(self.topology.concurrency)]
+        if self.profile == "tuned":
+            cmd += ["--pool=prefork"]
         for name in names:
             self.worker_procs.append(_spawn([*cmd, "-n", f"{name}@%h"], env, self.logs / f"{name}.log"))
         _wait_workers(self.redis_url, names, self.worker_procs, 90)
@@ -483,6 +566,7 @@ class CloacinaSystem:
             self.runner = None
         _stop(self.worker_procs)
         self.worker_procs = []
+        os.environ.pop("CLOACINA_TASK_EVENTS", None)  # the tuned profile's, for this client only
 
     def cleanup(self) -> None:
         if self.sql_dir is not None:
@@ -570,10 +654,10 @@ class Bench:
         for handle in handles:
             system.wait(handle, RUN_TIMEOUT_S)
 
-    def throughput(self, system: System, shape: str, runs: int, warmup: int, *, detail: bool) -> dict[str, Any]:
+    def throughput(self, system: System, shape: str, runs: int, warmup: int) -> dict[str, Any]:
         self.run_batch(system, shape, warmup, "warm")
         time.sleep(0.3)  # let the workers go idle and the SQL counter files catch up
-        sql_before = self.sql_snapshot(system) if detail else None
+        sql_before = self.sql_snapshot(system)
         redis_before = self.redis.commands_processed()
         cpu_before = self.cpu_snapshot(system)
         start = time.perf_counter()
@@ -594,8 +678,6 @@ class Bench:
             "submit_seconds": _r(submitted),
             "runs_per_s": _r(runs / elapsed, 1),
         }
-        if not detail:
-            return result
         cpu = _cpu_delta(cpu_before, cpu_after)
         per_run = {kind: _r(1000 * used / runs) for kind, used in cpu.items()}
         per_run["total"] = _r(1000 * sum(cpu.values()) / runs)
@@ -604,7 +686,6 @@ class Bench:
         time.sleep(0.3)  # the counter files are rewritten every 50 ms
         sql_after = self.sql_snapshot(system)
         tasks = runs * SHAPE_TASKS[shape]
-        assert sql_before is not None
         sql: dict[str, Any] = {}
         w0, w1 = sql_before["workers"], sql_after["workers"]
         c0, c1 = sql_before["client"], sql_after["client"]
@@ -655,19 +736,25 @@ class Bench:
 
 
 def _make_system(
-    name: str, topology: Topology, redis_url: str, databases: dict[str, tuple[str, str]], logs: Path, task_events: bool
+    name: str,
+    topology: Topology,
+    redis_url: str,
+    databases: dict[str, tuple[str, str]],
+    logs: Path,
+    *,
+    profile: str,
+    task_events: bool,
 ) -> System:
+    opts: dict[str, Any] = {"profile": profile, "task_events": task_events}
     if name == "celery":
-        return CelerySystem("celery", redis_url, redis_url, topology, logs, task_events=task_events)
+        return CelerySystem("celery", redis_url, redis_url, topology, logs, **opts)
     if name == "celery_db":
         url, database = databases["celery_db"]
         result_url = "db+" + make_url(url).set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-        return CelerySystem(
-            "celery_db", redis_url, result_url, topology, logs, task_events=task_events, database=database
-        )
+        return CelerySystem("celery_db", redis_url, result_url, topology, logs, database=database, **opts)
     if name == "cloacina":
         url, database = databases["cloacina"]
-        return CloacinaSystem(redis_url, url, database, topology, logs, task_events=task_events)
+        return CloacinaSystem(redis_url, url, database, topology, logs, **opts)
     raise ValueError(f"unknown system {name!r}; choose from {', '.join(SYSTEMS)}")
 
 
@@ -718,14 +805,19 @@ def _ratios(results: dict[str, dict[str, Any]], shapes: list[str]) -> dict[str, 
     return ratios
 
 
+def _cpu_total(entry: dict[str, Any] | None) -> float | None:
+    return entry["throughput"]["cpu_ms_per_run"]["total"] if entry else None
+
+
 def _round_summary(results: dict[str, dict[str, Any]], shapes: list[str]) -> dict[str, Any]:
-    """One round's headline figures: runs/s and latency p50 per shape and system, and the ratios."""
+    """One round's headline figures: runs/s, latency p50 and CPU per run per shape and system, and the ratios."""
     summary: dict[str, Any] = {}
     for shape in shapes:
         summary[shape] = {
             name: {
                 "runs_per_s": entry["throughput"]["runs_per_s"],
                 "latency_p50_ms": entry.get("latency", {}).get("p50_ms"),
+                "cpu_ms_per_run": _cpu_total(entry),
             }
             for name, entry in results.get(shape, {}).items()
         }
@@ -744,45 +836,125 @@ def _ratios_over_rounds(per_round: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _median_range(values: list[float | None], digits: int = 3) -> tuple[float | None, list[float] | None]:
+    """Median of the values present, and [min, max] of them (None without values)."""
+    present = sorted(v for v in values if v is not None)
+    if not present:
+        return None, None
+    return _r(statistics.median(present), digits), [round(present[0], digits), round(present[-1], digits)]
+
+
+def _headline(rounds: list[dict[str, dict[str, Any]]], shapes: list[str], systems: list[str]) -> dict[str, Any]:
+    """One topology's table row per shape: cloacina's runs/s over each Celery's, its latency p50 over Celery's,
+    CPU per run of each system, and runs/s; medians over the rounds, with ``ranges`` (min, max) when rounds > 1."""
+    ratio_keys = {
+        "x_celery": "cloacina_vs_celery_runs_per_s",
+        "x_celery_db": "cloacina_vs_celery_db_runs_per_s",
+        "latency_p50_x_celery": "cloacina_vs_celery_latency_p50",
+    }
+    ratios = [_ratios(r, shapes) for r in rounds]
+    out: dict[str, Any] = {}
+    for shape in shapes:
+        row: dict[str, Any] = {}
+        ranges: dict[str, Any] = {}
+        for name, key in ratio_keys.items():
+            row[name], ranges[name] = _median_range([r[shape].get(key) for r in ratios], 2)
+        cpu: dict[str, Any] = {}
+        rps: dict[str, Any] = {}
+        for system in systems:
+            entries = [r.get(shape, {}).get(system) for r in rounds]
+            cpu[system], ranges[f"cpu_ms_per_run.{system}"] = _median_range([_cpu_total(e) for e in entries], 2)
+            rps[system], ranges[f"runs_per_s.{system}"] = _median_range(
+                [e["throughput"]["runs_per_s"] if e else None for e in entries], 1
+            )
+        row["cpu_ms_per_run"] = cpu
+        row["runs_per_s"] = rps
+        if len(rounds) > 1:
+            row["ranges"] = {k: v for k, v in ranges.items() if v is not None}
+        out[shape] = row
+    return out
+
+
+def _parse_topologies(spec: str) -> list[Topology]:
+    """``"1x2,2x2"`` -> workers x concurrency pairs."""
+    topologies = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        workers, sep, concurrency = part.partition("x")
+        if not sep or not workers.isdigit() or not concurrency.isdigit() or int(workers) < 1 or int(concurrency) < 1:
+            raise ValueError(f"bad topology {part!r}: expected WORKERSxCONCURRENCY, e.g. 2x2")
+        topologies.append(Topology(int(workers), int(concurrency)))
+    if not topologies:
+        raise ValueError("no topology given")
+    return topologies
+
+
 def _raise_on_sigterm(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--runs", type=int, default=300, help="runs submitted at once per throughput phase")
+    parser.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default="defaults",
+        help="defaults: both sides as shipped, no tuning (the headline); tuned: the Celery apps get cloacina's "
+        "guarantees (prefetch 1, reject_on_worker_lost) and every worker logs at WARNING with task events as "
+        "--task-events says",
+    )
+    parser.add_argument(
+        "--runs", type=int, default=400, help="runs submitted at once per throughput phase (narrow shapes)"
+    )
+    parser.add_argument(
+        "--wide-runs",
+        type=int,
+        default=None,
+        help=f"runs per throughput phase of the wide shapes ({', '.join(sorted(WIDE_SHAPES))}; default: runs/2)",
+    )
     parser.add_argument("--latency-samples", type=int, default=100, help="sequential runs for the latency figures")
-    parser.add_argument("--shapes", default="chain3,single,diamond")
+    parser.add_argument("--shapes", default=",".join(SHAPE_TASKS))
     parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument(
+        "--topologies",
+        default="1x2,2x2",
+        help="WORKERSxCONCURRENCY list: every system runs every shape at each (prefork workers x children each)",
+    )
     parser.add_argument(
         "--latency-budget-s",
         type=float,
         default=20.0,
-        help="stop sampling latency of a shape and system after this long (celery_db's diamond waits ~1 s per run "
+        help="stop sampling latency of a shape and system after this long (celery_db's chords wait ~1 s per run "
         "for chord_unlock)",
     )
     parser.add_argument(
         "--submitters", type=int, default=1, help="client threads submitting the throughput runs (default: one)"
     )
-    parser.add_argument("--workers", type=int, default=2, help="worker processes per system")
-    parser.add_argument("--concurrency", type=int, default=2, help="prefork children per worker")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up runs per shape (default: runs/10, 5..30)")
-    parser.add_argument("--scaling", action="store_true", help="add the chain3 worker-scaling curve (1x2, 2x2, 1x4)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 30 runs, 10 latency samples, 5 s budget")
-    parser.add_argument("--task-events", action="store_true", help="send Celery task events (all systems' workers)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: at most 30 runs, 10 latency samples, 5 s budget"
+    )
+    parser.add_argument(
+        "--task-events", action="store_true", help="tuned profile only: send Celery task events (all systems)"
+    )
     parser.add_argument(
         "--rounds",
         type=int,
         default=1,
-        help="repeat every system's phases this many times (fresh workers each round) and report each ratio's "
-        "median, min and max over the rounds; a shared machine's speed drifts while the systems run one after another",
+        help="repeat every topology and system this many times (fresh workers each round) and report medians, min "
+        "and max over the rounds; a shared machine's speed drifts while the systems run one after another",
     )
     parser.add_argument("--logs", default="bench/results", help="directory for worker and redis logs")
     args = parser.parse_args()
+    if args.task_events and args.profile != "tuned":
+        parser.error("--task-events is a tuning flag: use it with --profile tuned")
     if args.quick:
         args.runs, args.latency_samples = min(args.runs, 30), min(args.latency_samples, 10)
         args.latency_budget_s = min(args.latency_budget_s, 5.0)
-    warmup = args.warmup if args.warmup is not None else max(5, min(30, args.runs // 10))
+    wide_runs = args.wide_runs if args.wide_runs is not None else max(1, args.runs // 2)
+    if args.quick:
+        wide_runs = min(wide_runs, 30)
     shapes = [s for s in args.shapes.split(",") if s]
     systems = [s for s in args.systems.split(",") if s]
     for shape in shapes:
@@ -791,28 +963,44 @@ def main() -> None:
     for system in systems:
         if system not in SYSTEMS:
             parser.error(f"unknown system {system!r}; choose from {', '.join(SYSTEMS)}")
+    try:
+        topologies = _parse_topologies(args.topologies)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if len({t.label for t in topologies}) != len(topologies):
+        parser.error("a topology is listed twice")
+    runs_of = {shape: wide_runs if shape in WIDE_SHAPES else args.runs for shape in shapes}
+    warmup_of = {
+        shape: args.warmup if args.warmup is not None else max(5, min(30, runs // 10))
+        for shape, runs in runs_of.items()
+    }
     logs = (ROOT / args.logs) if not Path(args.logs).is_absolute() else Path(args.logs)
     logs.mkdir(parents=True, exist_ok=True)
-    os.environ["CLOACINA_TASK_EVENTS"] = "true" if args.task_events else "false"  # the runner client reads it
+    # No CLOACINA_* variable of the caller's shell reaches the client or the workers: the defaults profile sets
+    # only the connection settings, the tuned one those and its own (CloacinaSystem.start).
+    cleared_env = sorted(k for k in os.environ if k.startswith("CLOACINA_"))
+    for key in cleared_env:
+        del os.environ[key]
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
 
     began = time.perf_counter()
     client_sql = sql_counter.install()
-    topology = Topology(args.workers, args.concurrency)
     output: dict[str, Any] = {
         "config": {
-            "runs": args.runs,
-            "warmup_runs": warmup,
+            "profile": args.profile,
+            "profile_settings": PROFILE_SETTINGS[args.profile],
+            "topologies": [t.label for t in topologies],
+            "runs": runs_of,
+            "warmup_runs": warmup_of,
             "latency_samples": args.latency_samples,
             "latency_budget_s": args.latency_budget_s,
             "submitters": args.submitters,
-            "workers": args.workers,
-            "concurrency_each": args.concurrency,
             "pool": "prefork",
             "shapes": {s: SHAPE_TASKS[s] for s in shapes},
             "systems": systems,
-            "task_events": args.task_events,
+            "task_events": args.task_events if args.profile == "tuned" else "shipped default of each side",
             "rounds": args.rounds,
+            "cleared_env": cleared_env,
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
         },
@@ -834,78 +1022,83 @@ def main() -> None:
                 url = pg.create(name)
                 databases[name] = (url, make_url(url).database or "")
         bench = Bench(redis_server, pg, client_sql, args.submitters)
-        rounds: list[dict[str, dict[str, Any]]] = []
-        cross_check: dict[str, Any] = {}
-        for round_index in range(args.rounds):
-            results: dict[str, dict[str, Any]] = {shape: {} for shape in shapes}
-            for name in systems:
-                system = _make_system(name, topology, redis_server.url, databases, logs, args.task_events)
-                check = bench.session_begin(system)
-                with _running(
-                    system, redis_server, lambda system=system, check=check: bench.session_stopped(system, check)
-                ):
-                    for shape in shapes:
-                        entry = {"throughput": bench.throughput(system, shape, args.runs, warmup, detail=True)}
-                        if args.latency_samples > 0:
-                            entry["latency"] = bench.latency(system, shape, args.latency_samples, args.latency_budget_s)
-                        results[shape][name] = entry
-                        samples = entry["latency"]["samples"] if "latency" in entry else 0
-                        check.tasks += (warmup + args.runs + samples) * SHAPE_TASKS[shape]
-                if system.database is not None and round_index == 0:
-                    cross_check[name] = bench.session_end(system, check)
-            rounds.append(results)
-        output["results"] = rounds[0]
-        output["ratios"] = _ratios(rounds[0], shapes)
-        if len(rounds) > 1:
-            output["rounds"] = [_round_summary(r, shapes) for r in rounds]
-            output["ratios_over_rounds"] = _ratios_over_rounds([_ratios(r, shapes) for r in rounds])
-        output["sql_cross_check"] = cross_check
-        if args.scaling:
-            scaling: dict[str, Any] = {}
-            for name in [s for s in ("celery", "cloacina") if s in systems]:
-                curve: dict[str, Any] = {}
-                for workers, concurrency in SCALING_TOPOLOGIES:
-                    topo = Topology(workers, concurrency)
-                    last = rounds[-1]  # the round nearest in time to this curve
-                    if topo == topology and "chain3" in last:
-                        curve[topo.label] = last["chain3"][name]["throughput"]["runs_per_s"]
-                        continue
-                    system = _make_system(name, topo, redis_server.url, databases, logs, args.task_events)
-                    with _running(system, redis_server):
-                        curve[topo.label] = bench.throughput(system, "chain3", args.runs, warmup, detail=False)[
-                            "runs_per_s"
-                        ]
-                scaling[name] = curve
-            if "celery" in scaling and "cloacina" in scaling:
-                scaling["cloacina_vs_celery"] = {
-                    label: _r(scaling["cloacina"][label] / scaling["celery"][label]) for label in scaling["celery"]
-                }
-            output["scaling_chain3_runs_per_s"] = scaling
+        rounds: dict[str, list[dict[str, dict[str, Any]]]] = {t.label: [] for t in topologies}
+        cross_check: dict[str, dict[str, Any]] = {t.label: {} for t in topologies}
+        for round_index in range(args.rounds):  # rounds outermost: drift spreads over every topology alike
+            for topology in topologies:
+                results: dict[str, dict[str, Any]] = {shape: {} for shape in shapes}
+                for name in systems:
+                    system = _make_system(
+                        name,
+                        topology,
+                        redis_server.url,
+                        databases,
+                        logs,
+                        profile=args.profile,
+                        task_events=args.task_events,
+                    )
+                    check = bench.session_begin(system)
+                    with _running(
+                        system, redis_server, lambda system=system, check=check: bench.session_stopped(system, check)
+                    ):
+                        for shape in shapes:
+                            runs, warmup = runs_of[shape], warmup_of[shape]
+                            entry = {"throughput": bench.throughput(system, shape, runs, warmup)}
+                            if args.latency_samples > 0:
+                                entry["latency"] = bench.latency(
+                                    system, shape, args.latency_samples, args.latency_budget_s
+                                )
+                            results[shape][name] = entry
+                            samples = entry["latency"]["samples"] if "latency" in entry else 0
+                            check.tasks += (warmup + runs + samples) * SHAPE_TASKS[shape]
+                    if system.database is not None and round_index == 0:
+                        cross_check[topology.label][name] = bench.session_end(system, check)
+                rounds[topology.label].append(results)
+        output["headline"] = {label: _headline(per_round, shapes, systems) for label, per_round in rounds.items()}
+        by_topology: dict[str, Any] = {}
+        for label, per_round in rounds.items():
+            entry: dict[str, Any] = {"results": per_round[0], "ratios": _ratios(per_round[0], shapes)}
+            if len(per_round) > 1:
+                entry["rounds"] = [_round_summary(r, shapes) for r in per_round]
+                entry["ratios_over_rounds"] = _ratios_over_rounds([_ratios(r, shapes) for r in per_round])
+            entry["sql_cross_check"] = cross_check[label]
+            by_topology[label] = entry
+        output["topologies"] = by_topology
     output["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     output["elapsed_s"] = round(time.perf_counter() - began, 1)
     output["notes"] = NOTES
-    print(json.dumps(output, indent=2))
+    # headline first, for pasting into a table
+    ordered = {"headline": output.pop("headline", {}), **output}
+    print(json.dumps(ordered, indent=2))
 
 
 NOTES = [
-    "cloacina fuses a sequential stretch into one Celery message: chain3 is 1 broker message per run for "
-    "cloacina, 3 for Celery; the diamond is chain(a, chord(b1..b4), d) in both.",
+    "profile defaults: no tuning on either side (Celery: JSON + acks_late, its default prefetch 4, no "
+    "reject_on_worker_lost, events off, `worker -c N`; cloacina: `cloacina worker --concurrency N` with only the "
+    "database and broker URLs, so its shipped log level and task events). profile tuned: Celery gets cloacina's "
+    "delivery settings (prefetch 1, reject_on_worker_lost), every worker logs at WARNING, task events off for all "
+    "or on for all (--task-events). config.profile_settings spells both out.",
+    "cloacina fuses a sequential stretch into one Celery message: chain3 and chain10 are 1 broker message per run "
+    "for cloacina, 3 and 10 for Celery; diamond and fanout16 are chain(a, chord(k steps), join) in Celery, "
+    "a -> k parallel tasks -> join in cloacina (its fan-in is a Celery chord too).",
     "celery_db chords use Celery's chord_unlock polling (countdown 1 s, result_chord_retry_interval 1 s), as "
     "Celery does for any backend without native join.",
     "cpu_ms_per_run: /proc utime+stime deltas over the throughput phase (10 ms ticks); postgres_backends are the "
-    "backends connected to the system's own database, not PostgreSQL's background processes.",
+    "backends connected to the system's own database, not PostgreSQL's background processes. The headline gives "
+    "the total.",
     "sql: statements counted at psycopg's cursor and transactions by SQLAlchemy listeners, in every worker "
     "process, per task; client_* in this process per run (cloacina's client creates the run and reads it once "
     "after its end notice; celery_db's client polls the result every 20 ms). sql_cross_check compares them with "
-    "pg_stat_database over each system's first session (warm-ups, throughput, latency runs, start-up and migration "
-    "included); connection_setup_transactions are the ones the listeners cannot see (one per new connection, one "
-    "per engine's first connect: psycopg dialect set-up).",
+    "pg_stat_database over each system's first session at that topology (warm-ups, throughput, latency runs, "
+    "start-up and migration included); connection_setup_transactions are the ones the listeners cannot see (one "
+    "per new connection, one per engine's first connect: psycopg dialect set-up).",
     "Throughput ends when the client has seen every run finish: Redis pub/sub for celery, 20 ms polls for "
     "celery_db, PostgreSQL's run-end notification (LISTEN) for cloacina. When submit_seconds is close to seconds, "
     "the client's send call bounds the figure, not the workers (try --submitters 2).",
-    "--rounds N repeats every system N times with fresh workers; ratios_over_rounds gives each ratio's median, min "
-    "and max. On a shared machine the figures of one round can drift by a third between systems.",
-    "latency.budget_hit: fewer samples than asked because --latency-budget-s ran out (celery_db's diamond: each "
+    "--rounds N repeats every topology and system N times with fresh workers; the headline gives medians and "
+    "ranges, ratios_over_rounds each ratio's median, min and max. On a shared machine the figures of one round "
+    "can drift by a third between systems.",
+    "latency.budget_hit: fewer samples than asked because --latency-budget-s ran out (celery_db's chords: each "
     "sequential run waits for chord_unlock).",
 ]
 

@@ -1,19 +1,31 @@
 """Plain Celery baselines for bench/bench_distributed.py: the same workflow shapes, no cloacina involved.
 
 Two flavours share the task code: results in Redis (``celery``) and Celery's SQLAlchemy result backend on
-PostgreSQL (``celery_db``, a durable record of every task). Both use the settings cloacina's workers use: JSON
-only, ``acks_late`` + ``reject_on_worker_lost``, prefetch 1, the same visibility timeout.
+PostgreSQL (``celery_db``, a durable record of every task, pooled in every worker process, ``result_extended``).
 
-Workers are started as ``celery -A bench.apps.bare_celery_app:app worker -Q <queue>`` with the environment
+Two profiles (``BENCH_PROFILE``):
+
+- ``defaults``: the app as a Celery user writes it: JSON (Celery's default, spelled out), ``task_acks_late``,
+  and nothing else that changes how work flows: Celery's default prefetch (``worker_prefetch_multiplier`` 4), no
+  ``task_reject_on_worker_lost``, task events off (Celery's default), Celery's own logging set-up. Only
+  ``task_default_queue`` (one queue name per system) and ``broker_connection_retry_on_startup`` (silences
+  Celery's start-up deprecation warning) are set besides, and neither changes the hot path.
+- ``tuned``: the settings cloacina's workers use: ``acks_late`` + ``reject_on_worker_lost``, prefetch 1, the same
+  visibility timeout, task events as ``BENCH_TASK_EVENTS`` says (sent events from the client, task events from
+  the workers).
+
+Workers are started as ``celery -A bench.apps.bare_celery_app:app worker -c N -n <name>@%h`` with the environment
 ``BENCH_BROKER_URL``, ``BENCH_RESULT_URL`` (``redis://...`` or ``db+postgresql+psycopg://...``),
-``BENCH_QUEUE``, ``BENCH_DB_POOL``, ``BENCH_TASK_EVENTS`` and, for the latency probe, ``BENCH_REDIS_URL``. The
-client builds its own app with :func:`make_app` and the same arguments.
+``BENCH_QUEUE``, ``BENCH_DB_POOL``, ``BENCH_PROFILE``, ``BENCH_TASK_EVENTS`` and, for the latency probe,
+``BENCH_REDIS_URL``. The client builds its own app with :func:`make_app` and the same arguments.
 
 Shapes (the client composes them from the three tasks):
 
 - ``chain3``: ``chain(first.s(ctx), step.s(), step.s())``
+- ``chain10``: ``chain(first.s(ctx), *[step.s()] * 9)``
 - ``single``: ``first.s(ctx)``
 - ``diamond``: ``chain(first.s(ctx), chord([step.s()] * 4, join.s()))``
+- ``fanout16``: ``chain(first.s(ctx), chord([step.s()] * 16, join.s()))``
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from celery import Celery, Task
 from bench.apps import latency_probe, sql_counter
 
 TASK_NAMES = ("first", "step", "join")
+PROFILES = ("defaults", "tuned")
 
 
 def first(ctx: dict[str, Any]) -> dict[str, Any]:
@@ -48,30 +61,41 @@ def join(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def make_app(
-    broker_url: str, result_url: str | None, queue: str, db_pool: int = 2, task_events: bool = False
+    broker_url: str,
+    result_url: str | None,
+    queue: str,
+    db_pool: int = 2,
+    *,
+    profile: str = "defaults",
+    task_events: bool = False,
 ) -> tuple[Celery, dict[str, Task]]:
-    """A Celery app with the benchmark's tasks registered, and those tasks by name. ``task_events`` as cloacina's
-    ``task_events`` setting: sent events from the client, task events from the workers."""
+    """A Celery app with the benchmark's tasks registered, and those tasks by name. ``profile`` is ``defaults`` or
+    ``tuned`` (see the module docstring); ``task_events`` only counts in ``tuned``."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
     app = Celery(f"bench_{queue}", broker=broker_url, backend=result_url, set_as_current=False)
-    transport = {"visibility_timeout": 3600}
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
-        result_accept_content=["json"],
         task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        broker_transport_options=transport,
-        result_backend_transport_options=transport,
-        result_expires=3600,
         task_default_queue=queue,
         broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-        enable_utc=True,
-        task_send_sent_event=task_events,
-        worker_send_task_events=task_events,
     )
+    if profile == "tuned":
+        transport = {"visibility_timeout": 3600}
+        app.conf.update(
+            result_accept_content=["json"],
+            task_reject_on_worker_lost=True,
+            worker_prefetch_multiplier=1,
+            broker_transport_options=transport,
+            result_backend_transport_options=transport,
+            result_expires=3600,
+            worker_hijack_root_logger=False,
+            enable_utc=True,
+            task_send_sent_event=task_events,
+            worker_send_task_events=task_events,
+        )
     if result_url and result_url.startswith("db+"):
         app.conf.update(
             # Every worker process (Celery pools only in forked children) keeps a small pool, as cloacina's do.
@@ -90,5 +114,6 @@ app, _tasks = make_app(
     os.environ.get("BENCH_RESULT_URL"),
     os.environ.get("BENCH_QUEUE", "bench_celery"),
     int(os.environ.get("BENCH_DB_POOL", "2")),
-    bool(os.environ.get("BENCH_TASK_EVENTS")),
+    profile=os.environ.get("BENCH_PROFILE", "defaults"),
+    task_events=bool(os.environ.get("BENCH_TASK_EVENTS")),
 )
