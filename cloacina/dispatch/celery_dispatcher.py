@@ -25,6 +25,7 @@ import logging
 from celery import Celery
 
 from cloacina.definitions.workflow import Workflow
+from cloacina.dispatch.background_publish import BackgroundPublisher
 from cloacina.dispatch.canvas import RUN_STAMP, publish_stretches
 from cloacina.execution.dispatcher import RunDriver
 from cloacina.timestamps import utcnow
@@ -40,13 +41,15 @@ class CeleryDispatcher:
         self.queue = queue
         self.fuse = fuse
         self._coordinator: RunDriver | None = None
+        self._new_runs = BackgroundPublisher(self.tasks_ready)
 
     def attach(self, coordinator: RunDriver) -> None:
         self._coordinator = coordinator
 
     def start_run(self, run_id: str, workflow: Workflow, ready: tuple[str, ...]) -> None:
-        """Publish the stretches of a new run's root tasks."""
-        self.tasks_ready(run_id, ready, workflow)
+        """Publish the stretches of a new run's root tasks, from the background publisher: the caller goes on
+        (e.g. creates its next run) while they are sent."""
+        self._new_runs.submit(run_id, ready, workflow)
 
     def tasks_ready(self, run_id: str, task_ids: tuple[str, ...], workflow: Workflow | None = None) -> None:
         """Publish the stretch of each task planning made Ready. A failed publish is logged: the run makes no
@@ -103,4 +106,5 @@ class CeleryDispatcher:
         return None  # the sweeper of the pollers fails runs past their deadline
 
     def shutdown(self, wait_s: float = 5.0) -> None:
-        return None  # the app and its broker pool are shared by the process
+        """Send the new runs still queued (the app and its broker pool are shared by the process)."""
+        self._new_runs.close(wait_s)
