@@ -25,7 +25,7 @@ from pathlib import Path
 
 from cloacina.packaging.archive import fixed_info, read_archive, write_atomically
 from cloacina.packaging.builder import collect_sources
-from cloacina.packaging.cloaca_format import PACKAGE_TOML
+from cloacina.packaging.cloaca_manifest import PACKAGE_TOML
 from cloacina.packaging.discover import IMPORT_TIMEOUT_S
 from cloacina.packaging.manifest import Manifest
 from cloacina.packaging.members import PackageError

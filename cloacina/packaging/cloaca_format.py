@@ -3,14 +3,13 @@
 Two forms are recognised (next to ours, a gzip tar with our ``manifest.json``):
 
 - **cloaca** (today's): a bzip2 tar with one top directory ``<name>-<version>/`` holding ``package.toml``, the
-  module tree under ``workflow/`` and optional vendored libraries under ``vendor/``. ``[package]`` needs
-  ``name``, ``version``, ``interface = "cloacina-workflow-plugin"``, ``interface_version = 1`` and
-  ``extension = "cloacina"``; ``[metadata]`` is closed: ``language`` (``"python"``; ``"rust"`` is refused here),
-  ``workflow_name``, ``entry_module`` (dotted, relative to ``workflow/``), ``requires_python`` (PEP 440),
-  ``description``, ``author``. ``package_type``, ``[[metadata.triggers]]``, computation-graph keys and unknown
-  keys are refused. The loader imports ``entry_module`` inside a workflow context named ``workflow_name``
-  (default: the package name), so bare ``@cloaca.task`` decorators form that workflow; ``@cloaca.trigger``
-  definitions bind to their ``on=`` workflow (a poll trigger without one fires the package's workflow).
+  module tree under ``workflow/`` and optional vendored libraries under ``vendor/``. ``package.toml`` is resolved
+  by cloaca's rules in :mod:`~cloacina.packaging.cloaca_manifest` (only ``[package] name, version`` are required;
+  defaults, a closed ``[metadata]``, the language inferred from the layout, ``entry_module`` defaulting to
+  ``<name>.tasks``). A Rust package (``language = "rust"``, declared or inferred) is refused here. The loader
+  imports ``entry_module`` inside a workflow context named ``workflow_name`` (default: the package name), so bare
+  ``@cloaca.task`` decorators form that workflow; ``@cloaca.trigger`` definitions bind to their ``on=`` workflow
+  (a poll trigger without one fires the package's workflow).
 - **cloaca-manifest** (older): a tar whose root holds cloaca's ``manifest.json`` (``"format_version": "2"``),
   the module tree and optional ``vendor/``. Its ``tasks`` must match the code's task ids; every
   ``@cloaca.trigger`` must have a ``triggers`` entry of the same name, which binds its workflow (the entry may
@@ -29,15 +28,22 @@ what the import registered. The fingerprint counts every file of the package, ta
 from __future__ import annotations
 
 import platform
-import re
-import tomllib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from pydantic import ValidationError
 
+from cloacina.packaging.cloaca_manifest import (
+    INTERFACE,
+    PACKAGE_TOML,
+    check_entry_module_name,
+    check_requirement,
+    invalid,
+    resolve_package_toml,
+    text_field,
+)
 from cloacina.packaging.manifest import MANIFEST_NAME, Manifest
 from cloacina.packaging.members import (
     PackageError,
@@ -48,22 +54,23 @@ from cloacina.packaging.members import (
     subtree,
 )
 
-PACKAGE_TOML: Final = "package.toml"
-INTERFACE: Final = "cloacina-workflow-plugin"
-_PACKAGE_KEYS = ("name", "version", "interface", "interface_version", "extension")
-_METADATA_KEYS = frozenset({"language", "workflow_name", "entry_module", "requires_python", "description", "author"})
-_GRAPH_KEYS = frozenset({"graph_name", "reaction_mode", "input_strategy", "accumulators"})
-_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+__all__ = [
+    "INTERFACE",
+    "PACKAGE_TOML",
+    "TOML_EXAMPLE",
+    "CloacaLayout",
+    "check_python_version",
+    "find_package_toml",
+    "is_cloaca_manifest",
+    "read_cloaca_archive",
+]
+
 _DOMAIN = {"cloaca": b"cloaca package.toml\x00", "cloaca-manifest": b"cloaca manifest.json\x00"}
 TOML_EXAMPLE = b"""[package]
 name = "p"
 version = "1"
-interface = "cloacina-workflow-plugin"
-interface_version = 1
-extension = "cloacina"
 
 [metadata]
-language = "python"
 workflow_name = "p_flow"
 entry_module = "p"
 """
@@ -76,10 +83,6 @@ class CloacaLayout:
     manifest: Manifest
     files: dict[str, bytes]
     directories: frozenset[str]
-
-
-def _invalid(message: str, member: str = PACKAGE_TOML, reason: str = "invalid_manifest") -> PackageError:
-    return PackageError(f"{member}: {message}", reason=reason, member=member)
 
 
 def is_cloaca_manifest(document: Mapping[str, Any]) -> bool:
@@ -107,41 +110,13 @@ def check_python_version(requires: str | None, member: str = PACKAGE_TOML, runni
     try:
         accepted = SpecifierSet(requires).contains(version, prereleases=True)
     except InvalidSpecifier:
-        raise _invalid(f"requires_python {requires!r} is not a PEP 440 specifier", member) from None
+        raise invalid(f"requires_python {requires!r} is not a PEP 440 specifier", member) from None
     if not accepted:
         raise PackageError(
             f"the package requires Python {requires}, this interpreter is {version}",
             reason="requires_python",
             member=member,
         )
-
-
-def _text(table: Mapping[str, Any], key: str, where: str, member: str, *, required: bool = False) -> str | None:
-    value = table.get(key)
-    if value is None:
-        if required:
-            raise _invalid(f"{where} is missing {key!r}", member)
-        return None
-    if not isinstance(value, str) or (required and not value):
-        raise _invalid(f"{where} {key} must be a non-empty string, got {value!r}", member)
-    return value
-
-
-def _check_entry(value: str | None, member: str) -> str:
-    if value is None:
-        raise _invalid("a Python package needs [metadata] entry_module (dotted, relative to workflow/)", member)
-    if not _DOTTED.match(value):
-        raise _invalid(f"entry_module {value!r} is not a dotted module name like 'pkg.tasks'", member)
-    return value
-
-
-def _check_requirement(value: str | None, member: str) -> str | None:
-    if value is not None:
-        try:
-            SpecifierSet(value)
-        except InvalidSpecifier:
-            raise _invalid(f"requires_python {value!r} is not a PEP 440 specifier", member) from None
-    return value
 
 
 def _language(value: object, member: str) -> None:
@@ -152,47 +127,7 @@ def _language(value: object, member: str) -> None:
             member=member,
         )
     if value != "python":
-        raise _invalid(f"language must be 'python' or 'rust', got {value!r}", member)
-
-
-def _parse_package_toml(raw: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
-    try:
-        document = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise _invalid(f"not valid TOML: {exc}") from None
-    package, metadata = document.get("package"), document.get("metadata")
-    if not isinstance(package, dict):
-        raise _invalid("missing [package] table (name, version, interface, interface_version, extension)")
-    for key in _PACKAGE_KEYS:
-        if key not in package:
-            raise _invalid(f"[package] is missing {key!r}")
-    if package["interface"] != INTERFACE:
-        raise _invalid(f"[package] interface must be {INTERFACE!r}, got {package['interface']!r}")
-    version = package["interface_version"]
-    if type(version) is not int or version != 1:
-        raise _invalid(f"[package] interface_version must be 1, got {version!r}")
-    if package["extension"] != "cloacina":
-        raise _invalid(f"[package] extension must be 'cloacina', got {package['extension']!r}")
-    if not isinstance(metadata, dict):
-        raise _invalid("missing [metadata] table (language is required)")
-    if "package_type" in metadata:
-        raise _invalid("[metadata] package_type is not accepted (cloaca's [metadata] is a closed schema)")
-    if "triggers" in metadata:
-        raise _invalid("[[metadata.triggers]] is not accepted: declare triggers in code with @cloaca.trigger")
-    graph = sorted(_GRAPH_KEYS & set(metadata))
-    if graph:
-        raise PackageError(
-            f"{PACKAGE_TOML}: computation-graph packages ({', '.join(graph)}) are not supported",
-            reason="unsupported_package",
-            member=PACKAGE_TOML,
-        )
-    unknown = sorted(set(metadata) - _METADATA_KEYS)
-    if unknown:
-        raise _invalid(f"unknown [metadata] key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_METADATA_KEYS))}")
-    if "language" not in metadata:
-        raise _invalid("[metadata] is missing 'language'")
-    _language(metadata["language"], PACKAGE_TOML)
-    return package, metadata
+        raise invalid(f"language must be 'python' or 'rust', got {value!r}", member)
 
 
 def _manifest(document: dict[str, Any], member: str) -> Manifest:
@@ -202,7 +137,7 @@ def _manifest(document: dict[str, Any], member: str) -> Manifest:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()[:10]
         )
-        raise _invalid(f"cannot be read as a package description: {problems}", member) from None
+        raise invalid(f"cannot be read as a package description: {problems}", member) from None
 
 
 def _read_package_toml(files: dict[str, bytes], dirs: set[str], top: str) -> CloacaLayout:
@@ -212,11 +147,16 @@ def _read_package_toml(files: dict[str, bytes], dirs: set[str], top: str) -> Clo
             raise PackageError(f"member {stray[0]!r} lies outside the top directory {top!r}", reason="layout")
         files = {path[len(top) + 1 :]: data for path, data in files.items()}
         dirs = set(subtree(dirs, top))
-    package, metadata = _parse_package_toml(files[PACKAGE_TOML])
-    name = _text(package, "name", "[package]", PACKAGE_TOML, required=True)
-    version = _text(package, "version", "[package]", PACKAGE_TOML, required=True)
-    entry = _check_entry(_text(metadata, "entry_module", "[metadata]", PACKAGE_TOML), PACKAGE_TOML)
-    requires = _check_requirement(_text(metadata, "requires_python", "[metadata]", PACKAGE_TOML), PACKAGE_TOML)
+    resolved = resolve_package_toml(files[PACKAGE_TOML], files, dirs)
+    if resolved.language_inferred and resolved.language == "rust":
+        raise PackageError(
+            f"{PACKAGE_TOML}: Rust packages are not supported: this one has Cargo.toml and src/lib.rs (so its "
+            "language is 'rust'); cloacina loads Python packages only, with their modules under workflow/",
+            reason="unsupported_language",
+            member=PACKAGE_TOML,
+        )
+    _language(resolved.language, PACKAGE_TOML)
+    entry = check_entry_module_name(resolved.entry_module, PACKAGE_TOML)
     check_conflicts(files, dirs)
     if "workflow" not in dirs and not any(p.startswith("workflow/") for p in files):
         raise PackageError(
@@ -233,17 +173,17 @@ def _read_package_toml(files: dict[str, bytes], dirs: set[str], top: str) -> Clo
     manifest = _manifest(
         {
             "package": {
-                "name": name,
-                "version": version,
-                "description": _text(metadata, "description", "[metadata]", PACKAGE_TOML) or "",
+                "name": resolved.name,
+                "version": resolved.version,
+                "description": resolved.description,
                 "fingerprint": compute_fingerprint(files, domain=_DOMAIN["cloaca"], skip=None),
             },
-            "python": {"requires_python": requires, "entry_module": entry},
+            "python": {"requires_python": resolved.requires_python, "entry_module": entry},
             "origin": {
                 "format": "cloaca",
-                "workflow_name": _text(metadata, "workflow_name", "[metadata]", PACKAGE_TOML) or name,
+                "workflow_name": resolved.workflow_name,
                 "import_paths": paths,
-                "author": _text(metadata, "author", "[metadata]", PACKAGE_TOML),
+                "author": resolved.author,
             },
         },
         PACKAGE_TOML,
@@ -254,20 +194,20 @@ def _read_package_toml(files: dict[str, bytes], dirs: set[str], top: str) -> Clo
 def _older_triggers(document: Mapping[str, Any]) -> list[dict[str, Any]]:
     entries = document.get("triggers") or []
     if not isinstance(entries, list):
-        raise _invalid("'triggers' must be a list", MANIFEST_NAME)
+        raise invalid("'triggers' must be a list", MANIFEST_NAME)
     triggers = []
     for entry in entries:
         if not isinstance(entry, dict):
-            raise _invalid(f"a triggers entry must be an object, got {entry!r}", MANIFEST_NAME)
-        name = _text(entry, "name", "a triggers entry", MANIFEST_NAME, required=True)
+            raise invalid(f"a triggers entry must be an object, got {entry!r}", MANIFEST_NAME)
+        name = text_field(entry, "name", "a triggers entry", MANIFEST_NAME, required=True)
         kind = entry.get("trigger_type", "python")
         if kind != "python":
-            raise _invalid(f"trigger {name!r}: trigger_type {kind!r} is not supported (only 'python')", MANIFEST_NAME)
+            raise invalid(f"trigger {name!r}: trigger_type {kind!r} is not supported (only 'python')", MANIFEST_NAME)
         config = entry.get("config")
         triggers.append(
             {
                 "name": name,
-                "workflow": _text(entry, "workflow", f"trigger {name!r}", MANIFEST_NAME, required=True),
+                "workflow": text_field(entry, "workflow", f"trigger {name!r}", MANIFEST_NAME, required=True),
                 "poll_interval": entry.get("poll_interval", "5s"),
                 "allow_concurrent": entry.get("allow_concurrent", False),
                 "config": {} if config is None else config,
@@ -279,37 +219,37 @@ def _older_triggers(document: Mapping[str, Any]) -> list[dict[str, Any]]:
 def _read_older_manifest(document: dict[str, Any], files: dict[str, bytes], dirs: set[str]) -> CloacaLayout:
     member = MANIFEST_NAME
     if document["format_version"] != "2":
-        raise _invalid(f'format_version {document["format_version"]!r} is not supported (cloaca\'s is "2")', member)
+        raise invalid(f'format_version {document["format_version"]!r} is not supported (cloaca\'s is "2")', member)
     package, python = document.get("package"), document.get("python")
     if not isinstance(package, dict):
-        raise _invalid("missing 'package' object (name, version)", member)
+        raise invalid("missing 'package' object (name, version)", member)
     _language(document.get("language"), member)
     if not isinstance(python, dict):
-        raise _invalid("missing 'python' object (entry_module)", member)
-    entry = _check_entry(_text(python, "entry_module", "python", member), member)
+        raise invalid("missing 'python' object (entry_module)", member)
+    entry = check_entry_module_name(text_field(python, "entry_module", "python", member), member)
     tasks = document.get("tasks")
     if not isinstance(tasks, list) or not tasks:
-        raise _invalid("'tasks' must list the package's tasks (at least one)", member)
-    ids = [_text(t, "id", "a tasks entry", member, required=True) if isinstance(t, dict) else None for t in tasks]
+        raise invalid("'tasks' must list the package's tasks (at least one)", member)
+    ids = [text_field(t, "id", "a tasks entry", member, required=True) if isinstance(t, dict) else None for t in tasks]
     if None in ids:
-        raise _invalid("every tasks entry must be an object with an 'id'", member)
+        raise invalid("every tasks entry must be an object with an 'id'", member)
     check_conflicts(files, dirs)
     paths = ["."] + (["vendor"] if "vendor" in dirs or any(p.startswith("vendor/") for p in files) else [])
     check_shadowing([p for p in [*files, *(d + "/" for d in dirs)] if p != MANIFEST_NAME])
     if "vendor" in paths:
         check_shadowing([*subtree(files, "vendor"), *(d + "/" for d in subtree(dirs, "vendor"))], "vendor")
     check_entry_module(files, entry)
-    name = _text(package, "name", "package", member, required=True)
+    name = text_field(package, "name", "package", member, required=True)
     manifest = _manifest(
         {
             "package": {
                 "name": name,
-                "version": _text(package, "version", "package", member, required=True),
-                "description": _text(package, "description", "package", member) or "",
+                "version": text_field(package, "version", "package", member, required=True),
+                "description": text_field(package, "description", "package", member) or "",
                 "fingerprint": compute_fingerprint(files, domain=_DOMAIN["cloaca-manifest"], skip=None),
             },
             "python": {
-                "requires_python": _check_requirement(_text(python, "requires_python", "python", member), member),
+                "requires_python": check_requirement(text_field(python, "requires_python", "python", member), member),
                 "entry_module": entry,
             },
             "triggers": _older_triggers(document),
