@@ -182,3 +182,20 @@ def test_a_redelivered_message_records_the_start_before_the_task_runs(store: Run
     assert coordinator.run_node(run_id, "t", record_start=True).kind == "completed"
     assert seen == ["Running"]  # so a worker lost during it leaves a Running attempt the sweeper counts as lost
     assert [(a.attempt, a.status) for a in store.get_attempts(run_id, "t")] == [(1, "Completed")]
+
+
+def test_a_start_refused_from_the_heartbeat_thread_ends_its_tracking_cleanly(store: RunStore) -> None:
+    """The run was cancelled before the heartbeat thread recorded the start: the record is refused, the attempt
+    is neither deferred nor beating, and leaving the tracking block does not fail the delivery."""
+    from cloacina.execution.deferred_start import DeferredStart
+    from cloacina.store.runs import StartedAttempt
+    from cloacina.timestamps import utcnow
+
+    beats = AttemptHeartbeats(store, 0.2)
+    started = StartedAttempt(1, {}, "wf", "v", None, None, started_at=utcnow(), is_recorded=False)
+    start = DeferredStart(started, "host:1", lambda: False)
+    with beats.track("run", "t", 1, start):
+        wait_until(lambda: not start.is_deferred, WAIT_S, message="the heartbeat thread to try the record")
+    assert start.settle() is None  # the finish records no start: it will not apply either
+    assert beats.beat_once() == 0  # nothing left to beat
+    beats.stop()

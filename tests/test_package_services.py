@@ -70,7 +70,8 @@ def service(argv: list[str], log: Path, env: dict[str, str], cwd: Path) -> Itera
 
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLOACINA_") and k != "PYTHONPATH"}
-    return {**env, "PYTHONUNBUFFERED": "1", **extra}
+    # INFO: the tests read the services' INFO lines (a worker logs "<name> ready." at INFO; its default is WARNING).
+    return {**env, "PYTHONUNBUFFERED": "1", "CLOACINA_LOG_LEVEL": "INFO", **extra}
 
 
 def query(db_file: Path, sql: str) -> list[tuple[object, ...]]:

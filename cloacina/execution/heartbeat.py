@@ -56,7 +56,8 @@ class AttemptHeartbeats:
             yield
         finally:
             with self._lock:
-                if self._deferred.pop(key, None) is None:
+                # Still deferred: forget it. Recorded meanwhile: it beats like any other. Refused: neither.
+                if self._deferred.pop(key, None) is None and key in self._running:
                     self._running[key] -= 1
                     if self._running[key] <= 0:
                         del self._running[key]
