@@ -199,3 +199,50 @@ def test_a_start_refused_from_the_heartbeat_thread_ends_its_tracking_cleanly(sto
     assert start.settle() is None  # the finish records no start: it will not apply either
     assert beats.beat_once() == 0  # nothing left to beat
     beats.stop()
+
+
+def test_a_finish_starts_the_task_its_caller_runs_next(store: RunStore) -> None:
+    """A stretch a -> b -> c run as one message: the peek of a, then one statement per task (each finish starts
+    the next task); a fan-out's finish starts the first task it readies and hands back the others."""
+    from cloacina.store.runs import ContinueWith
+
+    with cloaca.WorkflowBuilder("ds_chain") as builder:
+        for name, deps in (("a", []), ("b", ["a"]), ("c", ["b"])):
+            cloaca.task(id=name, dependencies=deps)(lambda ctx, _n=name: {**ctx, _n: True})
+    wf = registry.get_workflow(builder.name)
+    coordinator = _coordinator(store)
+    run_id = coordinator.create_run(wf, {"n": 1})
+    assert run_id is not None
+    started = None
+    with sent_statements() as sent:
+        for task_id, following in (("a", "b"), ("b", "c"), ("c", None)):
+            outcome = coordinator.run_node(run_id, task_id, continue_with=ContinueWith(following), started=started)
+            assert outcome.kind == "completed" and outcome.ready == ()
+            if following is not None:
+                assert outcome.continued is not None and outcome.continued[0] == following
+                mark = len(sent)
+                assert _status_of(store, run_id, following) == "Running"  # started by the finish, recorded
+                del sent[mark:]  # this check's own query
+                started = outcome.continued[1]
+                assert started.input_context == {"n": 1, **{t: True for t in "ab"[: "abc".index(following)]}}
+            else:
+                assert outcome.continued is None
+    assert len(sent) == 4 and sum(not s.startswith("SELECT") for s in sent) == 3, sent
+    run = store.get_run(run_id)
+    assert run is not None and str(run.status) == "Completed"
+    assert run.final_context == {"n": 1, "a": True, "b": True, "c": True}
+    assert [(a.attempt, a.status) for t in "abc" for a in store.get_attempts(run_id, t)] == [(1, "Completed")] * 3
+
+    with cloaca.WorkflowBuilder("ds_fan") as builder:
+        for name, deps in (("a", []), ("b", ["a"]), ("c", ["a"]), ("d", ["b", "c"])):
+            cloaca.task(id=name, dependencies=deps)(lambda ctx: ctx)
+    fan = registry.get_workflow(builder.name)
+    run_id = coordinator.create_run(fan, {})
+    assert run_id is not None
+    outcome = coordinator.run_node(run_id, "a", continue_with=ContinueWith(None, first_ready=True))
+    assert outcome.continued is not None and outcome.continued[0] == "b" and outcome.ready == ("c",)
+    assert (_status_of(store, run_id, "b"), _status_of(store, run_id, "c")) == ("Running", "Ready")
+
+
+def _status_of(store: RunStore, run_id: str, task_id: str) -> str:
+    return str(store.get_tasks(run_id)[task_id].status)

@@ -45,6 +45,7 @@ from cloacina.dispatch.threads import SlotLease, SlotPool
 from cloacina.execution.cached_threads import CachedThreads
 from cloacina.execution.coordinator import NodeOutcome
 from cloacina.execution.task_handle import holding_slot
+from cloacina.store.runs import ContinueWith, StartedAttempt
 
 log = logging.getLogger("cloacina.celery")
 FUSE_SETTING = "cloacina_fuse_stretches"  # app.conf key: whether a message carries a whole stretch
@@ -68,7 +69,15 @@ class CeleryOptions:
 class NodeRunner(Protocol):
     """Runs one delivery of a canvas node in a worker process."""
 
-    def run_node(self, run_id: str, task_id: str, *, record_start: bool = False) -> NodeOutcome: ...
+    def run_node(
+        self,
+        run_id: str,
+        task_id: str,
+        *,
+        record_start: bool = False,
+        continue_with: ContinueWith | None = None,
+        started: StartedAttempt | None = None,
+    ) -> NodeOutcome: ...
 
 
 def celery_config(options: CeleryOptions) -> dict[str, Any]:
@@ -185,18 +194,24 @@ def _run_stretch(
 ) -> FollowUp | None:
     """Run the stretch's tasks back to back until one must wait; then say what to hand back to Celery.
 
-    The tasks a finish makes Ready that this stretch does not already hold: once the stretch is done, the first
-    is run next here (its stretch joins this one: no publish, no broker round trip), the others are published, one
-    message each. Without fusion every Ready task is published (a message per task). A ``redelivered`` message
-    (its worker was lost) records each task's start before running it, so repeated losses are counted.
+    A finish starts the task this stretch runs next (the next of the stretch or, once the stretch is done, the
+    first task the finish makes Ready; that one's stretch joins this one: no publish, no broker round trip), so
+    its own start costs nothing. The other tasks a finish makes Ready are published, one message each. Without
+    fusion every Ready task is published (a message per task). A ``redelivered`` message (its worker was lost)
+    records each task's start before running it, so repeated losses are counted.
     """
     task_ids = list(task_ids)
     index = 0
+    started: StartedAttempt | None = None  # the next task, already started by its dependency's finish
     while index < len(task_ids):
         task_id = task_ids[index]
         rest = {"workflow": workflow, "run_id": run_id, "tasks": task_ids[index:]}
+        following = task_ids[index + 1] if index + 1 < len(task_ids) else None
+        continue_with = ContinueWith(following, first_ready=fuse and following is None)
         try:
-            outcome = runner.run_node(run_id, task_id, record_start=redelivered)
+            outcome = runner.run_node(
+                run_id, task_id, record_start=redelivered, continue_with=continue_with, started=started
+            )
         except (OperationalError, InterfaceError, redis.ConnectionError) as exc:
             # The database (or Redis) is briefly unavailable: keep the message and try again with backoff.
             # If the attempt itself had started, its heartbeat stops and the sweeper gives it back.
@@ -215,6 +230,11 @@ def _run_stretch(
         if outcome.kind == "waiting":  # a dependency is still running (duplicate delivery, recovery, a deferral)
             return FollowUp(rest, max(WAITING_BACKOFF.delay(retries), outcome.delay_s))
         index += 1
+        started = None
+        if outcome.continued is not None and outcome.workflow is not None:
+            next_id, started = outcome.continued
+            if index == len(task_ids):  # the first task it made Ready: its stretch joins this one
+                task_ids.extend(stretch_from(outcome.workflow, next_id, fuse=fuse))
         if outcome.ready and outcome.workflow is not None:
             held = set(task_ids[index:])
             heads = [t for t in outcome.ready if t not in held]

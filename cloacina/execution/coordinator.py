@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -49,6 +49,7 @@ from cloacina.execution.task_handle import current_slot, holding_slot
 from cloacina.secrets import task_secrets
 from cloacina.store.models import utcnow
 from cloacina.store.runs import (
+    ContinueWith,
     CronClaim,
     OpenedRun,
     PendingStart,
@@ -220,12 +221,24 @@ class RunCoordinator:
                 log.exception("run-finished listener failed for run %s", ended.run_id)
 
     # -- tasks ------------------------------------------------------------------------------------------
-    def run_node(self, run_id: str, task_id: str, *, record_start: bool = False) -> NodeOutcome:
+    def run_node(
+        self,
+        run_id: str,
+        task_id: str,
+        *,
+        record_start: bool = False,
+        continue_with: ContinueWith | None = None,
+        started: StartedAttempt | None = None,
+    ) -> NodeOutcome:
         """One delivery of a task's message: make the task Ready if its turn has come, then run it. The tasks its
         finish makes Ready come back in the outcome (the caller runs or publishes them), not to the dispatcher.
-        ``record_start``: see :meth:`run_task`."""
+        ``record_start``, ``continue_with`` and ``started``: see :meth:`run_task`."""
+        if started is not None:  # started by its dependency's finish for this caller
+            return self.run_task(run_id, task_id, dispatch_ready=False, continue_with=continue_with, started=started)
         # Fast path: the task was made Ready by the step that finished its last dependency.
-        outcome = self.run_task(run_id, task_id, dispatch_ready=False, record_start=record_start)
+        outcome = self.run_task(
+            run_id, task_id, dispatch_ready=False, record_start=record_start, continue_with=continue_with
+        )
         if outcome.kind != "done":
             return outcome
         found = self.store.get_task(run_id, task_id)
@@ -247,19 +260,30 @@ class RunCoordinator:
             remaining = (task.next_attempt_at - utcnow()).total_seconds()
             if remaining > 0.01:
                 return NodeOutcome("retry", remaining)
-        return self.run_task(run_id, task_id, dispatch_ready=False, record_start=record_start)
+        return self.run_task(
+            run_id, task_id, dispatch_ready=False, record_start=record_start, continue_with=continue_with
+        )
 
     def run_task(
-        self, run_id: str, task_id: str, *, dispatch_ready: bool = True, record_start: bool = False
+        self,
+        run_id: str,
+        task_id: str,
+        *,
+        dispatch_ready: bool = True,
+        record_start: bool = False,
+        continue_with: ContinueWith | None = None,
+        started: StartedAttempt | None = None,
     ) -> NodeOutcome:
         """Execute one attempt of a Ready task and record its outcome (plus the planning it causes). The tasks
         its finish makes Ready go to the dispatcher, or (``dispatch_ready=False``) back in the outcome.
 
         On PostgreSQL the attempt's start is deferred (:mod:`cloacina.execution.deferred_start`): a short task's
         finish records it; ``record_start=True`` (a message delivered again after its worker was lost) records it
-        before the task runs, so repeated losses are counted.
+        before the task runs, so repeated losses are counted. ``continue_with``: the finish also starts the
+        successor it names, returned in ``NodeOutcome.continued``; ``started``: such an attempt, already started.
         """
-        started = self.store.begin_attempt(run_id, task_id, worker=self.worker_name)
+        if started is None:
+            started = self.store.begin_attempt(run_id, task_id, worker=self.worker_name)
         if started is None:  # not Ready: taken, finished, not yet due, or the run ended (run_node looks closer)
             return NodeOutcome("done")
         deferred = None
@@ -296,7 +320,15 @@ class RunCoordinator:
                 if failure.raised:  # after every attempt that raised, retries included, before it is recorded
                     self._callback(definition, "on_failure", task_id, failure.message, failure.context)
                 return self._record_failure(
-                    run_id, workflow, definition, started, failure, fields, deferred, dispatch_ready=dispatch_ready
+                    run_id,
+                    workflow,
+                    definition,
+                    started,
+                    failure,
+                    fields,
+                    deferred,
+                    dispatch_ready=dispatch_ready,
+                    continue_with=continue_with,
                 )
             # on_success runs before the task is marked completed (cloaca's order), so recording the completion
             # can plan the successors and end the run, when this was its last task, in one transaction.
@@ -305,7 +337,15 @@ class RunCoordinator:
         start = deferred.settle() if deferred is not None else None
         transition = _record(
             lambda: self.store.complete_attempt(
-                run_id, task_id, started.attempt, output, workflow, started.basis, start
+                run_id,
+                task_id,
+                started.attempt,
+                output,
+                workflow,
+                started.basis,
+                start,
+                worker=self.worker_name,
+                continue_with=continue_with,
             )
         )
         if not transition.applied:  # resolved meanwhile: timed out, lost, or its run was cancelled
@@ -313,7 +353,7 @@ class RunCoordinator:
             return NodeOutcome("done")
         log.info("task completed", extra=fields)
         self._after(run_id, transition, workflow, dispatch_ready=dispatch_ready)
-        return NodeOutcome("completed", ready=() if dispatch_ready else transition.ready, workflow=workflow)
+        return self._outcome("completed", transition, workflow, started, dispatch_ready)
 
     def _record_failure(
         self,
@@ -326,6 +366,7 @@ class RunCoordinator:
         deferred: DeferredStart | None = None,
         *,
         dispatch_ready: bool = True,
+        continue_with: ContinueWith | None = None,
     ) -> NodeOutcome:
         message, attempt, policy = failure.message, started.attempt, definition.retry
         retry = policy.permits_retry(attempt, message, failure.cause)
@@ -335,7 +376,17 @@ class RunCoordinator:
         start = deferred.settle() if deferred is not None else None
         transition = _record(
             lambda: self.store.fail_attempt(
-                run_id, definition.task_id, attempt, message, kind, retry_at, workflow, started.basis, start
+                run_id,
+                definition.task_id,
+                attempt,
+                message,
+                kind,
+                retry_at,
+                workflow,
+                started.basis,
+                start,
+                worker=self.worker_name,
+                continue_with=None if retry else continue_with,
             )
         )
         if not transition.applied:
@@ -346,7 +397,34 @@ class RunCoordinator:
             return NodeOutcome("retry", delay_s)
         log.error("task failed: %s", message, extra=fields)
         self._after(run_id, transition, workflow, dispatch_ready=dispatch_ready)
-        return NodeOutcome("failed", ready=() if dispatch_ready else transition.ready, workflow=workflow)
+        return self._outcome("failed", transition, workflow, started, dispatch_ready)
+
+    @staticmethod
+    def _outcome(
+        kind: Literal["completed", "failed"],
+        transition: Transition,
+        workflow: Workflow,
+        started: StartedAttempt,
+        dispatch_ready: bool,
+    ) -> NodeOutcome:
+        """A final attempt's outcome, with what its finish made Ready (and started) for the caller to run."""
+        if dispatch_ready:
+            return NodeOutcome(kind, workflow=workflow)
+        continued = None
+        if transition.continued is not None:
+            c = transition.continued
+            attempt = StartedAttempt(
+                attempt=c.attempt,
+                input_context=c.input_context,
+                workflow_name=started.workflow_name,
+                workflow_version=started.workflow_version,
+                package_fingerprint=started.package_fingerprint,
+                triggered_at=None,
+                basis=c.basis,
+                started_at=utcnow(),
+            )
+            continued = (c.task_id, attempt)
+        return NodeOutcome(kind, ready=transition.ready, workflow=workflow, continued=continued)
 
     def _unresolvable(self, run_id: str, task_id: str, started: StartedAttempt, exc: Exception) -> NodeOutcome:
         """The attempt started but its code cannot be found here: give the task back (another worker may have the

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from cloacina.definitions.workflow import Workflow
-from cloacina.store.runs import RunStore, Transition
+from cloacina.store.runs import RunStore, StartedAttempt, Transition
 
 
 @dataclass(frozen=True)
@@ -26,13 +26,15 @@ class NodeOutcome:
     or another delivery of this task is still running; try again later.
 
     ``ready``: the tasks this delivery's finish made Ready, of ``workflow``, handed back to the delivery's
-    executor instead of the dispatcher (it runs one of them next and publishes the others).
+    executor instead of the dispatcher (it runs one of them next and publishes the others). ``continued``: the
+    successor the finish already started for this executor to run next (see ``ContinueWith``), not in ``ready``.
     """
 
     kind: Literal["completed", "failed", "retry", "done", "waiting"]
     delay_s: float = 0.0
     ready: tuple[str, ...] = ()
     workflow: Workflow | None = None
+    continued: tuple[str, StartedAttempt] | None = None
 
 
 class RunDriver(Protocol):

@@ -23,7 +23,7 @@ from cloacina.deployment.wiring import Deployment, celery_options
 from cloacina.dispatch.celery_services import run_worker as run_celery_worker
 from cloacina.execution.coordinator import NodeOutcome
 from cloacina.observability.metrics import Metrics
-from cloacina.store.runs import RunEnd, StartedAttempt
+from cloacina.store.runs import ContinueWith, RunEnd, StartedAttempt
 from cloacina.timestamps import utcnow
 
 log = logging.getLogger("cloacina.worker")
@@ -40,13 +40,23 @@ class WorkerNodeRunner:
         self.coordinator.add_attempt_started_listener(self._on_attempt_started)
         self._attempt = threading.local()  # the workflow of the attempt this thread runs (metrics labels)
 
-    def run_node(self, run_id: str, task_id: str, *, record_start: bool = False) -> NodeOutcome:
-        started = time.perf_counter()
+    def run_node(
+        self,
+        run_id: str,
+        task_id: str,
+        *,
+        record_start: bool = False,
+        continue_with: ContinueWith | None = None,
+        started: StartedAttempt | None = None,
+    ) -> NodeOutcome:
+        began = time.perf_counter()
         self._attempt.workflow = None
-        outcome = self.coordinator.run_node(run_id, task_id, record_start=record_start)
+        outcome = self.coordinator.run_node(
+            run_id, task_id, record_start=record_start, continue_with=continue_with, started=started
+        )
         if self.metrics is not None and outcome.kind in ("completed", "failed", "retry"):
             workflow = self._workflow_of(run_id)
-            self.metrics.task_finished(workflow, task_id, outcome.kind, time.perf_counter() - started)
+            self.metrics.task_finished(workflow, task_id, outcome.kind, time.perf_counter() - began)
         return outcome
 
     def _workflow_of(self, run_id: str) -> str:

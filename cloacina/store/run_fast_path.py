@@ -55,6 +55,8 @@ from cloacina.store.driver_sql import DriverStatement
 from cloacina.store.models import UTCDateTime
 from cloacina.store.run_planning import failed_tasks_message
 from cloacina.store.run_records import (
+    Continuation,
+    ContinueWith,
     CronClaim,
     PendingStart,
     PlanBasis,
@@ -178,13 +180,22 @@ WITH locked AS (
     FROM resolved WHERE CAST(:unclaimed AS boolean)
 ), decided AS (
     UPDATE task_runs AS t
-    SET status = d.status, input_context = d.input, skip_reason = d.reason, updated_at = :now,
+    SET status = CASE WHEN d.claim THEN '{TaskStatus.RUNNING.value}' ELSE d.status END, input_context = d.input,
+        skip_reason = d.reason, updated_at = :now,
+        attempt = CASE WHEN d.claim THEN t.attempt + 1 ELSE t.attempt END,
+        heartbeat_at = CASE WHEN d.claim THEN :now ELSE t.heartbeat_at END,
+        started_at = CASE WHEN d.claim THEN COALESCE(t.started_at, :now) ELSE t.started_at END,
         output_context = CASE WHEN d.status = '{TaskStatus.SKIPPED.value}' THEN d.input ELSE t.output_context END,
         completed_at = CASE WHEN d.status = '{TaskStatus.SKIPPED.value}' THEN :now ELSE t.completed_at END
-    FROM json_to_recordset(CAST(:decisions AS json)) AS d(task_id text, status text, input text, reason text)
+    FROM json_to_recordset(CAST(:decisions AS json))
+        AS d(task_id text, status text, input text, reason text, claim boolean)
     WHERE t.run_id = :b_run AND t.task_id = d.task_id AND t.status = '{TaskStatus.NOT_STARTED.value}'
       AND EXISTS (SELECT 1 FROM locked WHERE fresh) AND EXISTS (SELECT 1 FROM resolved)
-    RETURNING t.task_id, t.status
+    RETURNING t.id, t.task_id, t.status, t.attempt
+), continued AS (
+    INSERT INTO task_attempts (task_run_id, attempt, worker, status, started_at)
+    SELECT id, attempt, CAST(:worker AS varchar), '{TaskStatus.RUNNING.value}', :now FROM decided
+    WHERE status = '{TaskStatus.RUNNING.value}'
 ), freed AS (
     UPDATE trigger_executions SET dedup_active = false, completed_at = :now
     WHERE run_id = :b_run AND CAST(:end_status AS varchar) IS NOT NULL
@@ -193,6 +204,7 @@ WITH locked AS (
 )
 SELECT EXISTS (SELECT 1 FROM resolved) AS applied, COALESCE((SELECT fresh FROM locked), false) AS fresh,
        ARRAY(SELECT task_id FROM decided WHERE status = '{TaskStatus.READY.value}') AS ready,
+       (SELECT attempt FROM decided WHERE status = '{TaskStatus.RUNNING.value}') AS continued_attempt,
        f.trigger_name, f.context_hash, f.lock_token
 FROM (SELECT 1) AS one LEFT JOIN freed AS f ON true
 """
@@ -360,17 +372,24 @@ def finish_attempt(
     workflow: Workflow | None,
     now: datetime,
     start: PendingStart | None = None,
+    *,
+    worker: str | None = None,
+    continue_with: ContinueWith | None = None,
 ) -> tuple[Transition, bool]:
     """Record ``outcome`` in one statement, with the plan made from ``basis`` when it is still current; ``start``
-    (an attempt whose start is not recorded yet) is recorded by the same statement.
+    (an attempt whose start is not recorded yet) is recorded by the same statement. ``continue_with``: the same
+    statement starts that successor on ``worker`` (``Transition.continued``), so running it costs no start of its
+    own.
 
     Returns the transition and whether it is complete: ``False`` when the outcome was recorded but the plan could
     not be applied (the run changed since the start), so the caller must plan under the run's lock.
     """
     decisions: list[dict[str, Any]] = []
     ended: tuple[RunStatus, dict[str, Any], str | None] | None = None
+    continued: tuple[str, dict[str, Any]] | None = None
     if outcome.final and workflow is not None:
         decisions, ended = _plan(workflow, basis, task_id, outcome)
+        continued = _choose_continuation(decisions, continue_with) if ended is None else None
     output = canonical_json(dict(outcome.output)) if outcome.output is not None else None
     params = {
         "b_run": run_id,
@@ -391,7 +410,7 @@ def finish_attempt(
         "end_final": canonical_json(ended[1]) if ended else None,
         "unclaimed": start is not None,
         "started": start.started_at if start is not None else now,
-        "worker": start.worker if start is not None else None,
+        "worker": start.worker if start is not None else worker,
     }
     row = FINISH.execute(c, params).fetchone()
     assert row is not None  # the statement always returns one row
@@ -405,7 +424,48 @@ def finish_attempt(
     if ended is not None:
         run_end = RunEnd(run_id, ended[0], row.trigger_name, row.context_hash, row.lock_token)
     order = {tid: n for n, tid in enumerate(d["task_id"] for d in decisions)}
-    return Transition(True, tuple(sorted(row.ready, key=order.__getitem__)), run_end), True
+    ready = tuple(sorted(row.ready, key=order.__getitem__))
+    continuation = None
+    if continued is not None and row.continued_attempt is not None:
+        continuation = _continuation(basis, task_id, outcome, decisions, continued, row.continued_attempt)
+    return Transition(True, ready, run_end, continuation), True
+
+
+def _choose_continuation(
+    decisions: list[dict[str, Any]], continue_with: ContinueWith | None
+) -> tuple[str, dict[str, Any]] | None:
+    """Mark the decision of the successor to start for the caller (see :class:`ContinueWith`); its id and input."""
+    if continue_with is None:
+        return None
+    ready = [d for d in decisions if d["status"] == TaskStatus.READY.value]
+    chosen = next((d for d in ready if d["task_id"] == continue_with.prefer), None)
+    if chosen is None and continue_with.first_ready and ready:
+        chosen = ready[0]
+    if chosen is None:
+        return None
+    chosen["claim"] = True
+    return chosen["task_id"], loads(chosen["input"]) or {}
+
+
+def _continuation(
+    basis: PlanBasis,
+    task_id: str,
+    outcome: AttemptOutcome,
+    decisions: list[dict[str, Any]],
+    continued: tuple[str, dict[str, Any]],
+    attempt: int,
+) -> Continuation:
+    """The started successor, with the run as this finish left it (the version it bumped, every task's state)."""
+    tasks = dict(basis.tasks)
+    tasks[task_id] = TaskSnapshot(
+        outcome.task_status, dict(outcome.output) if outcome.output is not None else None, None, outcome.error
+    )
+    for d in decisions:
+        status = TaskStatus.RUNNING if d.get("claim") else TaskStatus(d["status"])
+        skipped_output = loads(d["input"]) if status == TaskStatus.SKIPPED else None
+        tasks[d["task_id"]] = TaskSnapshot(status, skipped_output, d["reason"])
+    next_id, next_input = continued
+    return Continuation(next_id, attempt, next_input, PlanBasis(basis.version + 1, basis.run_input, tasks))
 
 
 def _plan(
@@ -428,6 +488,7 @@ def _plan(
                 "status": (TaskStatus.READY if ready else TaskStatus.SKIPPED).value,
                 "input": canonical_json(d.input_context),
                 "reason": None if ready else d.skip_reason,
+                "claim": False,
             }
         )
         views[d.task_id] = (

@@ -176,9 +176,30 @@ class Transition:
     applied: bool
     ready: tuple[str, ...] = ()
     ended: RunEnd | None = None
+    continued: Continuation | None = None  # a Ready successor this step already started for its caller
 
     def __bool__(self) -> bool:
         return self.applied
+
+
+@dataclass(frozen=True)
+class ContinueWith:
+    """Which successor a finish may start for its caller to run next, in the same process: ``prefer`` if the
+    finish makes it Ready (the next task of a stretch), else, with ``first_ready``, the first task it makes Ready."""
+
+    prefer: str | None = None
+    first_ready: bool = False
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """A successor started by the finish of its dependency (``Ready -> Running``, its attempt recorded), with what
+    its executor needs: its attempt, input and the run as the finish left it."""
+
+    task_id: str
+    attempt: int
+    input_context: dict[str, Any]
+    basis: PlanBasis
 
 
 def run_record(row: WorkflowRun | Row[Any]) -> RunRecord:

@@ -39,6 +39,8 @@ from cloacina.store.run_planning import end_run_locked, initial_task_rows, plan_
 from cloacina.store.run_queries import RunQueries
 from cloacina.store.run_records import (
     AttemptRecord,
+    Continuation,
+    ContinueWith,
     CronClaim,
     OpenedRun,
     PendingStart,
@@ -55,6 +57,8 @@ from cloacina.timestamps import utcnow
 
 __all__ = [
     "AttemptRecord",
+    "ContinueWith",
+    "Continuation",
     "CronClaim",
     "OpenedRun",
     "PendingStart",
@@ -288,16 +292,20 @@ class RunStore(RunQueries, RunControl):
         workflow: Workflow | None = None,
         basis: PlanBasis | None = None,
         start: PendingStart | None = None,
+        *,
+        worker: str | None = None,
+        continue_with: ContinueWith | None = None,
     ) -> Transition:
         """Running -> Completed for exactly this attempt, then (given ``workflow``) plan the run in the same
         transaction, ending it when this was its last task. ``applied`` is False if the attempt was already
         resolved (e.g. timed out). The coordinator runs the task's callback before, so a run is never seen
         finished before its callbacks ran. ``basis``: the run as the attempt's start saw it (the fast path plans
         from it when it is still current). ``start``: the attempt's start is not recorded yet; the same statement
-        records it (``Ready -> Completed``).
+        records it (``Ready -> Completed``). ``continue_with``: the fast path also starts that successor on
+        ``worker`` (``Transition.continued``).
         """
         outcome = fast.AttemptOutcome(TaskStatus.COMPLETED, output=output)
-        return self._finish(run_id, task_id, attempt, outcome, workflow, basis, start)
+        return self._finish(run_id, task_id, attempt, outcome, workflow, basis, start, worker, continue_with)
 
     def fail_attempt(
         self,
@@ -310,12 +318,16 @@ class RunStore(RunQueries, RunControl):
         workflow: Workflow | None = None,
         basis: PlanBasis | None = None,
         start: PendingStart | None = None,
+        *,
+        worker: str | None = None,
+        continue_with: ContinueWith | None = None,
     ) -> Transition:
         """Running -> Ready (to retry at ``retry_at``) or Failed for exactly this attempt; a final failure plans
-        the run (given ``workflow``) in the same transaction. ``start`` as for :meth:`complete_attempt`."""
+        the run (given ``workflow``) in the same transaction. ``start``, ``continue_with`` as for
+        :meth:`complete_attempt`."""
         status = TaskStatus.FAILED if retry_at is None else TaskStatus.READY
         outcome = fast.AttemptOutcome(status, error=error, kind=kind, retry_at=retry_at)
-        return self._finish(run_id, task_id, attempt, outcome, workflow, basis, start)
+        return self._finish(run_id, task_id, attempt, outcome, workflow, basis, start, worker, continue_with)
 
     def _finish(
         self,
@@ -326,13 +338,25 @@ class RunStore(RunQueries, RunControl):
         workflow: Workflow | None,
         basis: PlanBasis | None,
         start: PendingStart | None = None,
+        worker: str | None = None,
+        continue_with: ContinueWith | None = None,
     ) -> Transition:
         if start is not None and (not self.fast_path or basis is None):
             raise ValueError("only PostgreSQL's one-statement finish records a deferred start (with its basis)")
         if self.fast_path and basis is not None:
             with self.db.single_statement() as c:
                 transition, complete = fast.finish_attempt(
-                    c, run_id, task_id, attempt, outcome, basis, workflow, utcnow(), start
+                    c,
+                    run_id,
+                    task_id,
+                    attempt,
+                    outcome,
+                    basis,
+                    workflow,
+                    utcnow(),
+                    start,
+                    worker=worker,
+                    continue_with=continue_with,
                 )
             if complete or workflow is None:
                 return transition
