@@ -15,6 +15,7 @@ connection the error left broken is invalidated, so the pool replaces it. Timest
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -37,10 +38,14 @@ class DriverStatement:
             name for name, bind in clause._bindparams.items() if isinstance(bind.type, UTCDateTime)
         )
         self._sql: str | None = None
+        self._order: tuple[str, ...] = ()
 
     def _rendered(self, c: Connection) -> str:
+        """The statement with PostgreSQL's own ``$n`` placeholders, made once: psycopg would otherwise parse its
+        ``%(name)s`` form on every execution (it caches that parse only for statements under 4 KiB)."""
         if self._sql is None:
-            self._sql = str(self.clause.compile(dialect=c.dialect))
+            sql, self._order = _positional(str(self.clause.compile(dialect=c.dialect)))
+            self._sql = sql
         return self._sql
 
     def execute(self, c: Connection, params: Mapping[str, Any]) -> psycopg.Cursor[Any]:
@@ -55,11 +60,35 @@ class DriverStatement:
         if not isinstance(driver, psycopg.Connection):
             raise TypeError(f"DriverStatement needs a psycopg connection, not {type(driver).__name__}")
         try:
-            return driver.cursor(row_factory=namedtuple_row).execute(sql, values)
+            cursor = psycopg.RawCursor(driver, row_factory=namedtuple_row)
+            return cursor.execute(sql, [values[name] for name in self._order])
         except psycopg.Error as exc:
             if driver.closed or driver.broken:
                 c.invalidate(exc)
             raise DBAPIError.instance(sql, values, exc, psycopg.Error, dialect=c.dialect) from exc
+
+
+_NAMED = re.compile(r"%\((\w+)\)s|%%")
+
+
+def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
+    """``sql`` in psycopg's ``%(name)s`` form as ``$n`` placeholders (one per name, reused), and the names in
+    ``$n`` order.
+
+    >>> _positional("SELECT %(a)s, %(b)s, %(a)s, '100%%'")
+    ("SELECT $1, $2, $1, '100%'", ('a', 'b'))
+    """
+    order: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return "%"
+        if name not in order:
+            order.append(name)
+        return f"${order.index(name) + 1}"
+
+    return _NAMED.sub(number, sql), tuple(order)
 
 
 def in_utc(row: Any, names: tuple[str, ...]) -> Any:
