@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -119,6 +120,16 @@ class Base(DeclarativeBase):
 
 class WorkflowRun(Base):
     __tablename__ = "workflow_runs"
+    __table_args__ = (
+        # The oldest waiting run of a workflow (max_active_runs; migration 0008).
+        Index(
+            "ix_workflow_runs_waiting",
+            "workflow_name",
+            "created_at",
+            sqlite_where=text("waiting_reason IS NOT NULL"),
+            postgresql_where=text("waiting_reason IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     workflow_name: Mapped[str] = mapped_column(String(200), index=True)
@@ -143,11 +154,22 @@ class WorkflowRun(Base):
     version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # The run this one re-executes from its failure (``DefaultRunner.retry_run``; migration 0007).
     retry_of: Mapped[str | None] = mapped_column(String(36))
+    # Why this Pending run has not started: its workflow's max_active_runs is reached (migration 0008).
+    waiting_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class TaskRun(Base):
     __tablename__ = "task_runs"
-    __table_args__ = (UniqueConstraint("run_id", "task_id", name="uq_task_runs_run_task"),)
+    __table_args__ = (
+        UniqueConstraint("run_id", "task_id", name="uq_task_runs_run_task"),
+        # The slots a pool has in use: SUM(pool_slots) of its Running tasks (migration 0008).
+        Index(
+            "ix_task_runs_pool_running",
+            "pool",
+            sqlite_where=text("pool IS NOT NULL AND status = 'Running'"),
+            postgresql_where=text("pool IS NOT NULL AND status = 'Running'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     # Looked up through uq_task_runs_run_task (run_id, task_id): no index of its own.
@@ -165,6 +187,22 @@ class TaskRun(Base):
     started_at: Mapped[datetime | None] = mapped_column()
     completed_at: Mapped[datetime | None] = mapped_column()
     heartbeat_at: Mapped[datetime | None] = mapped_column()
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # The pool the task's definition names and the slots it takes there (migration 0008); NULL without a pool.
+    pool: Mapped[str | None] = mapped_column(String(200))
+    pool_slots: Mapped[int | None] = mapped_column(Integer)
+
+
+class TaskPool(Base):
+    """A named pool of slots shared by every worker (``cloacina pools set NAME --slots N``; migration 0008)."""
+
+    __tablename__ = "task_pools"
+    __table_args__ = (CheckConstraint("slots >= 0", name="ck_task_pools_slots"),)
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    slots: Mapped[int] = mapped_column(Integer)
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
