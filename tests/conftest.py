@@ -78,6 +78,18 @@ def _pg_schema() -> Iterator[str]:
 
 
 @pytest.fixture
+def pg_store(pg_schema: str) -> Iterator[Any]:
+    """A ``RunStore`` on a fresh, migrated PostgreSQL schema."""
+    from cloacina.store.database import Database
+    from cloacina.store.runs import RunStore
+
+    db = Database(PG_URL, schema=pg_schema)
+    db.upgrade()
+    yield RunStore(db)
+    db.dispose()
+
+
+@pytest.fixture
 def pg_schema() -> Iterator[str]:
     """A fresh, empty PostgreSQL schema name (dropped after the test)."""
     yield from _pg_schema()

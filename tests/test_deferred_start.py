@@ -9,18 +9,16 @@ Real PostgreSQL, a schema per test; the coordinator drives attempts by hand (no 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import PG_URL
 from support import sent_statements, wait_until
 
 import cloacina as cloaca
 from cloacina.definitions import registry
 from cloacina.execution.coordinator import RunCoordinator
 from cloacina.execution.heartbeat import AttemptHeartbeats
-from cloacina.store.database import Database
 from cloacina.store.runs import RunStore
 
 pytestmark = pytest.mark.postgres
@@ -28,11 +26,8 @@ WAIT_S = 20
 
 
 @pytest.fixture
-def store(pg_schema: str) -> Iterator[RunStore]:
-    db = Database(PG_URL, schema=pg_schema)
-    db.upgrade()
-    yield RunStore(db)
-    db.dispose()
+def store(pg_store: RunStore) -> RunStore:
+    return pg_store
 
 
 def _coordinator(store: RunStore, heartbeat_s: float | None = None) -> RunCoordinator:

@@ -7,7 +7,6 @@ Real PostgreSQL, a schema per test. Statement counts are read with SQLAlchemy's 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -29,11 +28,8 @@ pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def store(pg_schema: str) -> Iterator[RunStore]:
-    db = Database(PG_URL, schema=pg_schema)
-    db.upgrade()
-    yield RunStore(db)
-    db.dispose()
+def store(pg_store: RunStore) -> RunStore:
+    return pg_store
 
 
 def _chain() -> Workflow:

@@ -81,11 +81,5 @@ with cloaca.WorkflowBuilder("chain_flow"):
 @cloaca.trigger(workflow="chain_flow", name="chain_inbox", poll_interval=f"{POLL_MS}ms")
 def chain_inbox():
     # Claim one pending item and fire it: each item is fired once (done_at marks it as fired).
-    rows = evidence._execute(
-        "UPDATE ev_inbox SET done_at = %s WHERE item = (SELECT min(item) FROM ev_inbox WHERE done_at IS NULL)"
-        " AND done_at IS NULL RETURNING item",
-        (time.time(),),
-    )
-    if not rows:
-        return cloaca.TriggerResult.skip()
-    return cloaca.TriggerResult.fire({"item": int(rows[0][0])})
+    item = evidence.claim_next_item()
+    return cloaca.TriggerResult.skip() if item is None else cloaca.TriggerResult.fire({"item": item})

@@ -81,3 +81,14 @@ def pending_items(shard: int) -> list[int]:
 
 def mark_done(item: int) -> None:
     _execute("UPDATE ev_inbox SET done_at = %s WHERE item = %s AND done_at IS NULL", (time.time(), item))
+
+
+def claim_next_item() -> int | None:
+    """Claim the lowest pending ``ev_inbox`` item (marking it fired) and return it; ``None`` when none is left.
+    Claimed in the statement that reads it, so each item is fired exactly once whatever happens to its run."""
+    rows = _execute(
+        "UPDATE ev_inbox SET done_at = %s WHERE item = (SELECT min(item) FROM ev_inbox WHERE done_at IS NULL)"
+        " AND done_at IS NULL RETURNING item",
+        (time.time(),),
+    )
+    return int(rows[0][0]) if rows else None
