@@ -1,8 +1,8 @@
 """docker-compose.yml, as ``docker compose config`` resolves it (the real compose v2, issue 13) with the credentials of
 ``.env.example``: every service healthy-checked on its own endpoint, no password in any process's arguments (Redis
 included), Flower with the broker and its auth from the environment only, the web console behind auth, a worker
-grace period covering the task timeout, the migrate gate. Running the services' commands locally is
-``tests/test_compose_services.py``; no Docker engine runs here.
+grace period covering the task timeout, the migrate gate, two worker pools (issue 19). Running the services'
+commands locally is ``tests/test_compose_services.py``; no Docker engine runs here.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import pytest
 from tests.deploy_tools import ROOT, compose_command, run
 
 ENV_EXAMPLE = ROOT / ".env.example"
-CLOACINA_SERVICES = ("migrate", "poller", "worker", "web", "flower")
+CLOACINA_SERVICES = ("migrate", "poller", "worker", "worker-heavy", "web", "flower")
+WORKER_POOLS = {"worker": "cloacina", "worker-heavy": "heavy"}  # service -> the queue it consumes
 
 
 def dotenv() -> dict[str, str]:
@@ -77,7 +78,7 @@ def test_no_password_in_any_process_argument(services: dict[str, dict[str, Any]]
 
 
 def test_services_check_their_own_readiness_endpoint(services: dict[str, dict[str, Any]]) -> None:
-    for name, port in (("poller", 9100), ("worker", 9100), ("web", 8080)):
+    for name, port in (("poller", 9100), ("worker", 9100), ("worker-heavy", 9100), ("web", 8080)):
         test = " ".join(services[name]["healthcheck"]["test"])
         assert f"http://127.0.0.1:{port}/readyz" in test, name
         assert "cloacina health" not in test  # a Python start per check costs a second of CPU; urllib a tenth
@@ -101,11 +102,26 @@ def test_web_is_behind_auth_on_loopback(services: dict[str, dict[str, Any]]) -> 
 
 
 def test_worker_grace_period_covers_the_task_timeout(services: dict[str, dict[str, Any]]) -> None:
-    worker = services["worker"]
-    timeout = float(worker["environment"]["CLOACINA_TASK_TIMEOUT_S"])
-    assert seconds(worker["stop_grace_period"]) >= timeout
-    assert "container_name" not in worker and not worker.get("ports")  # scalable with --scale
+    for name in WORKER_POOLS:
+        worker = services[name]
+        timeout = float(worker["environment"]["CLOACINA_TASK_TIMEOUT_S"])
+        assert seconds(worker["stop_grace_period"]) >= timeout, name
+        assert "container_name" not in worker and not worker.get("ports"), name  # scalable with --scale
     assert services["poller"]["deploy"]["replicas"] == 2
+
+
+def test_two_worker_pools_differ_by_their_queues_only(services: dict[str, dict[str, Any]]) -> None:
+    """`worker` consumes the deployment queue, `worker-heavy` queue "heavy"; the rest they share (one anchor)."""
+    for name, queue in WORKER_POOLS.items():
+        command = services[name]["command"]
+        assert command[:2] == ["cloacina", "worker"], name
+        assert command[command.index("--queues") + 1] == queue, name
+    assert services["worker"]["environment"]["CLOACINA_QUEUE"] == "cloacina"
+    assert services["worker-heavy"]["command"][services["worker-heavy"]["command"].index("--concurrency") + 1] == "1"
+    shared = ("image", "build", "environment", "volumes", "depends_on", "healthcheck", "stop_grace_period", "restart")
+    for key in shared:
+        assert services["worker"][key] == services["worker-heavy"][key], key
+    assert set(services["worker"]) == set(services["worker-heavy"])
 
 
 def test_one_image_and_the_migrate_gate(services: dict[str, dict[str, Any]]) -> None:
@@ -116,5 +132,5 @@ def test_one_image_and_the_migrate_gate(services: dict[str, dict[str, Any]]) -> 
             assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully", name
     assert services["migrate"]["command"] == ["cloacina", "db", "upgrade"]
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("poller", "worker"):
+    for name in ("poller", *WORKER_POOLS):
         assert any(v["target"] == "/app/workflows" and v["read_only"] for v in services[name]["volumes"]), name

@@ -254,6 +254,7 @@ def test_every_values_key_is_in_the_chart_readme(values: dict[str, Any]) -> None
     readme = (CHART / "README.md").read_text()
     for key in values:
         assert f"`{key}" in readme, f"helm/cloacina/README.md does not document {key}"
+    assert "`worker.pools`" in readme and "## Worker pools" in readme
 
 
 def test_chart_defaults(values: dict[str, Any]) -> None:
@@ -266,6 +267,7 @@ def test_chart_defaults(values: dict[str, Any]) -> None:
     assert values["podSecurityContext"]["runAsUser"] == 10001
     assert values["worker"]["terminationGracePeriodSeconds"] >= values["config"]["task_timeout_s"]
     assert values["worker"]["keda"]["enabled"] is False and values["networkPolicy"]["enabled"] is True
+    assert values["worker"]["pools"] == [], "no pools: the single worker Deployment of the chart before pools"
     for component in ("web", "flower"):
         assert values[component]["ingress"]["tls"]["enabled"] is True, component
     assert values["flower"]["basicAuth"]["password"] == "" and values["web"]["auth"]["password"] == ""

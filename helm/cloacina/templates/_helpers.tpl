@@ -264,3 +264,103 @@ enableTLS: {{ eq $parsed.scheme "rediss" | toString | quote }}
 username: {{ $user | quote }}
 password: {{ $password | quote }}
 {{- end }}
+
+{{/*
+The worker pools, resolved: sets "pools" in the dict it is given (argument: a dict with "context", the root, and
+"out"). Without worker.pools, one pool named "default" made of the worker.* values, with the names and selector of
+the single-pool chart (<fullname>-worker: an upgrade changes no immutable selector). With worker.pools, each entry is
+worker.* with the entry's keys replacing those of the same name (autoscaling, keda, podDisruptionBudget and the probes
+key by key), deployed as <fullname>-worker-<name> and selected by its cloacina.io/worker-pool label. Each pool gets
+"name", "queues", "legacy" (the single-pool form), "fullname" and "where" (how error messages name it). The chart
+refuses a pool without a valid unique name, an unknown key (a typo would be ignored otherwise), a non-default pool
+without queues, and pools none of which consumes config.queue (where tasks go unless routed elsewhere).
+*/}}
+{{- define "cloacina.workerPools" -}}
+{{- $root := .context }}
+{{- $fullname := include "cloacina.fullname" $root }}
+{{- $base := omit $root.Values.worker "pools" }}
+{{- $entries := $root.Values.worker.pools | default (list) }}
+{{- $legacy := empty $entries }}
+{{- if $legacy }}
+{{- $entries = list (dict "name" "default") }}
+{{- end }}
+{{- $known := concat (keys $base) (list "name" "queues") }}
+{{- $byKey := list "autoscaling" "keda" "podDisruptionBudget" "startupProbe" "livenessProbe" "readinessProbe" }}
+{{- $pools := list }}
+{{- $names := list }}
+{{- $consumed := list }}
+{{- range $i, $entry := $entries }}
+{{- if not (kindIs "map" $entry) }}
+{{- fail (printf "worker.pools[%d] must be a map with at least a name (and queues), e.g. {name: heavy, queues: [heavy]}" $i) }}
+{{- end }}
+{{- $name := toString (required (printf "worker.pools[%d] needs a name" $i) $entry.name) }}
+{{- if or (gt (len $name) 40) (not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" $name)) }}
+{{- fail (printf "worker.pools[%d].name %q must be a DNS label of at most 40 characters (lower-case letters, digits, '-'): it names the pool's Deployment and labels its pods" $i $name) }}
+{{- end }}
+{{- if has $name $names }}
+{{- fail (printf "worker.pools: the name %q is used twice" $name) }}
+{{- end }}
+{{- $names = append $names $name }}
+{{- range $key, $_ := $entry }}
+{{- if not (has $key $known) }}
+{{- fail (printf "worker.pools[%s]: unknown key %q (a pool takes name, queues and the keys of worker: %s)" $name $key (keys $base | sortAlpha | join ", ")) }}
+{{- end }}
+{{- end }}
+{{- $pool := deepCopy $base }}
+{{- range $key, $value := omit $entry "name" "queues" }}
+{{- if and (has $key $byKey) (kindIs "map" $value) }}
+{{- $merged := deepCopy (index $base $key) }}
+{{- range $k, $v := $value }}
+{{- $_ := set $merged $k $v }}
+{{- end }}
+{{- $_ := set $pool $key $merged }}
+{{- else }}
+{{- $_ := set $pool $key $value }}
+{{- end }}
+{{- end }}
+{{- $queues := $entry.queues }}
+{{- if and (not $queues) (eq $name "default") }}
+{{- $queues = list (required "config.queue is needed: the default worker pool consumes it" $root.Values.config.queue) }}
+{{- end }}
+{{- if not $queues }}
+{{- fail (printf "worker.pools[%s] needs queues, e.g. [%s]: only the pool named default consumes config.queue without saying so" $name $name) }}
+{{- end }}
+{{- if not (kindIs "slice" $queues) }}
+{{- fail (printf "worker.pools[%s].queues must be a list of queue names, e.g. [%s]" $name $name) }}
+{{- end }}
+{{- range $queue := $queues }}
+{{- if or (not (kindIs "string" $queue)) (not (regexMatch "^[A-Za-z0-9_.:-]+$" $queue)) }}
+{{- fail (printf "worker.pools[%s].queues: %v is not a queue name (letters, digits, _ . : -)" $name $queue) }}
+{{- end }}
+{{- end }}
+{{- $consumed = concat $consumed $queues }}
+{{- $_ := set $pool "name" $name }}
+{{- $_ := set $pool "queues" $queues }}
+{{- $_ := set $pool "legacy" $legacy }}
+{{- $_ := set $pool "fullname" (ternary (printf "%s-worker" $fullname) (printf "%s-worker-%s" $fullname $name) $legacy) }}
+{{- $_ := set $pool "where" (ternary "worker" (printf "worker.pools[%s]" $name) $legacy) }}
+{{- $pools = append $pools $pool }}
+{{- end }}
+{{- if not (has $root.Values.config.queue $consumed) }}
+{{- fail (printf "no worker pool consumes config.queue (%q), where every task goes unless routed to another queue: add it to one pool's queues (the pool named default consumes it when it names no queues)" $root.Values.config.queue) }}
+{{- end }}
+{{- $_ := set .out "pools" $pools }}
+{{- end }}
+
+{{/*
+Labels of a worker pool's objects and pods (argument: a dict with "context" and "pool"); "cloacina.workerSelector"
+selects its pods: the single-pool chart's selector as it was, or that plus the pool label.
+*/}}
+{{- define "cloacina.workerLabels" -}}
+{{ include "cloacina.labels" .context }}
+app.kubernetes.io/component: worker
+cloacina.io/worker-pool: {{ .pool.name }}
+{{- end }}
+
+{{- define "cloacina.workerSelector" -}}
+{{ include "cloacina.selectorLabels" .context }}
+app.kubernetes.io/component: worker
+{{- if not .pool.legacy }}
+cloacina.io/worker-pool: {{ .pool.name }}
+{{- end }}
+{{- end }}
