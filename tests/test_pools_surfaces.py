@@ -97,7 +97,16 @@ def test_api_put_get_delete(web: Any) -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [{"slots": -1}, {"slots": "2"}, {"slots": 1.5}, {"slots": True}, {}, {"slots": 1, "extra": 1}, {"slots": 2**40}],
+    [
+        {"slots": -1},
+        {"slots": "2"},
+        {"slots": 1.5},
+        {"slots": True},
+        {},
+        {"slots": 1, "extra": 1},
+        {"slots": 2**40},
+        {"slots": 1, "description": "a\x00b"},
+    ],
 )
 def test_api_refuses_bad_bodies_with_422(web: Any, body: dict[str, Any]) -> None:
     http, _ = web

@@ -151,7 +151,7 @@ def take_slots(c: Connection, run_id: str, task: PoolTask, now: datetime) -> Poo
     if slots is None:
         return PoolWait(task.pool, task.slots, waited_s, missing=True)
     # A statement of its own: its snapshot is taken now that the lock is held (READ COMMITTED).
-    used = int(c.execute(SLOTS_USED, {"pool": task.pool}).scalar_one())
+    used = int(c.execute(SLOTS_USED, {"pool": task.pool}).scalar_one() or 0)
     if used + task.slots <= slots:
         return None
     touch_before = now - timedelta(seconds=WAITING_TOUCH_S)

@@ -36,7 +36,9 @@ class PoolPut(_Request):
     """``PUT /api/v1/pools/{name}``: the pool's slots (0 pauses its tasks) and, optionally, its description."""
 
     slots: StrictInt = Field(ge=0, le=2**31 - 1, description="Slots of the pool; 0 pauses its tasks.")
-    description: str | None = Field(default=None, max_length=2000, description="What the pool protects.")
+    description: str | None = Field(
+        default=None, max_length=2000, pattern=r"^[^\x00]*$", description="What the pool protects (no NUL)."
+    )
 
 
 # -- errors and health ------------------------------------------------------------------------------------
