@@ -86,6 +86,8 @@ def test_api_put_get_delete(web: Any) -> None:
         "DWH",
     )
     assert http.put("/api/v1/pools/warehouse", json={"slots": 0}, auth=ADMIN).json()["description"] == "DWH"
+    assert http.put("/api/v1/pools/other", json={"slots": 2.0}, auth=ADMIN).json()["slots"] == 2  # a JSON integer
+    assert http.delete("/api/v1/pools/other", auth=ADMIN).status_code == 204
     assert runner.get_pool("warehouse")["slots"] == 0
     listed = http.get("/api/v1/pools", auth=VIEWER).json()["pools"]
     assert [(p["name"], p["slots"]) for p in listed] == [("warehouse", 0)]
@@ -101,6 +103,7 @@ def test_api_put_get_delete(web: Any) -> None:
         {"slots": -1},
         {"slots": "2"},
         {"slots": 1.5},
+        {"slots": float("inf")},
         {"slots": True},
         {},
         {"slots": 1, "extra": 1},

@@ -3,10 +3,11 @@ deleting them (as ``cloacina pools``). A change applies to every worker at its t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Path, Response
 
+from cloacina.definitions.naming import NAME_PATTERN
 from cloacina.errors import DefinitionError
 from cloacina.store.pools import PoolInfo, PoolStore, check_pool_name
 from cloacina.web.auth import WRITE_RESPONSES, require_writer
@@ -15,6 +16,7 @@ from cloacina.web.errors import ApiError
 from cloacina.web.schemas import ErrorBody, PoolList, PoolOut, PoolPut
 
 router = APIRouter()
+PoolName = Annotated[str, Path(pattern=NAME_PATTERN, description="The pool's name.")]
 POOL_404: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "Unknown pool."}}
 
 
@@ -52,8 +54,9 @@ def get_pool(name: str, runner: Runner) -> PoolOut:
     dependencies=[Depends(require_writer)],
     tags=["pools"],
 )
-def put_pool(name: str, body: PoolPut, runner: Runner) -> PoolOut:
-    """Create the pool or set its slots (``{"slots": 4, "description": "..."}``); 0 slots pauses its tasks."""
+def put_pool(name: PoolName, body: PoolPut, runner: Runner) -> PoolOut:
+    """Create the pool or set its slots (``{"slots": 4, "description": "..."}``); 0 slots pauses its tasks.
+    A name other than 1-200 letters, digits, ``_``, ``.``, ``-`` (not starting with ``.`` or ``-``) is a 422."""
     try:
         check_pool_name(name)
     except DefinitionError as exc:
