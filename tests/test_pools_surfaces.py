@@ -103,7 +103,7 @@ def test_api_put_get_delete(web: Any) -> None:
         {"slots": -1},
         {"slots": "2"},
         {"slots": 1.5},
-        {"slots": float("inf")},
+        {"slots": 1e300},
         {"slots": True},
         {},
         {"slots": 1, "extra": 1},
