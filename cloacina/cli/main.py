@@ -7,6 +7,7 @@
     cloacina [-v|-vv] triggers list|enable|disable|history                      (cloacina.cli.triggers)
     cloacina [-v|-vv] runs list|show                                            (cloacina.cli.runs)
     cloacina [-v|-vv] cron list                                                 (cloacina.cli.cron)
+    cloacina [-v|-vv] pools set|list|delete        task pools (slots)           (cloacina.cli.pools)
     cloacina [-v|-vv] package build|validate|inspect|schema|deploy|list         (cloacina.cli.package)
     cloacina [-v|-vv] daemon [--watch DIR ...] [--db URL]   deploy packages    (cloacina.cli.daemon)
     cloacina worker|poller --app APP | flower [opts] | health                   (cloacina.cli.services, cli_health)
@@ -26,6 +27,7 @@ from cloacina.cli.daemon import daemon_command
 from cloacina.cli.db import db_group
 from cloacina.cli.health import health as health_command
 from cloacina.cli.package import package as package_group
+from cloacina.cli.pools import pools_group
 from cloacina.cli.run import run_command
 from cloacina.cli.runs import runs_group
 from cloacina.cli.services import flower_command, poller_command, worker_command
@@ -46,6 +48,7 @@ main.add_command(run_command)
 main.add_command(triggers_group)
 main.add_command(runs_group)
 main.add_command(cron_group)
+main.add_command(pools_group)
 main.add_command(package_group)
 main.add_command(daemon_command)
 main.add_command(worker_command)

@@ -205,8 +205,9 @@ def task(fn: TaskFunction | None = None, /, **options: Any) -> Any:
     Options (keyword-only): ``id``, ``dependencies``, ``retry`` (a RetryPolicy), ``retry_attempts``,
     ``retry_backoff``, ``retry_delay_ms``, ``retry_max_delay_ms``, ``retry_condition``, ``retry_jitter``,
     ``on_success(task_id, ctx)``, ``on_failure(task_id, error, ctx)``, ``trigger_rules`` (a rule dict), and our
-    ``timeout_seconds``, ``description``. The task registers in the innermost active workflow context (a
-    ``WorkflowBuilder`` block or the package loader's), or as a standalone task when none is active.
+    ``timeout_seconds``, ``description``, ``pool``/``pool_slots`` (task pools). The task registers in the
+    innermost active workflow context (a ``WorkflowBuilder`` block or the package loader's), or as a standalone
+    task when none is active.
     """
     decorator = TaskDecorator._create(options)
     if fn is not None:

@@ -6,7 +6,8 @@ import re
 
 from cloacina.errors import DefinitionError
 
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$")
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$"  # also the pattern of a pool name in the HTTP API
+_NAME = re.compile(NAME_PATTERN)
 
 
 def check_name(name: object, what: str) -> str:

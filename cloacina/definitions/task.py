@@ -48,6 +48,8 @@ _OTHER_OPTIONS = {
     "trigger_rules",
     "timeout_seconds",
     "description",
+    "pool",  # task pools (our extension): see _build_pool
+    "pool_slots",
     *_OUT_OF_SCOPE,
 }
 
@@ -65,6 +67,9 @@ class TaskDefinition:
     on_failure: FailureCallback | None = field(default=None, compare=False)
     timeout_s: float | None = None
     description: str = ""
+    # Task pools (our extension): the cluster-wide pool whose ``pool_slots`` slots the task takes while it runs.
+    pool: str | None = None
+    pool_slots: int = 1
 
     @property
     def is_async(self) -> bool:
@@ -159,6 +164,22 @@ def _build_rule(rules: Any) -> Rule | None:
     raise DefinitionError(f"trigger_rules must be a rule such as all_of(...), got {type(rules).__name__}")
 
 
+def _build_pool(task_id: str, pool: object, slots: object) -> tuple[str | None, int]:
+    """``pool=``/``pool_slots=`` checked: a pool name (as ``cloacina pools set`` takes it) and an int >= 1."""
+    if pool is None:
+        if slots is not None:
+            raise DefinitionError(f"task {task_id!r}: pool_slots={slots!r} needs pool=<name>", subject=task_id)
+        return None, 1
+    if not isinstance(pool, str) or not pool:
+        raise DefinitionError(f"task {task_id!r}: pool must be a non-empty pool name, got {pool!r}", subject=task_id)
+    check_name(pool, "pool name")
+    if slots is None:
+        return pool, 1
+    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+        raise DefinitionError(f"task {task_id!r}: pool_slots must be an int >= 1, got {slots!r}", subject=task_id)
+    return pool, slots
+
+
 def make_task_definition(fn: TaskFunction, options: dict[str, Any]) -> TaskDefinition:
     """Validate ``@task`` options for ``fn`` and build its definition."""
     unknown = set(options) - set(_RETRY_OPTIONS) - _OTHER_OPTIONS
@@ -190,6 +211,7 @@ def make_task_definition(fn: TaskFunction, options: dict[str, Any]) -> TaskDefin
     timeout = options.get("timeout_seconds")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0):
         raise DefinitionError(f"task {task_id!r}: timeout_seconds must be a positive number, got {timeout!r}")
+    pool, pool_slots = _build_pool(task_id, options.get("pool"), options.get("pool_slots"))
     for name in ("on_success", "on_failure"):
         cb = options.get(name)
         if cb is not None and not callable(cb):
@@ -204,4 +226,6 @@ def make_task_definition(fn: TaskFunction, options: dict[str, Any]) -> TaskDefin
         on_failure=options.get("on_failure"),
         timeout_s=float(timeout) if timeout is not None else None,
         description=options.get("description") or inspect.getdoc(fn) or "",
+        pool=pool,
+        pool_slots=pool_slots,
     )

@@ -167,6 +167,7 @@ def _content_version(name: str, tasks: Mapping[str, TaskDefinition]) -> str:
             "retry": t.retry.to_dict(),
             "timeout_s": t.timeout_s,
             "code": hashlib.sha256(t.code_fingerprint().encode()).hexdigest(),
+            **({"pool": [t.pool, t.pool_slots]} if t.pool else {}),  # absent without a pool: versions unchanged
         }
         for t in tasks.values()
     ]

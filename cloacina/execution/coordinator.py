@@ -53,6 +53,7 @@ from cloacina.store.runs import (
     CronClaim,
     OpenedRun,
     PendingStart,
+    PoolWait,
     RunEnd,
     RunStore,
     StartedAttempt,
@@ -283,7 +284,10 @@ class RunCoordinator:
         successor it names, returned in ``NodeOutcome.continued``; ``started``: such an attempt, already started.
         """
         if started is None:
-            started = self.store.begin_attempt(run_id, task_id, worker=self.worker_name)
+            begun = self.store.begin_attempt(run_id, task_id, worker=self.worker_name)
+            if isinstance(begun, PoolWait):  # a pool task that could not take its slots
+                return self._pool_wait(run_id, task_id, begun, dispatch_ready)
+            started = begun
         if started is None:  # not Ready: taken, finished, not yet due, or the run ended (run_node looks closer)
             return NodeOutcome("done")
         deferred = None
@@ -425,6 +429,25 @@ class RunCoordinator:
             )
             continued = (c.task_id, attempt)
         return NodeOutcome(kind, ready=transition.ready, workflow=workflow, continued=continued)
+
+    def _pool_wait(self, run_id: str, task_id: str, waiting: PoolWait, dispatch_ready: bool) -> NodeOutcome:
+        """A pool task did not start. Its pool is full: it stays Ready and this delivery comes back after a short
+        backoff, holding no worker meanwhile. Its pool does not exist: it fails (final) with a message naming the
+        command that defines the pool."""
+        fields = {"run_id": run_id, "task": task_id, "pool": waiting.pool}
+        if not waiting.missing:
+            log.debug("pool %r full; task waits %.2fs", waiting.pool, waiting.retry_after_s, extra=fields)
+            return NodeOutcome("retry", waiting.retry_after_s)
+        run = self.store.get_run(run_id)
+        if run is None or run.status.is_terminal:
+            return NodeOutcome("done")
+        workflow = self.resolve_workflow(run.workflow_name, run.workflow_version, run.package_fingerprint)
+        transition = self.store.fail_unstarted(run_id, task_id, waiting.message, workflow, worker=self.worker_name)
+        if not transition.applied:
+            return NodeOutcome("done")
+        log.error("task failed: %s", waiting.message, extra=fields)
+        self._after(run_id, transition, workflow, dispatch_ready=dispatch_ready)
+        return NodeOutcome("failed", ready=() if dispatch_ready else transition.ready, workflow=workflow)
 
     def _unresolvable(self, run_id: str, task_id: str, started: StartedAttempt, exc: Exception) -> NodeOutcome:
         """The attempt started but its code cannot be found here: give the task back (another worker may have the

@@ -43,6 +43,7 @@ from cloacina.runner.errors import (
     WorkflowTimeoutError,
     operation,
 )
+from cloacina.runner.pool_api import PoolAPI
 from cloacina.runner.results import RunHandle, WorkflowResult
 from cloacina.runner.trigger_api import TriggerAPI
 from cloacina.scheduling.cron import CronScheduler
@@ -71,7 +72,7 @@ def _shutdown_live_runners() -> None:
             log.exception("error shutting down a DefaultRunner at exit")
 
 
-class DefaultRunner(TriggerAPI, CronAPI):
+class DefaultRunner(TriggerAPI, CronAPI, PoolAPI):
     """Executes workflows and (unless disabled) polls triggers and fires cron schedules.
 
     ``database_url``: ``"postgres://..."``/``"postgresql://..."``, or SQLite: ``"sqlite://file.db"``,

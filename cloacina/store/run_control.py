@@ -211,6 +211,8 @@ def retry_task_rows(
             "status": TaskStatus.NOT_STARTED.value,
             "attempt": 0,
             "max_attempts": task.retry.attempt_limit,
+            "pool": task.pool,  # task pools: the slots it takes while Running are counted from these
+            "pool_slots": task.pool_slots if task.pool else None,
             "updated_at": now,
             "input_context": None,
             "output_context": None,

@@ -51,8 +51,9 @@ from cloacina.context import canonical_json
 from cloacina.definitions.workflow import Workflow
 from cloacina.engine.planner import TaskView, final_context, plan, run_outcome
 from cloacina.engine.states import RunStatus, TaskStatus
-from cloacina.store.driver_sql import DriverStatement
+from cloacina.store.driver_sql import DriverStatement, in_utc
 from cloacina.store.models import UTCDateTime
+from cloacina.store.pools import PoolTask
 from cloacina.store.run_planning import failed_tasks_message
 from cloacina.store.run_records import (
     Continuation,
@@ -71,7 +72,16 @@ from cloacina.timestamps import utcnow
 
 _ACTIVE = f"('{RunStatus.PENDING.value}', '{RunStatus.RUNNING.value}')"
 _TIMES = ("now", "completed_at", "retry_at", "started")
-_TASK_FIELDS = ("task_id", "status", "max_attempts", "input_context", "skip_reason", "output_context")
+_TASK_FIELDS = (
+    "task_id",
+    "status",
+    "max_attempts",
+    "input_context",
+    "skip_reason",
+    "output_context",
+    "pool",
+    "pool_slots",
+)
 
 START = DriverStatement(
     text(
@@ -85,6 +95,7 @@ WITH run AS (
         updated_at = :now, started_at = COALESCE(started_at, :now)
     WHERE run_id = :b_run AND task_id = :b_task AND status = '{TaskStatus.READY.value}'
       AND (next_attempt_at IS NULL OR next_attempt_at <= :now) AND EXISTS (SELECT 1 FROM run)
+      AND (pool IS NULL OR CAST(:pool_checked AS boolean))  -- a pool task: only with its slots taken (pools.py)
     RETURNING id, attempt, input_context
 ), attempt_row AS (
     INSERT INTO task_attempts (task_run_id, attempt, worker, status, started_at)
@@ -109,7 +120,8 @@ PEEK = DriverStatement(
 SELECT task.attempt + 1 AS attempt, task.input_context, run.workflow_name, run.workflow_version,
        run.package_fingerprint, run.input_context AS run_input, run.version,
        (SELECT json_agg(json_build_array(t.task_id, t.status, t.output_context, t.skip_reason, t.error_message))
-        FROM task_runs t WHERE t.run_id = :b_run) AS tasks
+        FROM task_runs t WHERE t.run_id = :b_run) AS tasks,
+       task.pool, task.pool_slots, task.updated_at AS ready_since
 FROM workflow_runs AS run JOIN task_runs AS task ON task.run_id = run.id
 WHERE run.id = :b_run AND run.status IN {_ACTIVE} AND task.task_id = :b_task
   AND task.status = '{TaskStatus.READY.value}' AND (task.next_attempt_at IS NULL OR task.next_attempt_at <= :now)
@@ -127,7 +139,7 @@ WITH run AS (
     SET status = '{TaskStatus.RUNNING.value}', attempt = :b_attempt, heartbeat_at = :now, next_attempt_at = NULL,
         updated_at = :now, started_at = COALESCE(started_at, :started)
     WHERE run_id = :b_run AND task_id = :b_task AND status = '{TaskStatus.READY.value}'
-      AND attempt = :b_attempt - 1 AND EXISTS (SELECT 1 FROM run)
+      AND attempt = :b_attempt - 1 AND EXISTS (SELECT 1 FROM run) AND pool IS NULL  -- pool tasks never defer
     RETURNING id
 ), attempt_row AS (
     INSERT INTO task_attempts (task_run_id, attempt, worker, status, started_at)
@@ -224,11 +236,12 @@ WITH run AS (
     RETURNING id
 ), tasks AS (
     INSERT INTO task_runs (run_id, task_id, status, attempt, max_attempts, updated_at, input_context,
-        skip_reason, output_context, completed_at)
+        skip_reason, output_context, completed_at, pool, pool_slots)
     SELECT run.id, t.task_id, t.status, 0, t.max_attempts, :now, t.input_context, t.skip_reason,
-        t.output_context, CASE WHEN t.status = '{TaskStatus.SKIPPED.value}' THEN :now END
+        t.output_context, CASE WHEN t.status = '{TaskStatus.SKIPPED.value}' THEN :now END, t.pool, t.pool_slots
     FROM run, json_to_recordset(CAST(:tasks AS json))
-        AS t(task_id text, status text, max_attempts int, input_context text, skip_reason text, output_context text)
+        AS t(task_id text, status text, max_attempts int, input_context text, skip_reason text, output_context text,
+             pool text, pool_slots int)
 ), fired AS (
     INSERT INTO trigger_executions (trigger_name, context_hash, run_id, dedup_active, lock_token, started_at)
     SELECT CAST(:trigger_name AS varchar), :context_hash, run.id, :dedup, CAST(:lock_token AS varchar), :now FROM run
@@ -267,13 +280,7 @@ def open_run(
     """Insert a run, its ``rows`` (see :func:`cloacina.store.run_planning.initial_task_rows`) and its claim in
     one statement; a refused claim raises ``IntegrityError`` and writes nothing."""
     trigger, cron = claims.trigger, claims.cron
-    tasks = [
-        {
-            key: row[key]
-            for key in ("task_id", "status", "max_attempts", "input_context", "skip_reason", "output_context")
-        }
-        for row in rows
-    ]
+    tasks = [{key: row[key] for key in _TASK_FIELDS} for row in rows]
     params = {
         "b_run": run_id,
         "workflow_name": workflow.name,
@@ -314,9 +321,13 @@ class AttemptOutcome:
         return self.task_status != TaskStatus.READY
 
 
-def start_attempt(c: Connection, run_id: str, task_id: str, worker: str | None, now: datetime) -> StartedAttempt | None:
-    """Ready -> Running in one statement; ``None`` if the task is not Ready (or not due) or the run has ended."""
-    row = START.execute(c, {"b_run": run_id, "b_task": task_id, "worker": worker, "now": now}).fetchone()
+def start_attempt(
+    c: Connection, run_id: str, task_id: str, worker: str | None, now: datetime, *, pool_checked: bool = False
+) -> StartedAttempt | None:
+    """Ready -> Running in one statement; ``None`` if the task is not Ready (or not due) or the run has ended.
+    A pool task starts only with ``pool_checked`` (its slots taken: :func:`cloacina.store.pools.start_in_pool`)."""
+    params = {"b_run": run_id, "b_task": task_id, "worker": worker, "now": now, "pool_checked": pool_checked}
+    row = START.execute(c, params).fetchone()
     return None if row is None else _started(row, now, is_recorded=True)
 
 
@@ -340,10 +351,13 @@ def _started(row: Any, now: datetime, *, is_recorded: bool) -> StartedAttempt:
     )
 
 
-def peek_attempt(c: Connection, run_id: str, task_id: str, now: datetime) -> StartedAttempt | None:
+def peek_attempt(c: Connection, run_id: str, task_id: str, now: datetime) -> StartedAttempt | PoolTask | None:
     """What :func:`start_attempt` would return, written nowhere (its start is recorded later: ``is_recorded`` is
-    ``False``); ``None`` if the task is not Ready (or not due) or the run has ended."""
+    ``False``); ``None`` if the task is not Ready (or not due) or the run has ended. A pool task is never
+    deferred: its :class:`PoolTask` says which pool to take its slots in first."""
     row = PEEK.execute(c, {"b_run": run_id, "b_task": task_id, "now": now}).fetchone()
+    if row is not None and row.pool is not None:
+        return PoolTask(row.pool, row.pool_slots or 1, in_utc(row, ("ready_since",)).ready_since)
     return None if row is None else _started(row, now, is_recorded=False)
 
 
@@ -389,7 +403,7 @@ def finish_attempt(
     continued: tuple[str, dict[str, Any]] | None = None
     if outcome.final and workflow is not None:
         decisions, ended = _plan(workflow, basis, task_id, outcome)
-        continued = _choose_continuation(decisions, continue_with) if ended is None else None
+        continued = _choose_continuation(decisions, continue_with, workflow) if ended is None else None
     output = canonical_json(dict(outcome.output)) if outcome.output is not None else None
     params = {
         "b_run": run_id,
@@ -432,12 +446,15 @@ def finish_attempt(
 
 
 def _choose_continuation(
-    decisions: list[dict[str, Any]], continue_with: ContinueWith | None
+    decisions: list[dict[str, Any]], continue_with: ContinueWith | None, workflow: Workflow
 ) -> tuple[str, dict[str, Any]] | None:
-    """Mark the decision of the successor to start for the caller (see :class:`ContinueWith`); its id and input."""
+    """Mark the decision of the successor to start for the caller (see :class:`ContinueWith`); its id and input.
+    A pool task is never started here (its start must take its pool's slots: :mod:`cloacina.store.pools`)."""
     if continue_with is None:
         return None
-    ready = [d for d in decisions if d["status"] == TaskStatus.READY.value]
+    ready = [
+        d for d in decisions if d["status"] == TaskStatus.READY.value and workflow.tasks[d["task_id"]].pool is None
+    ]
     chosen = next((d for d in ready if d["task_id"] == continue_with.prefer), None)
     if chosen is None and continue_with.first_ready and ready:
         chosen = ready[0]

@@ -8,7 +8,7 @@ Connection. Semantics are documented where they are used, in
 
 from __future__ import annotations
 
-from sqlalchemy import BindParameter, bindparam, func, insert, or_, select, update
+from sqlalchemy import BindParameter, Boolean, bindparam, func, insert, or_, select, update
 
 from cloacina.engine.states import RunStatus, SkipReason, TaskStatus
 from cloacina.store.models import TaskAttempt, TaskRun, TriggerExecution, UTCDateTime, WorkflowRun
@@ -33,6 +33,8 @@ START_TASK = (
         TaskRun.task_id == _TASK,
         TaskRun.status == TaskStatus.READY.value,
         or_(TaskRun.next_attempt_at.is_(None), TaskRun.next_attempt_at <= _NOW),
+        # A pool task starts only once its slots are taken (cloacina.store.pools.take_slots).
+        or_(TaskRun.pool.is_(None), bindparam("pool_checked", type_=Boolean())),
     )
     .values(
         status=TaskStatus.RUNNING.value,

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import func, insert, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -30,10 +30,12 @@ from cloacina.context import canonical_json
 from cloacina.definitions.workflow import Workflow
 from cloacina.engine.planner import Decision, final_context, run_outcome
 from cloacina.engine.states import RunStatus, SkipReason, TaskStatus
+from cloacina.store import pools
 from cloacina.store import run_fast_path as fast
 from cloacina.store import run_statements as sql
 from cloacina.store.database import Database
-from cloacina.store.models import CronExecution, TaskRun, TriggerExecution, WorkflowRun
+from cloacina.store.models import CronExecution, TaskAttempt, TaskRun, TriggerExecution, WorkflowRun
+from cloacina.store.pools import PoolWait
 from cloacina.store.run_control import RunControl
 from cloacina.store.run_planning import end_run_locked, initial_task_rows, plan_locked
 from cloacina.store.run_queries import RunQueries
@@ -62,6 +64,7 @@ __all__ = [
     "CronClaim",
     "OpenedRun",
     "PendingStart",
+    "PoolWait",
     "RunEnd",
     "RunRecord",
     "RunStore",
@@ -215,20 +218,33 @@ class RunStore(RunQueries, RunControl):
         return self._step(run_id, workflow, lambda c, now: True)
 
     # -- attempts ---------------------------------------------------------------------------------------
-    def start_attempt(self, run_id: str, task_id: str, *, worker: str | None = None) -> StartedAttempt | None:
+    def start_attempt(
+        self, run_id: str, task_id: str, *, worker: str | None = None
+    ) -> StartedAttempt | PoolWait | None:
         """Ready -> Running with a new attempt number; ``None`` if the task is not Ready (or its retry delay has not
-        passed) or the run has ended."""
+        passed) or the run has ended. A pool task starts only with its pool's slots (:mod:`cloacina.store.pools`):
+        a :class:`PoolWait` says why it did not (its pool is full, or undefined)."""
         now = utcnow()
         if self.fast_path:
             with self.db.single_statement() as c:
-                return fast.start_attempt(c, run_id, task_id, worker, now)
+                started = fast.start_attempt(c, run_id, task_id, worker, now)
+            return started if started is not None else self._start_in_pool(run_id, task_id, worker, None)
         with self.db.connection() as c:
             run = c.execute(sql.RUN_FOR_START, {"b_run": run_id}).one_or_none()
             if run is None or run.status not in sql.ACTIVE_RUN:
                 return None
-            row = c.execute(sql.START_TASK, {"b_run": run_id, "b_task": task_id, "now": now}).one_or_none()
-            if row is None:
-                return None
+            params = {"b_run": run_id, "b_task": task_id, "now": now, "pool_checked": False}
+            row = c.execute(sql.START_TASK, params).one_or_none()
+            if row is None:  # not Ready, or a pool task: under SQLite's write lock, take its slots first
+                pooled = pools.ready_pool_task(c, run_id, task_id, now)
+                if pooled is None:
+                    return None
+                waiting = pools.take_slots(c, run_id, pooled, now)
+                if waiting is not None:
+                    return waiting
+                row = c.execute(sql.START_TASK, {**params, "pool_checked": True}).one_or_none()
+                if row is None:
+                    return None
             c.execute(
                 sql.INSERT_ATTEMPT,
                 {
@@ -251,12 +267,36 @@ class RunStore(RunQueries, RunControl):
                 triggered_at=triggered_at if isinstance(triggered_at, str) else None,
             )
 
-    def begin_attempt(self, run_id: str, task_id: str, *, worker: str | None = None) -> StartedAttempt | None:
+    def _start_in_pool(
+        self, run_id: str, task_id: str, worker: str | None, pooled: pools.PoolTask | None
+    ) -> StartedAttempt | PoolWait | None:
+        """PostgreSQL: start a pool task in one transaction that takes its slots first (see
+        :mod:`cloacina.store.pools`); ``pooled`` as a peek saw it, else read here (``None``: not a Ready pool
+        task)."""
+        now = utcnow()
+        with self.db.connection() as c:
+            if pooled is None:
+                pooled = pools.ready_pool_task(c, run_id, task_id, now)
+                if pooled is None:
+                    return None
+            waiting = pools.take_slots(c, run_id, pooled, now)
+            if waiting is not None:
+                return waiting
+            return fast.start_attempt(c, run_id, task_id, worker, now, pool_checked=True)
+
+    def begin_attempt(
+        self, run_id: str, task_id: str, *, worker: str | None = None
+    ) -> StartedAttempt | PoolWait | None:
         """The attempt a delivery of a Ready task is about to run. On PostgreSQL its start is deferred (a read,
-        ``is_recorded`` False: :meth:`record_start` or the finish records it); elsewhere :meth:`start_attempt`."""
+        ``is_recorded`` False: :meth:`record_start` or the finish records it), except a pool task's, which takes
+        its slots and starts at once; elsewhere :meth:`start_attempt`. :class:`PoolWait`: a pool task that did not
+        start (its pool is full, or undefined)."""
         if self.fast_path:
             with self.db.single_statement() as c:
-                return fast.peek_attempt(c, run_id, task_id, utcnow())
+                peeked = fast.peek_attempt(c, run_id, task_id, utcnow())
+            if isinstance(peeked, pools.PoolTask):
+                return self._start_in_pool(run_id, task_id, worker, peeked)
+            return peeked
         return self.start_attempt(run_id, task_id, worker=worker)
 
     def record_start(self, run_id: str, task_id: str, started: StartedAttempt, *, worker: str | None = None) -> bool:
@@ -383,6 +423,47 @@ class RunStore(RunQueries, RunControl):
             )
 
         return self._step(run_id, workflow if outcome.final else None, mutate)
+
+    def fail_unstarted(
+        self, run_id: str, task_id: str, error: str, workflow: Workflow, *, worker: str | None = None
+    ) -> Transition:
+        """Fail a Ready task without running it (its pool is undefined): ``Ready -> Failed`` with an attempt that
+        records ``error``, no retry, and the run planned in the same transaction. ``applied`` is False if the
+        task was no longer Ready or the run had ended."""
+
+        def mutate(c: Connection, now: datetime) -> bool:
+            row = c.execute(
+                update(TaskRun)
+                .where(TaskRun.run_id == run_id, TaskRun.task_id == task_id, TaskRun.status == TaskStatus.READY.value)
+                .values(
+                    status=TaskStatus.FAILED.value,
+                    attempt=TaskRun.attempt + 1,
+                    error_message=error,
+                    error_kind="error",
+                    next_attempt_at=None,
+                    started_at=func.coalesce(TaskRun.started_at, now),
+                    completed_at=now,
+                    updated_at=now,
+                )
+                .returning(TaskRun.id, TaskRun.attempt)
+            ).one_or_none()
+            if row is None:
+                return False
+            c.execute(
+                insert(TaskAttempt).values(
+                    task_run_id=row.id,
+                    attempt=row.attempt,
+                    worker=worker,
+                    status=TaskStatus.FAILED.value,
+                    error_message=error,
+                    error_kind="error",
+                    started_at=now,
+                    completed_at=now,
+                )
+            )
+            return True
+
+        return self._step(run_id, workflow, mutate)
 
     def heartbeat(self, attempts: Iterable[tuple[str, str, int]]) -> int:
         """Mark running attempts (run_id, task_id, attempt) as alive; returns how many rows were touched.

@@ -1,8 +1,9 @@
 """``create_app(settings)``: the web process's ASGI app.
 
 - ``/api/v1/...``: the HTTP API (:mod:`cloacina.web.api_workflows`, :mod:`~cloacina.web.api_runs`,
-  :mod:`~cloacina.web.api_triggers`, :mod:`~cloacina.web.api_system`), every route behind
-  :func:`cloacina.web.auth.require_user`, every state-changing one behind :func:`~cloacina.web.auth.require_writer`.
+  :mod:`~cloacina.web.api_triggers`, :mod:`~cloacina.web.api_pools`, :mod:`~cloacina.web.api_system`), every
+  route behind :func:`cloacina.web.auth.require_user`, every state-changing one behind
+  :func:`~cloacina.web.auth.require_writer`.
 - ``/livez``, ``/readyz``, ``/metrics``, ``/api/v1/openapi.json``.
 - ``/``: the console (:data:`cloacina.web.console.router`).
 
@@ -28,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from cloacina.observability.metrics import Metrics
 from cloacina.runner.config import DefaultRunnerConfig
 from cloacina.runner.default_runner import DefaultRunner
-from cloacina.web import api_runs, api_system, api_triggers, api_workflows, console
+from cloacina.web import api_pools, api_runs, api_system, api_triggers, api_workflows, console
 from cloacina.web.auth import Authenticator, require_user
 from cloacina.web.errors import BodyLimit, install_error_handlers
 from cloacina.web.schemas import ErrorBody
@@ -155,6 +156,7 @@ def create_app(settings: WebSettings, *, runner: DefaultRunner | None = None) ->
     api.include_router(api_workflows.router)
     api.include_router(api_runs.router)
     api.include_router(api_triggers.router)
+    api.include_router(api_pools.router)
     api.include_router(api_system.api_router)
     app.include_router(api)
     app.include_router(api_system.root_router)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 # -- requests ----------------------------------------------------------------------------------------------
 
@@ -30,6 +30,27 @@ class EnabledPatch(_Request):
     """``PATCH`` of a trigger or cron schedule."""
 
     enabled: StrictBool
+
+
+class PoolPut(_Request):
+    """``PUT /api/v1/pools/{name}``: the pool's slots (0 pauses its tasks) and, optionally, its description."""
+
+    slots: int = Field(ge=0, le=2**31 - 1, description="Slots of the pool; 0 pauses its tasks.")
+    description: str | None = Field(
+        default=None, max_length=2000, pattern=r"^[^\x00]*$", description="What the pool protects (no NUL)."
+    )
+
+    @field_validator("slots", mode="before")
+    @classmethod
+    def _whole_number(cls, value: Any) -> Any:
+        """A JSON integer, ``4.0`` included (JSON Schema's integers), never a bool or a string."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError("slots must be an integer")
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError("slots must be a whole number")
+            return int(value)
+        return value
 
 
 # -- errors and health ------------------------------------------------------------------------------------
@@ -235,3 +256,20 @@ class PackageOut(BaseModel):
 
 class PackageList(BaseModel):
     packages: list[PackageOut]
+
+
+# -- pools --------------------------------------------------------------------------------------------------
+
+
+class PoolOut(BaseModel):
+    name: str
+    slots: int
+    used: int = Field(description="Slots taken by the pool's Running tasks.")
+    waiting: int = Field(description="The pool's Ready tasks (waiting for a slot, or just made Ready).")
+    description: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class PoolList(BaseModel):
+    pools: list[PoolOut]

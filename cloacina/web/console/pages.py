@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from cloacina.engine.states import RunStatus, TaskStatus
 from cloacina.store.catalog import CatalogStore
 from cloacina.store.packages import PackageStore
+from cloacina.web.api_pools import list_pools
 from cloacina.web.api_runs import list_runs, run_detail
 from cloacina.web.api_triggers import list_cron, list_triggers
 from cloacina.web.api_workflows import list_workflows
@@ -36,6 +37,7 @@ NAV = (
     ("/runs", "Runs"),
     ("/triggers", "Triggers"),
     ("/cron", "Cron"),
+    ("/pools", "Pools"),
     ("/packages", "Packages"),
     ("/workers", "Workers"),
 )
@@ -182,6 +184,15 @@ def cron_page(user: User, runner: Runner, partial: Partial = False) -> HTMLRespo
     if partial:
         return fragment("_cron_table.html", user, schedules=schedules)
     return page("cron.html", user, "/cron", "Cron schedules", schedules=schedules)
+
+
+@router.get("/pools", response_class=HTMLResponse)
+def pools_page(user: User, runner: Runner, partial: Partial = False) -> HTMLResponse:
+    """Task pools with their slots, the slots in use and the tasks waiting for one; refreshes itself."""
+    pools = list_pools(runner).pools
+    if partial:
+        return fragment("_pools_table.html", user, pools=pools)
+    return page("pools.html", user, "/pools", "Task pools", pools=pools)
 
 
 @router.get("/packages", response_class=HTMLResponse)
