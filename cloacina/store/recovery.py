@@ -153,7 +153,7 @@ class RecoveryStore:
             names = s.scalars(
                 select(WorkflowRun.workflow_name).where(waiting).distinct().order_by(WorkflowRun.workflow_name)
             ).all()
-            found = []
+            found: list[WaitingWorkflow] = []
             for name in names[:limit]:
                 oldest = s.execute(
                     select(WorkflowRun.workflow_version, WorkflowRun.package_fingerprint)

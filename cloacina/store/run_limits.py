@@ -28,7 +28,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, func, select, text, update
+from sqlalchemy import BindParameter, bindparam, func, select, text, update
 from sqlalchemy.engine import Connection
 
 from cloacina.definitions.workflow import Workflow
@@ -39,7 +39,7 @@ from cloacina.store.run_planning import plan_locked
 from cloacina.store.run_records import Transition
 from cloacina.timestamps import utcnow
 
-_NAME = bindparam("name")
+_NAME: BindParameter[str] = bindparam("name")
 _NOW = bindparam("now", type_=UTCDateTime())
 _IS_WAITING = WorkflowRun.waiting_reason.is_not(None)
 
