@@ -101,11 +101,12 @@ class WorkflowBuilder:
         ``ValueError`` unless ``n`` is an int of at least 1.
 
         >>> from cloacina import WorkflowBuilder, task
+        >>> from cloacina.definitions.registry import get_workflow
         >>> with WorkflowBuilder("doc_limited") as builder:
         ...     builder.max_active_runs(2)
         ...     @task(id="only")
         ...     def only(context): return context
-        >>> builder.build().max_active_runs
+        >>> get_workflow("doc_limited").max_active_runs
         2
         """
         self._max_active_runs = check_max_active_runs(n, self.name)
