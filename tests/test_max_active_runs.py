@@ -213,6 +213,40 @@ def test_a_new_run_never_overtakes_a_waiting_one(steps: Steps) -> None:
     assert steps.waiting(third) is not None
 
 
+def test_a_waiting_run_past_its_deadline_ends_and_never_starts(steps: Steps) -> None:
+    one_task_workflow("expiring", 1)
+    active, waiting, next_one = (steps.start("expiring", seq) for seq in range(3))
+    steps.coordinator.expire_run(waiting, 5.0)
+    run = steps.runs.get_run(waiting)
+    assert run is not None and (str(run.status), run.waiting_reason) == ("Failed", None)
+    assert steps.state(waiting) == ("Failed", "Skipped")
+    assert steps.coordinator.run_task(active, "only").kind == "completed"
+    assert (steps.waiting(next_one), steps.state(next_one)) == (None, ("Pending", "Ready"))
+
+
+def test_waiting_runs_of_an_older_version_are_promoted_with_that_version(steps: Steps) -> None:
+    old = one_task_workflow("versions", 1)
+    active, older = steps.start("versions", 0), steps.start("versions", 1)
+    with cloaca.WorkflowBuilder("versions") as builder:  # the same task with a timeout: another version
+        builder.max_active_runs(1)
+
+        @cloaca.task(id="only", retry_attempts=0, timeout_seconds=30)
+        def only(ctx: cloaca.Context) -> cloaca.Context:
+            return ctx
+
+    new = registry.get_workflow("versions")
+    assert new.version != old.version
+    newer = steps.start("versions", 2)
+    versions = {run_id: steps.runs.get_run(run_id).workflow_version for run_id in (older, newer)}  # type: ignore[union-attr]
+    assert versions == {older: old.version, newer: new.version}
+    # The end of `active` promotes with the new code's workflow; the oldest waiting run needs its own version,
+    # which the coordinator resolves first (here the resolver serves the code there is).
+    assert steps.coordinator.run_task(active, "only").kind == "completed"
+    assert (steps.waiting(older), steps.waiting(newer)) == (None, waiting_reason("versions", 1))
+    assert steps.coordinator.run_task(older, "only").kind == "completed"
+    assert steps.waiting(newer) is None
+
+
 def test_a_retry_waits_at_the_limit(steps: Steps) -> None:
     failing = {"yes"}
 
