@@ -4,7 +4,8 @@ and its limit, in the catalog the workers recorded).
 
 - Twenty runs of a ``max_active_runs(2)`` workflow started together, on workers with four task slots between them:
   the tasks' own timestamps show never more than two runs at once, every run completes, and no run started while
-  a run created before it was still waiting. A run cancelled while it waits never starts; the others all run.
+  a run created before it was still waiting; the workers that ended runs promoted the waiting ones (their logs say
+  so). A run cancelled while it waits never starts; the others all run.
 - Workers that never promote (as if each died right after it ended a run): the poller's sweeper promotes every
   waiting run, still first in first out and at most two at once.
 """
@@ -85,6 +86,8 @@ def test_twenty_runs_at_most_two_at_once_first_in_first_out(cluster: Cluster) ->
     tasks = cluster.sql("SELECT status, skip_reason FROM task_runs WHERE run_id = :run", run=cancelled.run_id)
     assert tasks == [("Skipped", "run_cancelled")] * 2
     assert cluster.sql("SELECT count(*) FROM workflow_runs WHERE waiting_reason IS NOT NULL") == [(0,)]
+    worker_logs = cluster.services.log_of("w1") + cluster.services.log_of("w2")
+    assert "run promoted: a slot is free" in worker_logs, "the workers that ended runs promoted the waiting ones"
 
 
 @pytest.mark.timeout(240)
