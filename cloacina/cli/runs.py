@@ -58,6 +58,7 @@ def run_to_dict(run: RunRecord, *, contexts: bool) -> dict[str, Any]:
         "deadline_at": iso(run.deadline_at),
         "error_message": run.error_message,
         "retry_of": run.retry_of,
+        "waiting_reason": run.waiting_reason,
     }
     if contexts:
         data["input_context"] = run.input_context
@@ -265,6 +266,8 @@ def _run_table(run: RunRecord) -> Table:
     table.add_row("run", run.run_id)
     table.add_row("workflow", f"{run.workflow_name} (version {run.workflow_version[:12]})")
     table.add_row("status", styled_status(run.status.value))
+    if run.waiting_reason:
+        table.add_row("waiting", escape(run.waiting_reason))
     table.add_row("trigger", run.fired_by or "-")
     if run.cron_schedule_id:
         table.add_row("cron schedule", run.cron_schedule_id)

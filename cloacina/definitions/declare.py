@@ -35,7 +35,7 @@ from cloacina.definitions.duration import parse_duration_ms
 from cloacina.definitions.naming import check_name
 from cloacina.definitions.task import TaskDefinition, TaskFunction, make_task_definition
 from cloacina.definitions.trigger import TriggerDefinition
-from cloacina.definitions.workflow import Workflow, build_workflow
+from cloacina.definitions.workflow import Workflow, build_workflow, check_max_active_runs
 from cloacina.errors import DefinitionError
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -69,6 +69,7 @@ class WorkflowBuilder:
         self._description = ""
         self._tags: dict[str, str] = {}
         self._tasks: dict[str, TaskDefinition] = {}
+        self._max_active_runs: int | None = None
 
     @property
     def tenant(self) -> str:
@@ -93,6 +94,22 @@ class WorkflowBuilder:
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"workflow {self.name!r}: tag key and value must be strings")
         self._tags[key] = value
+
+    def max_active_runs(self, n: int) -> None:
+        """At most ``n`` runs of the workflow are active at once, cluster-wide (our extension); runs started beyond
+        that wait (``Pending``, with a waiting reason) and start first in, first out as active ones end.
+        ``ValueError`` unless ``n`` is an int of at least 1.
+
+        >>> from cloacina import WorkflowBuilder, task
+        >>> from cloacina.definitions.registry import get_workflow
+        >>> with WorkflowBuilder("doc_limited") as builder:
+        ...     builder.max_active_runs(2)
+        ...     @task(id="only")
+        ...     def only(context): return context
+        >>> get_workflow("doc_limited").max_active_runs
+        2
+        """
+        self._max_active_runs = check_max_active_runs(n, self.name)
 
     def _resolve(self, task: object) -> TaskDefinition:
         if isinstance(task, TaskDefinition):
@@ -138,6 +155,7 @@ class WorkflowBuilder:
             tenant=self._scope.tenant,
             package=self._scope.package,
             workflow_id=self._scope.workflow,
+            max_active_runs=self._max_active_runs,
         )
 
     def __enter__(self) -> WorkflowBuilder:
@@ -157,6 +175,7 @@ class WorkflowBuilder:
             extra=self._tasks,
             description=self._description,
             tags=self._tags,
+            max_active_runs=self._max_active_runs,
         )
         registry.register_workflow(workflow)
         return False

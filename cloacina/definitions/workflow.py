@@ -58,6 +58,9 @@ class Workflow:
     tenant: str = "public"
     package: str = "embedded"
     workflow_id: str | None = None
+    # Runs of this workflow active at once (``builder.max_active_runs(n)``); more wait, first in first out
+    # (:mod:`cloacina.store.run_limits`). ``None``: no limit.
+    max_active_runs: int | None = None
 
     # -- cloaca methods (qualified ids) --------------------------------------------------------------------
     def qualified_id(self, task_id: str) -> str:
@@ -158,7 +161,24 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str]:
     return list(reversed(cycle))  # read as "a -> b" meaning a is needed by b
 
 
-def _content_version(name: str, tasks: Mapping[str, TaskDefinition]) -> str:
+def check_max_active_runs(value: object, workflow: str) -> int:
+    """``value`` as a workflow's ``max_active_runs``: an int of at least 1 (not a bool), else ``ValueError``.
+
+    >>> check_max_active_runs(2, "etl")
+    2
+    >>> check_max_active_runs(0, "etl")
+    Traceback (most recent call last):
+    ...
+    cloacina.errors.DefinitionError: workflow 'etl': max_active_runs must be an int of at least 1, got 0
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DefinitionError(
+            f"workflow {workflow!r}: max_active_runs must be an int of at least 1, got {value!r}", subject=workflow
+        )
+    return value
+
+
+def _content_version(name: str, tasks: Mapping[str, TaskDefinition], max_active_runs: int | None = None) -> str:
     parts = [
         {
             "id": t.task_id,
@@ -171,7 +191,10 @@ def _content_version(name: str, tasks: Mapping[str, TaskDefinition]) -> str:
         }
         for t in tasks.values()
     ]
-    digest = hashlib.sha256(canonical_json({"name": name, "tasks": parts}).encode()).hexdigest()
+    content: dict[str, object] = {"name": name, "tasks": parts}
+    if max_active_runs is not None:  # part of what a version means, so a catalog entry's limit is its version's
+        content["max_active_runs"] = max_active_runs
+    digest = hashlib.sha256(canonical_json(content).encode()).hexdigest()
     return digest[:16]
 
 
@@ -221,19 +244,23 @@ def build_workflow(
     tenant: str = "public",
     package: str = "embedded",
     workflow_id: str | None = None,
+    max_active_runs: int | None = None,
 ) -> Workflow:
     """Validate and freeze a workflow (``ValueError`` naming the culprit if it is not one)."""
     order = _validate(name, tasks)
+    if max_active_runs is not None:
+        check_max_active_runs(max_active_runs, name)
     return Workflow(
         name=name,
         tasks=MappingProxyType(dict(tasks)),
         description=description,
         tags=MappingProxyType(dict(tags or {})),
         topological_order=order,
-        version=_content_version(name, tasks),
+        version=_content_version(name, tasks, max_active_runs),
         tenant=tenant,
         package=package,
         workflow_id=None if workflow_id == name else workflow_id,
+        max_active_runs=max_active_runs,
     )
 
 
@@ -244,6 +271,6 @@ def renamed(workflow: Workflow, name: str) -> Workflow:
     return dataclasses.replace(
         workflow,
         name=name,
-        version=_content_version(name, workflow.tasks),
+        version=_content_version(name, workflow.tasks, workflow.max_active_runs),
         workflow_id=workflow.workflow_id or workflow.name,
     )

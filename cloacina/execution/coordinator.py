@@ -15,6 +15,11 @@ Run control: :meth:`RunCoordinator.cancel_run` ends a run ``Cancelled`` (tasks s
 are discarded); :meth:`RunCoordinator.retry_run` re-executes a Failed or Cancelled run from its failure, reusing
 what completed (:mod:`cloacina.store.run_control`).
 
+``max_active_runs``: a run of a limited workflow beyond its limit is created waiting and not dispatched; whenever
+this process ends a run of such a workflow (its last task, a cancel, a timeout) it promotes the oldest waiting
+runs into the free slots and dispatches them (:meth:`RunCoordinator.promote_waiting`,
+:mod:`cloacina.store.run_limits`).
+
 Callbacks (cloaca's order): ``on_failure(task_id, message, context)`` after every attempt whose function raised,
 retries included, with the Context object the function received; ``on_success(task_id, context)`` once, with
 the output, before the completion is recorded. A callback that raises is printed to stderr and ignored.
@@ -67,6 +72,7 @@ RECORD_RETRY = Backoff(initial_s=0.5, max_s=4.0)
 RECORD_RETRIES = 4
 UNRESOLVABLE_ATTEMPTS = 3  # attempts a task gets when the executing process cannot load its code
 UNRESOLVABLE_RETRY_S = 5.0
+PROMOTION_ROUNDS = 4  # versions of one workflow a promotion resolves before it leaves the rest to the sweeper
 WorkflowResolver = Callable[[str, str, str | None], Workflow]  # (name, version, package fingerprint)
 RunFinishedListener = Callable[[RunEnd], None]
 __all__ = ["NodeOutcome", "RunCoordinator", "WorkflowResolver"]
@@ -138,8 +144,15 @@ class RunCoordinator:
         return self._launch(opened, workflow)
 
     def _launch(self, opened: OpenedRun, workflow: Workflow) -> str:
-        """Hand a run just created (and planned) to the dispatcher, or announce its end if nothing was left."""
-        if opened.transition.ended is not None:  # every task was skipped by its rule (or reused, for a retry)
+        """Hand a run just created (and planned) to the dispatcher, or announce its end if nothing was left; a
+        run that waits for a slot is left in the store (it is dispatched when promoted)."""
+        if opened.waiting_reason is not None:
+            log.info(
+                "run waiting: %s",
+                opened.waiting_reason,
+                extra={"run_id": opened.run_id, "workflow": workflow.name},
+            )
+        elif opened.transition.ended is not None:  # every task was skipped by its rule (or reused, for a retry)
             self._notify(opened.transition.ended)
         else:
             self.dispatcher.start_run(opened.run_id, workflow, opened.transition.ready)
@@ -160,6 +173,7 @@ class RunCoordinator:
         log.info("run cancelled", extra={"run_id": run_id})
         self._notify(ended)
         self.dispatcher.cancel_run(run_id)
+        self._promote_after_end_of(run_id)
         return True
 
     def retry_run(self, run_id: str, *, deadline_s: float | None = None) -> str:
@@ -197,6 +211,8 @@ class RunCoordinator:
         if transition.ended is not None:
             log.info("run finished", extra={"run_id": run_id, "status": str(transition.ended.status)})
             self._notify(transition.ended)
+            if workflow is not None and workflow.max_active_runs is not None:
+                self._promote_quietly(workflow)
         return transition
 
     def expire_run(self, run_id: str, deadline_s: float) -> None:
@@ -213,6 +229,53 @@ class RunCoordinator:
         if ended is not None:
             log.warning("run timed out", extra={"run_id": run_id, "workflow": run.workflow_name})
             self._notify(ended)
+            if workflow.max_active_runs is not None:
+                self._promote_quietly(workflow)
+
+    # -- max_active_runs ----------------------------------------------------------------------------------
+    def promote_waiting(self, workflow: Workflow) -> list[str]:
+        """Start the oldest waiting runs of ``workflow`` into its free slots (all of them if it has no limit any
+        more) and hand them to the dispatcher; returns their ids, in the order they waited.
+
+        Safe anywhere, any time, in any number of processes: the store counts and promotes under the workflow's
+        lock. A waiting run of another version is planned with that version, resolved here first.
+        """
+        workflows = {workflow.version: workflow}
+        started: list[str] = []
+        for _ in range(PROMOTION_ROUNDS):
+            promotion = self.store.promote_waiting(workflow.name, workflow.max_active_runs, workflows)
+            for run in promotion.promoted:
+                log.info("run promoted: a slot is free", extra={"run_id": run.run_id, "workflow": workflow.name})
+                started.append(self._launch(OpenedRun(run.run_id, run.transition), run.workflow))
+            if promotion.unresolved is None:
+                break
+            version, fingerprint = promotion.unresolved
+            try:
+                workflows[version] = self.resolve_workflow(workflow.name, version, fingerprint)
+            except Exception as exc:  # its code is not here; a process that has it (or its catalog entry) will
+                log.warning("cannot promote waiting runs of %r version %s: %s", workflow.name, version, exc)
+                break
+        return started
+
+    def _promote_quietly(self, workflow: Workflow) -> None:
+        """:meth:`promote_waiting` after a run ended; a failure is logged (the sweeper promotes later)."""
+        try:
+            self.promote_waiting(workflow)
+        except Exception as exc:
+            log.warning("promoting waiting runs of %r failed (the sweeper will): %s", workflow.name, exc)
+
+    def _promote_after_end_of(self, run_id: str) -> None:
+        """A run ended here from outside its tasks (cancelled): promote waiting runs of its workflow, if limited."""
+        try:
+            run = self.store.get_run(run_id)
+            if run is None:
+                return
+            workflow = self.resolve_workflow(run.workflow_name, run.workflow_version, run.package_fingerprint)
+        except Exception as exc:
+            log.warning("cannot promote waiting runs after run %s ended (the sweeper will): %s", run_id, exc)
+            return
+        if workflow.max_active_runs is not None:
+            self._promote_quietly(workflow)
 
     def _notify(self, ended: RunEnd) -> None:
         for listener in list(self._listeners):

@@ -7,6 +7,8 @@
   messages (the broker restarted empty, or publishing failed): it is republished from its SQL state. Finished
   tasks are never re-run: republishing only covers unfinished tasks, and every delivery checks SQL first.
 - A run past its deadline (``workflow_timeout_seconds``) is failed.
+- Runs waiting for a slot of their workflow's ``max_active_runs`` are promoted when slots are free: the process
+  that ended a run promotes at once, but it may have died in between. A waiting run is never republished.
 - After the database was unreachable, no attempt is declared lost until it has been back for
   ``heartbeat_timeout_s``: during the outage live workers could not write heartbeats either, and taking that
   silence for death would start a second copy of a task that is still running.
@@ -35,9 +37,10 @@ class SweepReport:
     failed: list[str] = field(default_factory=list)
     republished: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
+    promoted: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.requeued or self.failed or self.republished or self.expired)
+        return bool(self.requeued or self.failed or self.republished or self.expired or self.promoted)
 
 
 class Sweeper:
@@ -102,7 +105,27 @@ class Sweeper:
                 extra={"run_id": stale.run_id, "workflow": stale.workflow_name},
             )
             self._republish(stale.run_id, report)
+        self._promote(report)
         return report
+
+    def _promote(self, report: SweepReport) -> None:
+        """Promote the waiting runs of every workflow that has some, into whatever slots are free."""
+        for waiting in self.recovery.waiting_workflows():
+            try:
+                workflow = self.coordinator.resolve_workflow(
+                    waiting.workflow_name, waiting.workflow_version, waiting.package_fingerprint
+                )
+                promoted = self.coordinator.promote_waiting(workflow)
+            except Exception:
+                log.exception("promoting waiting runs of %r failed; will retry next sweep", waiting.workflow_name)
+                continue
+            if promoted:
+                log.info(
+                    "%d waiting run(s) of %r promoted by the sweeper",
+                    len(promoted),
+                    waiting.workflow_name,
+                )
+                report.promoted.extend(promoted)
 
     def _republish(self, run_id: str, report: SweepReport) -> None:
         if run_id in report.republished:

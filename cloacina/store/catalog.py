@@ -1,8 +1,8 @@
 """The workflow catalog: what every process that registers workflows records of them, for processes without the code.
 
 A runner, worker, poller or daemon records each workflow it registers (``CatalogStore.record``): name, version,
-description, tags, the task graph (ids, dependencies, retry policy, trigger rule, timeout) and its origin
-(``"app:<module>"``, ``"package:<fingerprint>"`` or ``"code"``). A client that never imported the code (a
+description, tags, ``max_active_runs``, the task graph (ids, dependencies, retry policy, trigger rule, timeout) and
+its origin (``"app:<module>"``, ``"package:<fingerprint>"`` or ``"code"``). A client that never imported the code (a
 runner in broker mode, ``cloacina runs start``, the HTTP API) reads the entry and starts runs of it: the entry
 gives the graph that planning and the Celery canvas need (:func:`codeless_workflow`), the workers that have the
 code execute it.
@@ -86,6 +86,7 @@ class CatalogEntry:
     tasks: list[CatalogTask]
     origin: str  # "app:<module>" | "package:<fingerprint>" | "code"
     updated_at: datetime
+    max_active_runs: int | None = None  # part of the version (``Workflow.version`` hashes it)
 
     @property
     def package_fingerprint(self) -> str | None:
@@ -131,7 +132,7 @@ def codeless_workflow(entry: CatalogEntry) -> Workflow:
         )
         for t in entry.tasks
     }
-    built = build_workflow(entry.name, tasks, entry.description, entry.tags)
+    built = build_workflow(entry.name, tasks, entry.description, entry.tags, max_active_runs=entry.max_active_runs)
     return dataclasses.replace(built, version=entry.version)  # the version of the code the workers run
 
 
@@ -149,6 +150,7 @@ def _entry(row: CatalogWorkflow) -> CatalogEntry:
         tasks=[CatalogTask(**t) for t in json.loads(row.tasks)],
         origin=row.origin,
         updated_at=row.updated_at,
+        max_active_runs=row.max_active_runs,
     )
 
 
@@ -160,6 +162,7 @@ def _row_values(workflow: Workflow, origin: str, now: datetime) -> dict[str, Any
         "tags": json.dumps(dict(workflow.tags), sort_keys=True),
         "tasks": json.dumps([dataclasses.asdict(t) for t in catalog_tasks(workflow)]),
         "origin": origin,
+        "max_active_runs": workflow.max_active_runs,
         "created_at": now,
         "updated_at": now,
     }
@@ -198,6 +201,7 @@ class CatalogStore:
                             "description": excluded.description,
                             "tags": excluded.tags,
                             "origin": excluded.origin,
+                            "max_active_runs": excluded.max_active_runs,
                             "updated_at": excluded.updated_at,
                         },
                     )

@@ -348,5 +348,7 @@ class CatalogWorkflow(Base):
     tags: Mapped[str] = mapped_column(Text)  # JSON object
     tasks: Mapped[str] = mapped_column(Text)  # JSON list of CatalogTask
     origin: Mapped[str] = mapped_column(String(300))
+    # The workflow's max_active_runs (migration 0009); NULL: no limit.
+    max_active_runs: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -2,7 +2,9 @@
 
 All claims are guarded updates, so several sweepers (poller replicas, runner processes) never act twice on the
 same thing. Only active runs (``Pending``/``Running``) are looked at: a run that ended, ``Cancelled`` included, is
-never recovered, and an attempt still running in a cancelled run is not a lost one.
+never recovered, and an attempt still running in a cancelled run is not a lost one. A run waiting for a slot of
+its workflow's ``max_active_runs`` is not a stalled run (nothing of it is meant to run yet):
+:meth:`RecoveryStore.waiting_workflows` names the workflows whose waiting runs the sweeper promotes instead.
 """
 
 from __future__ import annotations
@@ -26,6 +28,16 @@ class LostAttempt:
     task_id: str
     attempt: int
     heartbeat_at: datetime | None
+
+
+@dataclass(frozen=True)
+class WaitingWorkflow:
+    """A workflow with runs waiting for a slot, and its oldest waiting run's version (what a promotion plans
+    first)."""
+
+    workflow_name: str
+    workflow_version: str
+    package_fingerprint: str | None
 
 
 @dataclass(frozen=True)
@@ -122,11 +134,36 @@ class RecoveryStore:
                     WorkflowRun.heartbeat_at,
                     WorkflowRun.deadline_at,
                 )
-                .where(WorkflowRun.status.in_(_ACTIVE), WorkflowRun.heartbeat_at < cutoff, ~busy)
+                .where(
+                    WorkflowRun.status.in_(_ACTIVE),
+                    WorkflowRun.heartbeat_at < cutoff,
+                    WorkflowRun.waiting_reason.is_(None),  # waiting for a slot: promoted, not republished
+                    ~busy,
+                )
                 .order_by(WorkflowRun.heartbeat_at)
                 .limit(limit)
             ).all()
             return [StaleRun(*r) for r in rows]
+
+    def waiting_workflows(self, limit: int = 100) -> list[WaitingWorkflow]:
+        """Workflows with runs waiting for a slot (``ix_workflow_runs_waiting``), each with its oldest waiting run's
+        version."""
+        waiting = WorkflowRun.waiting_reason.is_not(None)
+        with self.db.session() as s:
+            names = s.scalars(
+                select(WorkflowRun.workflow_name).where(waiting).distinct().order_by(WorkflowRun.workflow_name)
+            ).all()
+            found: list[WaitingWorkflow] = []
+            for name in names[:limit]:
+                oldest = s.execute(
+                    select(WorkflowRun.workflow_version, WorkflowRun.package_fingerprint)
+                    .where(WorkflowRun.workflow_name == name, waiting)
+                    .order_by(WorkflowRun.created_at, WorkflowRun.id)
+                    .limit(1)
+                ).first()
+                if oldest is not None:
+                    found.append(WaitingWorkflow(name, *oldest))
+            return found
 
     def claim_stale_run(self, run: StaleRun, now: datetime) -> bool:
         """Take responsibility for republishing ``run`` (compare-and-set on its heartbeat)."""

@@ -13,7 +13,8 @@ worker; when it returns, its outcome no longer applies (the finish requires an a
 input, linked by ``retry_of``. Tasks that completed are copied as Completed with their input and output, and are
 not run again, as long as every task they depend on is copied too (a task downstream of one that runs again must
 run again as well, since its input changes). Every other task starts afresh, planned as in a new run. The
-original run is not changed.
+original run is not changed. A retry of a workflow with ``max_active_runs`` is admitted as a new run is
+(:mod:`cloacina.store.run_limits`): at the limit it waits, its tasks still to run NotStarted.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from cloacina.engine.states import RunStatus, TaskStatus
 from cloacina.store import run_statements as sql
 from cloacina.store.database import Database
 from cloacina.store.models import TaskAttempt, TaskRun, WorkflowRun
+from cloacina.store.run_limits import admit
 from cloacina.store.run_planning import apply_new_row_decision, end_run_locked
 from cloacina.store.run_queries import RUN_BY_ID
 from cloacina.store.run_records import (
@@ -155,6 +157,13 @@ class RunControl:
                 raise ValueError(f"run {run_id} is {original.status}: only a Failed or Cancelled run can be retried")
             tasks = {r.task_id: task_record(r) for r in c.execute(sql.TASKS_OF_RUN, {"b_run": run_id})}
             rows, ready, views = retry_task_rows(workflow, original, tasks, now)
+            outcome = run_outcome(views)
+            waiting = None
+            if workflow.max_active_runs is not None and outcome is None:  # it has tasks to run: it needs a slot
+                waiting = admit(c, self.db, workflow)
+                if waiting is not None:
+                    now = utcnow()
+                    rows, ready, views = retry_task_rows(workflow, original, tasks, now, planned=False)
             c.execute(
                 insert(WorkflowRun).values(
                     id=new_id,
@@ -169,14 +178,14 @@ class RunControl:
                     updated_at=now,
                     heartbeat_at=now,
                     deadline_at=now + timedelta(seconds=deadline_s) if deadline_s else None,
+                    waiting_reason=waiting,
                 )
             )
             c.execute(insert(TaskRun), [{"run_id": new_id, **r} for r in rows])
             ended = None
-            outcome = run_outcome(views)
             if outcome is not None:  # nothing left to run (every task reused or skipped by its rule)
                 ended = end_run_locked(c, new_id, outcome, final_context(workflow, views), None, now)
-        return OpenedRun(new_id, Transition(True, ready, ended))
+        return OpenedRun(new_id, Transition(True, ready, ended), waiting)
 
 
 def reusable_tasks(workflow: Workflow, tasks: Mapping[str, TaskRecord]) -> set[str]:
@@ -192,9 +201,11 @@ def reusable_tasks(workflow: Workflow, tasks: Mapping[str, TaskRecord]) -> set[s
 
 
 def retry_task_rows(
-    workflow: Workflow, original: RunRecord, tasks: Mapping[str, TaskRecord], now: datetime
+    workflow: Workflow, original: RunRecord, tasks: Mapping[str, TaskRecord], now: datetime, *, planned: bool = True
 ) -> tuple[list[dict[str, Any]], tuple[str, ...], dict[str, TaskView]]:
-    """The task rows of a re-execution (without ``run_id``), the tasks they make Ready and the planner's view."""
+    """The task rows of a re-execution (without ``run_id``), the tasks they make Ready and the planner's view.
+    ``planned=False`` (a re-execution that waits for a slot): the tasks to run stay NotStarted, kept ones Completed.
+    """
     kept = reusable_tasks(workflow, tasks)
     views = {
         tid: TaskView(TaskStatus.COMPLETED, tasks[tid].output_context or {})
@@ -202,7 +213,7 @@ def retry_task_rows(
         else TaskView(TaskStatus.NOT_STARTED)
         for tid in workflow.tasks
     }
-    decisions = {d.task_id: d for d in plan(workflow, original.input_context, views)}
+    decisions = {d.task_id: d for d in plan(workflow, original.input_context, views)} if planned else {}
     rows: list[dict[str, Any]] = []
     ready: list[str] = []
     for task in workflow.tasks.values():

@@ -56,6 +56,8 @@ class RunRecord:
     # The cron schedule (its public UUID) whose due time started this run, and the expression that fired it.
     cron_schedule_id: str | None = None
     cron_expression: str | None = None
+    # Why this Pending run has not started: its workflow's max_active_runs is reached (None for any other run).
+    waiting_reason: str | None = None
 
     @property
     def fired_by(self) -> str | None:
@@ -162,10 +164,12 @@ class RunEnd:
 @dataclass(frozen=True)
 class OpenedRun:
     """A run just created and planned: its id and the planning of its roots (Ready tasks, or its end when every
-    task was skipped)."""
+    task was skipped). ``waiting_reason``: the run waits for a slot of its workflow's ``max_active_runs`` (nothing
+    is Ready; it starts when promoted)."""
 
     run_id: str
     transition: Transition
+    waiting_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -231,6 +235,7 @@ def run_record(row: WorkflowRun | Row[Any]) -> RunRecord:
         retry_of=getattr(row, "retry_of", None),
         cron_schedule_id=schedule_id if isinstance(schedule_id, str) else None,
         cron_expression=expression if isinstance(expression, str) else None,
+        waiting_reason=getattr(row, "waiting_reason", None),  # from migration 0008
     )
 
 

@@ -60,7 +60,7 @@ LOCK_RUN = (
     update(WorkflowRun)
     .where(WorkflowRun.id == _RUN, WorkflowRun.status.in_(ACTIVE_RUN))
     .values(heartbeat_at=_NOW, version=WorkflowRun.version + 1)
-    .returning(WorkflowRun.status, WorkflowRun.input_context)
+    .returning(WorkflowRun.status, WorkflowRun.input_context, WorkflowRun.waiting_reason)
 )
 
 RESOLVE_TASK = (
@@ -128,6 +128,7 @@ END_RUN = (
         updated_at=_NOW,
         error_message=bindparam("error"),
         final_context=bindparam("final"),
+        waiting_reason=None,  # a waiting run that ends (cancelled, timed out) waits no more
     )
 )
 

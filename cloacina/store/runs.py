@@ -12,7 +12,8 @@ other:
 
 The records these methods take and return live in :mod:`cloacina.store.run_records` and are re-exported here;
 the read-only queries are in :mod:`cloacina.store.run_queries`; cancelling, ending from outside the planner and
-re-executing runs in :mod:`cloacina.store.run_control`.
+re-executing runs in :mod:`cloacina.store.run_control`; a workflow's ``max_active_runs`` (runs that wait, and their
+promotion) in :mod:`cloacina.store.run_limits`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from cloacina.store.database import Database
 from cloacina.store.models import CronExecution, TaskAttempt, TaskRun, TriggerExecution, WorkflowRun
 from cloacina.store.pools import PoolWait
 from cloacina.store.run_control import RunControl
+from cloacina.store.run_limits import RunLimits, admit
 from cloacina.store.run_planning import end_run_locked, initial_task_rows, plan_locked
 from cloacina.store.run_queries import RunQueries
 from cloacina.store.run_records import (
@@ -75,9 +77,10 @@ __all__ = [
 ]
 
 
-class RunStore(RunQueries, RunControl):
+class RunStore(RunQueries, RunControl, RunLimits):
     """Writes runs; every method is one transaction. Cancelling, ending from outside and re-executing runs are
-    in :class:`~cloacina.store.run_control.RunControl`."""
+    in :class:`~cloacina.store.run_control.RunControl`; promoting waiting runs in
+    :class:`~cloacina.store.run_limits.RunLimits`."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -117,7 +120,10 @@ class RunStore(RunQueries, RunControl):
         package_fingerprint: str | None = None,
     ) -> OpenedRun | None:
         """:meth:`create_run`, planned in the same transaction: the root tasks are written Ready (or Skipped, by
-        their rules), so the first delivery of a run starts at once. ``None`` when the claim was refused."""
+        their rules), so the first delivery of a run starts at once. ``None`` when the claim was refused.
+
+        A run of a workflow with ``max_active_runs`` that may not start now is written waiting instead (every task
+        NotStarted, ``OpenedRun.waiting_reason`` set; see :mod:`cloacina.store.run_limits`)."""
         return self._insert(workflow, input_context, trigger, cron, deadline_s, owner, package_fingerprint, True)
 
     def _insert(
@@ -136,7 +142,9 @@ class RunStore(RunQueries, RunControl):
         run_input = canonical_json(dict(input_context))
         rows, ready, views = initial_task_rows(workflow, input_context, now, planned)
         outcome = run_outcome(views) if planned else None
-        if self.fast_path and outcome is None:
+        # A run with nothing to run ends at once: it never waits for a slot.
+        limited = workflow.max_active_runs is not None and outcome is None
+        if self.fast_path and outcome is None and not limited:
             try:
                 with self.db.single_statement() as c:
                     claims = fast.Claims(trigger, cron, deadline_s, owner, package_fingerprint)
@@ -148,6 +156,10 @@ class RunStore(RunQueries, RunControl):
             return OpenedRun(run_id, Transition(True, ready))
         try:
             with self.db.connection() as s:
+                waiting = admit(s, self.db, workflow) if limited else None
+                if waiting is not None:  # its roots are planned when it is promoted
+                    now = utcnow()  # under the workflow's lock: waiting runs are created in the order they queue
+                    rows, ready, views = initial_task_rows(workflow, input_context, now, False)
                 s.execute(
                     insert(WorkflowRun).values(
                         id=run_id,
@@ -163,6 +175,7 @@ class RunStore(RunQueries, RunControl):
                         updated_at=now,
                         heartbeat_at=now,
                         deadline_at=now + timedelta(seconds=deadline_s) if deadline_s else None,
+                        waiting_reason=waiting,
                     )
                 )
                 s.execute(insert(TaskRun), [{"run_id": run_id, **row} for row in rows])
@@ -193,7 +206,7 @@ class RunStore(RunQueries, RunControl):
             if (trigger is not None and trigger.dedup) or cron is not None:
                 return None
             raise
-        return OpenedRun(run_id, Transition(True, ready, ended))
+        return OpenedRun(run_id, Transition(True, ready, ended), waiting)
 
     # -- the planning step (run row locked; see run_planning) -------------------------------------------
     def _step(
@@ -208,7 +221,7 @@ class RunStore(RunQueries, RunControl):
             if locked is None or not mutate(c, now):
                 c.rollback()
                 return Transition(False)
-            if workflow is None:
+            if workflow is None or locked.waiting_reason is not None:  # a waiting run is planned when promoted
                 return Transition(True)
             return plan_locked(c, run_id, locked.input_context, workflow, now)
 

@@ -49,6 +49,7 @@ def run_fields(run: RunRecord) -> dict[str, Any]:
         "deadline_at": _utc(run.deadline_at),
         "error_message": run.error_message,
         "retry_of": getattr(run, "retry_of", None),
+        "waiting_reason": run.waiting_reason,
     }
 
 

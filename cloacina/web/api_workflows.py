@@ -41,6 +41,7 @@ def workflow_out(entry: CatalogEntry) -> WorkflowOut:
         ],
         origin=entry.origin,
         updated_at=as_utc(entry.updated_at),
+        max_active_runs=entry.max_active_runs,
     )
 
 

@@ -92,6 +92,9 @@ class WorkflowOut(BaseModel):
     tasks: list[CatalogTaskOut]
     origin: str = Field(description='"app:<module>", "package:<fingerprint>" or "code".')
     updated_at: datetime
+    max_active_runs: int | None = Field(
+        None, description="Runs of the workflow active at once; more wait, first in first out. Null: no limit."
+    )
 
 
 class WorkflowList(BaseModel):
@@ -147,6 +150,11 @@ class RunOut(BaseModel):
     deadline_at: datetime | None
     error_message: str | None
     retry_of: str | None = Field(None, description="The run this one re-executes, if it is a retry.")
+    waiting_reason: str | None = Field(
+        None,
+        description="Why this Pending run has not started: its workflow's `max_active_runs` is reached (it starts, "
+        "first in first out, when a slot frees). Null for every run that is not waiting.",
+    )
 
 
 class RunDetail(RunOut):
