@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 import redis
 
-from tests.dist_apps.fanout_app import KILL_MARK
+from tests.dist_apps.evidence import KILL_MARK  # not fanout_app: importing it would register its workflows
 from tests.distributed_harness import Cluster, Execution, wait_for_poller_ready, wait_for_worker_ready
 from tests.support import wait_until
 

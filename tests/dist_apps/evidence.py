@@ -92,3 +92,7 @@ def claim_next_item() -> int | None:
         (time.time(),),
     )
     return int(rows[0][0]) if rows else None
+
+
+# The execution row fanout_app writes (once) before a worker kills itself between a finish and its publish.
+KILL_MARK = "killed-before-publish"

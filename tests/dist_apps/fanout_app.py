@@ -20,7 +20,7 @@ from tests.dist_apps import evidence
 
 POLL_MS = int(os.environ.get("DIST_POLL_MS", "100"))
 TASK_S = float(os.environ.get("DIST_TASK_S", "0.05"))
-KILL_MARK = "killed-before-publish"
+KILL_MARK = evidence.KILL_MARK
 
 
 def _work(task_id, ctx):
