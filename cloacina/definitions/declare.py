@@ -32,7 +32,7 @@ from typing import Any, Literal, TypeVar, overload
 
 from cloacina.definitions import registry
 from cloacina.definitions.duration import parse_duration_ms
-from cloacina.definitions.naming import check_name
+from cloacina.definitions.naming import check_name, check_queue
 from cloacina.definitions.task import TaskDefinition, TaskFunction, make_task_definition
 from cloacina.definitions.trigger import TriggerDefinition
 from cloacina.definitions.workflow import Workflow, build_workflow
@@ -69,6 +69,7 @@ class WorkflowBuilder:
         self._description = ""
         self._tags: dict[str, str] = {}
         self._tasks: dict[str, TaskDefinition] = {}
+        self._default_queue: str | None = None
 
     @property
     def tenant(self) -> str:
@@ -93,6 +94,22 @@ class WorkflowBuilder:
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"workflow {self.name!r}: tag key and value must be strings")
         self._tags[key] = value
+
+    def default_queue(self, queue: str | None) -> None:
+        """Route the workflow's tasks that name no ``queue=`` to Celery queue ``queue`` (our extension; ``None``:
+        the deployment's ``CLOACINA_QUEUE`` again). A task's own ``queue=`` wins. Embedded mode ignores queues.
+
+        >>> with WorkflowBuilder("doc_routed") as b:
+        ...     b.default_queue("heavy")
+        ...     _ = task(id="crunch")(lambda ctx: ctx)
+        ...     _ = task(id="notify", dependencies=["crunch"], queue="light")(lambda ctx: ctx)
+        ...     b.add_task("crunch")
+        ...     b.add_task("notify")
+        >>> wf = b.build()
+        >>> wf.queue_of("crunch"), wf.queue_of("notify")
+        ('heavy', 'light')
+        """
+        self._default_queue = None if queue is None else check_queue(queue, f"workflow {self.name!r}: default_queue")
 
     def _resolve(self, task: object) -> TaskDefinition:
         if isinstance(task, TaskDefinition):
@@ -138,6 +155,7 @@ class WorkflowBuilder:
             tenant=self._scope.tenant,
             package=self._scope.package,
             workflow_id=self._scope.workflow,
+            default_queue=self._default_queue,
         )
 
     def __enter__(self) -> WorkflowBuilder:
@@ -157,6 +175,7 @@ class WorkflowBuilder:
             extra=self._tasks,
             description=self._description,
             tags=self._tags,
+            default_queue=self._default_queue,
         )
         registry.register_workflow(workflow)
         return False
@@ -205,7 +224,9 @@ def task(fn: TaskFunction | None = None, /, **options: Any) -> Any:
     Options (keyword-only): ``id``, ``dependencies``, ``retry`` (a RetryPolicy), ``retry_attempts``,
     ``retry_backoff``, ``retry_delay_ms``, ``retry_max_delay_ms``, ``retry_condition``, ``retry_jitter``,
     ``on_success(task_id, ctx)``, ``on_failure(task_id, error, ctx)``, ``trigger_rules`` (a rule dict), and our
-    ``timeout_seconds``, ``description``. The task registers in the innermost active workflow context (a
+    ``timeout_seconds``, ``description`` and ``queue`` (the Celery queue of the task's messages, consumed by
+    ``cloacina worker --queues <queue>``; default: the workflow's ``default_queue``, else ``CLOACINA_QUEUE``;
+    embedded mode ignores it). The task registers in the innermost active workflow context (a
     ``WorkflowBuilder`` block or the package loader's), or as a standalone task when none is active.
     """
     decorator = TaskDecorator._create(options)

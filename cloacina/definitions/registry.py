@@ -148,11 +148,12 @@ def collect_workflow(
     extra: Mapping[str, TaskDefinition] | None = None,
     description: str = "",
     tags: Mapping[str, str] | None = None,
+    default_queue: str | None = None,
 ) -> Workflow:
     """Build (and validate) a workflow from every task of namespace ``tenant/package/workflow`` plus ``extra``,
     plus the standalone tasks they depend on.
 
-    ``name`` defaults to ``workflow``. ``ValueError`` if it has no task, a cycle or an unresolvable dependency.
+    ``name`` defaults to ``workflow``; ``default_queue``: the queue of its tasks that name none. ``ValueError`` if it has no task, a cycle or an unresolvable dependency.
     """
     tasks = namespace_tasks(workflow, tenant=tenant, package=package)
     for task_id, definition in (extra or {}).items():
@@ -165,7 +166,14 @@ def collect_workflow(
                 tasks[dep] = _tasks[dep]
                 pending.extend(_tasks[dep].dependencies)
     return build_workflow(
-        name or workflow, tasks, description, tags, tenant=tenant, package=package, workflow_id=workflow
+        name or workflow,
+        tasks,
+        description,
+        tags,
+        tenant=tenant,
+        package=package,
+        workflow_id=workflow,
+        default_queue=default_queue,
     )
 
 

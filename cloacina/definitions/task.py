@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloacina.definitions.naming import check_name
+from cloacina.definitions.naming import check_name, check_queue
 from cloacina.definitions.retry import BackoffStrategy, RetryCondition, RetryPolicy
 from cloacina.definitions.rules import Rule
 from cloacina.errors import DefinitionError
@@ -48,6 +48,7 @@ _OTHER_OPTIONS = {
     "trigger_rules",
     "timeout_seconds",
     "description",
+    "queue",  # routing (DESIGN §4b): the Celery queue of the task's messages
     *_OUT_OF_SCOPE,
 }
 
@@ -65,6 +66,7 @@ class TaskDefinition:
     on_failure: FailureCallback | None = field(default=None, compare=False)
     timeout_s: float | None = None
     description: str = ""
+    queue: str | None = None  # the Celery queue of its messages; None: the workflow's default_queue, else CLOACINA_QUEUE
 
     @property
     def is_async(self) -> bool:
@@ -204,4 +206,10 @@ def make_task_definition(fn: TaskFunction, options: dict[str, Any]) -> TaskDefin
         on_failure=options.get("on_failure"),
         timeout_s=float(timeout) if timeout is not None else None,
         description=options.get("description") or inspect.getdoc(fn) or "",
+        queue=_queue(task_id, options.get("queue")),
     )
+
+
+def _queue(task_id: str, queue: object) -> str | None:
+    """The task's ``queue=`` (``None``: not routed by the task itself), checked."""
+    return None if queue is None else check_queue(queue, f"task {task_id!r}: queue")

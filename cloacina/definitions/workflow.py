@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from cloacina.context import canonical_json
+from cloacina.definitions.naming import check_queue
 from cloacina.definitions.task import TaskDefinition
 from cloacina.errors import DefinitionError
 
@@ -47,6 +48,8 @@ class Workflow:
     """An immutable, validated DAG of tasks. Build it with :class:`WorkflowBuilder`.
 
     ``tenant``/``package``/``workflow_id`` are the namespace of its tasks (``workflow_id`` defaults to ``name``).
+    ``default_queue``: the Celery queue of the tasks that name none (``builder.default_queue(...)``; see
+    :meth:`queue_of`).
     """
 
     name: str
@@ -58,6 +61,7 @@ class Workflow:
     tenant: str = "public"
     package: str = "embedded"
     workflow_id: str | None = None
+    default_queue: str | None = None
 
     # -- cloaca methods (qualified ids) --------------------------------------------------------------------
     def qualified_id(self, task_id: str) -> str:
@@ -89,6 +93,12 @@ class Workflow:
     def validate(self) -> None:
         """``ValueError`` if the workflow is empty, cyclic or has an unresolvable dependency or rule."""
         _validate(self.name, self.tasks)
+
+    def queue_of(self, task_id: str) -> str | None:
+        """The Celery queue of ``task_id``'s messages: its own ``queue=``, else the workflow's ``default_queue``;
+        ``None`` means the deployment's queue (``CLOACINA_QUEUE``). Embedded mode runs every task in-process and
+        ignores queues."""
+        return self.tasks[task_id].queue or self.default_queue
 
     @property
     def task_ids(self) -> tuple[str, ...]:
@@ -158,7 +168,7 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str]:
     return list(reversed(cycle))  # read as "a -> b" meaning a is needed by b
 
 
-def _content_version(name: str, tasks: Mapping[str, TaskDefinition]) -> str:
+def _content_version(name: str, tasks: Mapping[str, TaskDefinition], default_queue: str | None = None) -> str:
     parts = [
         {
             "id": t.task_id,
@@ -167,6 +177,9 @@ def _content_version(name: str, tasks: Mapping[str, TaskDefinition]) -> str:
             "retry": t.retry.to_dict(),
             "timeout_s": t.timeout_s,
             "code": hashlib.sha256(t.code_fingerprint().encode()).hexdigest(),
+            # A routed task's queue is part of its version (the catalog records it); an unrouted one adds nothing,
+            # so the versions of workflows without queues stay what they were.
+            **({"queue": queue} if (queue := t.queue or default_queue) is not None else {}),
         }
         for t in tasks.values()
     ]
@@ -220,19 +233,23 @@ def build_workflow(
     tenant: str = "public",
     package: str = "embedded",
     workflow_id: str | None = None,
+    default_queue: str | None = None,
 ) -> Workflow:
     """Validate and freeze a workflow (``ValueError`` naming the culprit if it is not one)."""
     order = _validate(name, tasks)
+    if default_queue is not None:
+        default_queue = check_queue(default_queue, f"workflow {name!r}: default_queue")
     return Workflow(
         name=name,
         tasks=MappingProxyType(dict(tasks)),
         description=description,
         tags=MappingProxyType(dict(tags or {})),
         topological_order=order,
-        version=_content_version(name, tasks),
+        version=_content_version(name, tasks, default_queue),
         tenant=tenant,
         package=package,
         workflow_id=None if workflow_id == name else workflow_id,
+        default_queue=default_queue,
     )
 
 
@@ -243,6 +260,6 @@ def renamed(workflow: Workflow, name: str) -> Workflow:
     return dataclasses.replace(
         workflow,
         name=name,
-        version=_content_version(name, workflow.tasks),
+        version=_content_version(name, workflow.tasks, workflow.default_queue),
         workflow_id=workflow.workflow_id or workflow.name,
     )

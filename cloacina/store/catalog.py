@@ -1,7 +1,7 @@
 """The workflow catalog: what every process that registers workflows records of them, for processes without the code.
 
 A runner, worker, poller or daemon records each workflow it registers (``CatalogStore.record``): name, version,
-description, tags, the task graph (ids, dependencies, retry policy, trigger rule, timeout) and its origin
+description, tags, the task graph (ids, dependencies, retry policy, trigger rule, timeout, queue) and its origin
 (``"app:<module>"``, ``"package:<fingerprint>"`` or ``"code"``). A client that never imported the code (a
 runner in broker mode, ``cloacina runs start``, the HTTP API) reads the entry and starts runs of it: the entry
 gives the graph that planning and the Celery canvas need (:func:`codeless_workflow`), the workers that have the
@@ -73,6 +73,9 @@ class CatalogTask:
     trigger_rule: dict[str, Any] | None  # cloaca's rule dict, None for Always
     timeout_s: float | None
     description: str
+    # The queue its messages go to (its own ``queue=``, else the workflow's default), so that a client without the
+    # code routes them; None: the deployment's queue. Entries recorded before routing existed have none.
+    queue: str | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,7 @@ def catalog_tasks(workflow: Workflow) -> list[CatalogTask]:
             trigger_rule=t.trigger_rule.to_dict() if t.trigger_rule is not None else None,
             timeout_s=t.timeout_s,
             description=t.description,
+            queue=workflow.queue_of(t.task_id),
         )
         for t in (workflow.tasks[task_id] for task_id in order)
     ]
@@ -128,6 +132,7 @@ def codeless_workflow(entry: CatalogEntry) -> Workflow:
             trigger_rule=Rule.from_dict(t.trigger_rule) if t.trigger_rule is not None else None,
             timeout_s=t.timeout_s,
             description=t.description,
+            queue=t.queue,
         )
         for t in entry.tasks
     }
