@@ -153,7 +153,8 @@ def collect_workflow(
     """Build (and validate) a workflow from every task of namespace ``tenant/package/workflow`` plus ``extra``,
     plus the standalone tasks they depend on.
 
-    ``name`` defaults to ``workflow``; ``default_queue``: the queue of its tasks that name none. ``ValueError`` if it has no task, a cycle or an unresolvable dependency.
+    ``name`` defaults to ``workflow``; ``default_queue``: the queue of its tasks that name none. ``ValueError`` if
+    it has no task, a cycle or an unresolvable dependency.
     """
     tasks = namespace_tasks(workflow, tenant=tenant, package=package)
     for task_id, definition in (extra or {}).items():

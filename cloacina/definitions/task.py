@@ -66,7 +66,7 @@ class TaskDefinition:
     on_failure: FailureCallback | None = field(default=None, compare=False)
     timeout_s: float | None = None
     description: str = ""
-    queue: str | None = None  # the Celery queue of its messages; None: the workflow's default_queue, else CLOACINA_QUEUE
+    queue: str | None = None  # its messages' Celery queue; None: the workflow's default_queue, else CLOACINA_QUEUE
 
     @property
     def is_async(self) -> bool:

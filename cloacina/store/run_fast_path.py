@@ -439,9 +439,7 @@ def _choose_continuation(
     if continue_with is None:
         return None
     ready = [
-        d
-        for d in decisions
-        if d["status"] == TaskStatus.READY.value and continue_with.may_run(workflow, d["task_id"])
+        d for d in decisions if d["status"] == TaskStatus.READY.value and continue_with.may_run(workflow, d["task_id"])
     ]
     chosen = next((d for d in ready if d["task_id"] == continue_with.prefer), None)
     if chosen is None and continue_with.first_ready and ready:
