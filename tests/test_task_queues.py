@@ -21,6 +21,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 from conftest import PG_URL
+from sqlalchemy import text
 
 import cloacina as cloaca
 from cloacina.cli.main import main
@@ -151,13 +152,19 @@ def test_each_message_is_published_to_its_tasks_queue(redis_url: str) -> None:
 # -- the catalog: a client without the code routes as one with it --------------------------------------------
 def test_the_catalog_keeps_each_tasks_queue_for_code_less_clients(tmp_path: Path) -> None:
     workflow = _chain("q_catalog", [("a", [], None), ("b", ["a"], "gpu"), ("c", ["b"], None)], default_queue="heavy")
+    unrouted = _chain("q_catalog_plain", [("a", [], None)])
     db = Database(f"sqlite:///{tmp_path}/catalog.db")
     db.upgrade()
     try:
-        CatalogStore(db).record(workflow, "code")
+        CatalogStore(db).record_all([(workflow, "code"), (unrouted, "code")])
         entry = CatalogStore(db).get_workflow("q_catalog")
+        with db.connection() as c:
+            stored = dict(c.execute(text("SELECT name, tasks FROM workflow_catalog")).all())
     finally:
         db.dispose()
+    # A task routed nowhere is stored as before routing existed: older processes read such entries unchanged.
+    assert "queue" not in json.loads(stored["q_catalog_plain"])[0]
+    assert [t["queue"] for t in json.loads(stored["q_catalog"])] == ["heavy", "gpu", "heavy"]
     assert entry is not None and [t.queue for t in entry.tasks] == ["heavy", "gpu", "heavy"]
     codeless = codeless_workflow(entry)
     assert codeless.version == workflow.version

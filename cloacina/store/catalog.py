@@ -157,13 +157,22 @@ def _entry(row: CatalogWorkflow) -> CatalogEntry:
     )
 
 
+def _task_values(task: CatalogTask) -> dict[str, Any]:
+    """A task as the catalog stores it. ``queue`` only when set: a process of a release before routing reads
+    the entries of workflows that route nothing as it always did (it would refuse the unknown key)."""
+    values = dataclasses.asdict(task)
+    if values["queue"] is None:
+        del values["queue"]
+    return values
+
+
 def _row_values(workflow: Workflow, origin: str, now: datetime) -> dict[str, Any]:
     return {
         "name": workflow.name,
         "version": workflow.version,
         "description": workflow.description or "",
         "tags": json.dumps(dict(workflow.tags), sort_keys=True),
-        "tasks": json.dumps([dataclasses.asdict(t) for t in catalog_tasks(workflow)]),
+        "tasks": json.dumps([_task_values(t) for t in catalog_tasks(workflow)]),
         "origin": origin,
         "created_at": now,
         "updated_at": now,
