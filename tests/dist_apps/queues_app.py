@@ -8,6 +8,10 @@ Trigger ``<workflow>_inbox`` fires ``{"item": i}`` for each ``ev_inbox`` item of
 above) exactly once; polls every ``DIST_POLL_MS`` (default 50). Every task sleeps ``DIST_TASK_S`` (default 0.01) and
 records its execution as ``<workflow>.<task>`` (:mod:`tests.dist_apps.evidence`). :data:`EXPECTED_QUEUE` says which
 queue each recorded name is routed to.
+
+``route_fan.c2`` (the second task of the heavy stretch ``b2 -> c2``) fails its first attempt for every item divisible
+by :data:`RETRY_EVERY` (after recording its execution as ended), then succeeds after a 100 ms retry delay: the rest of
+the stretch goes back to Celery with a countdown, to the queue its message came from.
 """
 
 import os
@@ -33,20 +37,26 @@ EXPECTED_QUEUE = {
     "route_default.l1": DEFAULT,
 }
 WORKFLOWS = ("route_chain", "route_fan", "route_default")
+RETRY_EVERY = 4
+RETRIED = "route_fan.c2"
 
 
 def _task(workflow, task_id, dependencies=(), queue=None):
     name = f"{workflow}.{task_id}"
 
     def work(ctx):
-        execution = evidence.execution_started(
-            ctx.get("item"), f"{ctx.get('trigger_name')}|{ctx.get('triggered_at')}", name
-        )
+        run_key = f"{ctx.get('trigger_name')}|{ctx.get('triggered_at')}"
+        execution = evidence.execution_started(ctx.get("item"), run_key, name)
         time.sleep(TASK_S)
         evidence.execution_ended(execution)
+        if name == RETRIED and ctx.get("item") % RETRY_EVERY == 0:
+            sql = "SELECT count(*) FROM ev_executions WHERE run_key = %s AND task = %s"
+            if evidence._execute(sql, (run_key, name))[0][0] == 1:  # its first execution
+                raise ConnectionError("first attempt fails on purpose")
         return ctx
 
-    cloaca.task(id=task_id, dependencies=list(dependencies), queue=queue, retry_attempts=1)(work)
+    retry = {"retry_attempts": 2, "retry_delay_ms": 100, "retry_jitter": False} if name == RETRIED else {}
+    cloaca.task(id=task_id, dependencies=list(dependencies), queue=queue, **{"retry_attempts": 1, **retry})(work)
 
 
 with cloaca.WorkflowBuilder("route_chain"):
