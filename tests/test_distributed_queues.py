@@ -22,13 +22,13 @@ from collections import Counter
 import pytest
 import redis
 
-from tests.dist_apps.queues_app import DEFAULT, EXPECTED_QUEUE, HEAVY, RETRY_EVERY, WORKFLOWS
 from tests.distributed_harness import Cluster, wait_for_poller_ready, wait_for_worker_ready
 from tests.support import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
-QUEUES_APP = "tests.dist_apps.queues_app"
+QUEUES_APP = "tests.dist_apps.queues_app"  # imported by the test only: its workflows stay out of other tests
+HEAVY = "heavy"
 RUNS = 100
 TASKS_PER_RUN = {"route_chain": 3, "route_fan": 6, "route_default": 2}
 # The tasks a run of each workflow waits at while no worker consumes "heavy", and those that ran before them.
@@ -62,6 +62,8 @@ def _heavy_messages(cluster: Cluster) -> int:
 
 @pytest.mark.timeout(280)
 def test_each_task_runs_on_a_worker_of_its_queue(cluster: Cluster) -> None:
+    from tests.dist_apps.queues_app import DEFAULT, EXPECTED_QUEUE, RETRY_EVERY, WORKFLOWS
+
     default = cluster.services.worker("default", QUEUES_APP, concurrency=2)
     poller = cluster.services.poller("p1", QUEUES_APP)
     wait_for_worker_ready(default)
