@@ -104,7 +104,7 @@ class AttemptRecord:
     started_at: datetime
     completed_at: datetime | None
     duration_ms: int | None
-    worker: str | None = None  # the process that ran it: "<host>:<pid>" (None when no start was recorded by one)
+    worker: str | None = None  # the process that ran it, "<host>:<pid>" (None: none was recorded)
 
 
 @dataclass(frozen=True)
