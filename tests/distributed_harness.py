@@ -186,11 +186,20 @@ class Services:
         return self.start(name, [sys.executable, "-m", "cloacina", *args], env)
 
     def worker(
-        self, name: str, app: str, *, concurrency: int = 1, pool: str = "prefork", **env: str | None
+        self,
+        name: str,
+        app: str,
+        *,
+        concurrency: int = 1,
+        pool: str = "prefork",
+        queues: str | None = None,
+        **env: str | None,
     ) -> ServiceProcess:
+        """``cloacina worker``; ``queues``: its ``--queues`` (default: the deployment's queue)."""
+        routing = ["--queues", queues] if queues is not None else []
         return self.cloacina(
             name, "worker", "--app", app, "--concurrency", str(concurrency), "--pool", pool, "--hostname",
-            f"{name}@%h", env=env,
+            f"{name}@%h", *routing, env=env,
         )  # fmt: skip
 
     def poller(self, name: str, app: str, **env: str | None) -> ServiceProcess:

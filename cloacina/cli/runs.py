@@ -75,6 +75,7 @@ def _attempt_to_dict(a: AttemptRecord) -> dict[str, Any]:
         "duration_ms": a.duration_ms,
         "error_message": a.error_message,
         "error_kind": a.error_kind,
+        "worker": a.worker,
     }
 
 
@@ -289,6 +290,7 @@ def _tasks_table(tasks: dict[str, TaskRecord], attempts: dict[str, list[AttemptR
     table.add_column("attempts", justify="right")
     table.add_column("started")
     table.add_column("took", justify="right")
+    table.add_column("worker", overflow="fold")
     table.add_column("error / skip reason", overflow="fold")
     for task in tasks.values():
         # Every failed attempt's error (retries included), else the task's own error.
@@ -305,9 +307,18 @@ def _tasks_table(tasks: dict[str, TaskRecord], attempts: dict[str, list[AttemptR
             f"{task.attempt}/{task.max_attempts}",
             fmt_time(task.started_at),
             fmt_duration_ms(duration_ms(task.started_at, task.completed_at)),
+            _workers(attempts[task.task_id]),
             "\n".join(notes) or "-",
         )
     return table
+
+
+def _workers(attempts: list[AttemptRecord]) -> str:
+    """Which process ran each attempt ("<host>:<pid>"); with several attempts, one line each."""
+    ran = [a for a in attempts if a.worker]
+    if len(attempts) == 1 and ran:
+        return escape(str(ran[0].worker))
+    return "\n".join(f"#{a.attempt}: {escape(str(a.worker))}" for a in ran) or "-"
 
 
 # -- run control: cancel and retry ----------------------------------------------------------------------------

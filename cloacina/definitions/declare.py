@@ -32,7 +32,7 @@ from typing import Any, Literal, TypeVar, overload
 
 from cloacina.definitions import registry
 from cloacina.definitions.duration import parse_duration_ms
-from cloacina.definitions.naming import check_name
+from cloacina.definitions.naming import check_name, check_queue
 from cloacina.definitions.task import TaskDefinition, TaskFunction, make_task_definition
 from cloacina.definitions.trigger import TriggerDefinition
 from cloacina.definitions.workflow import Workflow, build_workflow, check_max_active_runs
@@ -70,6 +70,7 @@ class WorkflowBuilder:
         self._tags: dict[str, str] = {}
         self._tasks: dict[str, TaskDefinition] = {}
         self._max_active_runs: int | None = None
+        self._default_queue: str | None = None
 
     @property
     def tenant(self) -> str:
@@ -110,6 +111,22 @@ class WorkflowBuilder:
         2
         """
         self._max_active_runs = check_max_active_runs(n, self.name)
+
+    def default_queue(self, queue: str | None) -> None:
+        """Route the workflow's tasks that name no ``queue=`` to Celery queue ``queue`` (our extension; ``None``:
+        the deployment's ``CLOACINA_QUEUE`` again). A task's own ``queue=`` wins. Embedded mode ignores queues.
+
+        >>> with WorkflowBuilder("doc_routed") as b:
+        ...     b.default_queue("heavy")
+        ...     _ = task(id="crunch")(lambda ctx: ctx)
+        ...     _ = task(id="notify", dependencies=["crunch"], queue="light")(lambda ctx: ctx)
+        ...     b.add_task("crunch")
+        ...     b.add_task("notify")
+        >>> wf = b.build()
+        >>> wf.queue_of("crunch"), wf.queue_of("notify")
+        ('heavy', 'light')
+        """
+        self._default_queue = None if queue is None else check_queue(queue, f"workflow {self.name!r}: default_queue")
 
     def _resolve(self, task: object) -> TaskDefinition:
         if isinstance(task, TaskDefinition):
@@ -156,6 +173,7 @@ class WorkflowBuilder:
             package=self._scope.package,
             workflow_id=self._scope.workflow,
             max_active_runs=self._max_active_runs,
+            default_queue=self._default_queue,
         )
 
     def __enter__(self) -> WorkflowBuilder:
@@ -176,6 +194,7 @@ class WorkflowBuilder:
             description=self._description,
             tags=self._tags,
             max_active_runs=self._max_active_runs,
+            default_queue=self._default_queue,
         )
         registry.register_workflow(workflow)
         return False
@@ -224,9 +243,11 @@ def task(fn: TaskFunction | None = None, /, **options: Any) -> Any:
     Options (keyword-only): ``id``, ``dependencies``, ``retry`` (a RetryPolicy), ``retry_attempts``,
     ``retry_backoff``, ``retry_delay_ms``, ``retry_max_delay_ms``, ``retry_condition``, ``retry_jitter``,
     ``on_success(task_id, ctx)``, ``on_failure(task_id, error, ctx)``, ``trigger_rules`` (a rule dict), and our
-    ``timeout_seconds``, ``description``, ``pool``/``pool_slots`` (task pools). The task registers in the
-    innermost active workflow context (a ``WorkflowBuilder`` block or the package loader's), or as a standalone
-    task when none is active.
+    ``timeout_seconds``, ``description``, ``pool``/``pool_slots`` (task pools) and ``queue`` (the Celery queue of
+    the task's messages, consumed by ``cloacina worker --queues <queue>``; default: the workflow's
+    ``default_queue``, else ``CLOACINA_QUEUE``; embedded mode ignores it). The task registers in the innermost
+    active workflow context (a ``WorkflowBuilder`` block or the package loader's), or as a standalone task when
+    none is active.
     """
     decorator = TaskDecorator._create(options)
     if fn is not None:

@@ -149,12 +149,14 @@ def collect_workflow(
     description: str = "",
     tags: Mapping[str, str] | None = None,
     max_active_runs: int | None = None,
+    default_queue: str | None = None,
 ) -> Workflow:
     """Build (and validate) a workflow from every task of namespace ``tenant/package/workflow`` plus ``extra``,
     plus the standalone tasks they depend on.
 
-    ``name`` defaults to ``workflow``; ``max_active_runs``: see ``WorkflowBuilder.max_active_runs``. ``ValueError``
-    if it has no task, a cycle or an unresolvable dependency.
+    ``name`` defaults to ``workflow``; ``max_active_runs``: see ``WorkflowBuilder.max_active_runs``;
+    ``default_queue``: the queue of its tasks that name none. ``ValueError`` if it has no task, a cycle or an
+    unresolvable dependency.
     """
     tasks = namespace_tasks(workflow, tenant=tenant, package=package)
     for task_id, definition in (extra or {}).items():
@@ -175,6 +177,7 @@ def collect_workflow(
         package=package,
         workflow_id=workflow,
         max_active_runs=max_active_runs,
+        default_queue=default_queue,
     )
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloacina.definitions.naming import check_name
+from cloacina.definitions.naming import check_name, check_queue
 from cloacina.definitions.retry import BackoffStrategy, RetryCondition, RetryPolicy
 from cloacina.definitions.rules import Rule
 from cloacina.errors import DefinitionError
@@ -50,6 +50,7 @@ _OTHER_OPTIONS = {
     "description",
     "pool",  # task pools (our extension): see _build_pool
     "pool_slots",
+    "queue",  # routing (DESIGN §4b): the Celery queue of the task's messages
     *_OUT_OF_SCOPE,
 }
 
@@ -70,6 +71,7 @@ class TaskDefinition:
     # Task pools (our extension): the cluster-wide pool whose ``pool_slots`` slots the task takes while it runs.
     pool: str | None = None
     pool_slots: int = 1
+    queue: str | None = None  # its messages' Celery queue; None: the workflow's default_queue, else CLOACINA_QUEUE
 
     @property
     def is_async(self) -> bool:
@@ -228,4 +230,10 @@ def make_task_definition(fn: TaskFunction, options: dict[str, Any]) -> TaskDefin
         description=options.get("description") or inspect.getdoc(fn) or "",
         pool=pool,
         pool_slots=pool_slots,
+        queue=_queue(task_id, options.get("queue")),
     )
+
+
+def _queue(task_id: str, queue: object) -> str | None:
+    """The task's ``queue=`` (``None``: not routed by the task itself), checked."""
+    return None if queue is None else check_queue(queue, f"task {task_id!r}: queue")

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from cloacina.context import canonical_json
+from cloacina.definitions.naming import check_queue
 from cloacina.definitions.task import TaskDefinition
 from cloacina.errors import DefinitionError
 
@@ -47,6 +48,8 @@ class Workflow:
     """An immutable, validated DAG of tasks. Build it with :class:`WorkflowBuilder`.
 
     ``tenant``/``package``/``workflow_id`` are the namespace of its tasks (``workflow_id`` defaults to ``name``).
+    ``default_queue``: the Celery queue of the tasks that name none (``builder.default_queue(...)``; see
+    :meth:`queue_of`).
     """
 
     name: str
@@ -61,6 +64,7 @@ class Workflow:
     # Runs of this workflow active at once (``builder.max_active_runs(n)``); more wait, first in first out
     # (:mod:`cloacina.store.run_limits`). ``None``: no limit.
     max_active_runs: int | None = None
+    default_queue: str | None = None
 
     # -- cloaca methods (qualified ids) --------------------------------------------------------------------
     def qualified_id(self, task_id: str) -> str:
@@ -92,6 +96,12 @@ class Workflow:
     def validate(self) -> None:
         """``ValueError`` if the workflow is empty, cyclic or has an unresolvable dependency or rule."""
         _validate(self.name, self.tasks)
+
+    def queue_of(self, task_id: str) -> str | None:
+        """The Celery queue of ``task_id``'s messages: its own ``queue=``, else the workflow's ``default_queue``;
+        ``None`` means the deployment's queue (``CLOACINA_QUEUE``). Embedded mode runs every task in-process and
+        ignores queues."""
+        return self.tasks[task_id].queue or self.default_queue
 
     @property
     def task_ids(self) -> tuple[str, ...]:
@@ -178,7 +188,9 @@ def check_max_active_runs(value: object, workflow: str) -> int:
     return value
 
 
-def _content_version(name: str, tasks: Mapping[str, TaskDefinition], max_active_runs: int | None = None) -> str:
+def _content_version(
+    name: str, tasks: Mapping[str, TaskDefinition], max_active_runs: int | None = None, default_queue: str | None = None
+) -> str:
     parts = [
         {
             "id": t.task_id,
@@ -188,6 +200,9 @@ def _content_version(name: str, tasks: Mapping[str, TaskDefinition], max_active_
             "timeout_s": t.timeout_s,
             "code": hashlib.sha256(t.code_fingerprint().encode()).hexdigest(),
             **({"pool": [t.pool, t.pool_slots]} if t.pool else {}),  # absent without a pool: versions unchanged
+            # A routed task's queue is part of its version (the catalog records it); an unrouted one adds nothing,
+            # so the versions of workflows without queues stay what they were.
+            **({"queue": queue} if (queue := t.queue or default_queue) is not None else {}),
         }
         for t in tasks.values()
     ]
@@ -245,22 +260,26 @@ def build_workflow(
     package: str = "embedded",
     workflow_id: str | None = None,
     max_active_runs: int | None = None,
+    default_queue: str | None = None,
 ) -> Workflow:
     """Validate and freeze a workflow (``ValueError`` naming the culprit if it is not one)."""
     order = _validate(name, tasks)
     if max_active_runs is not None:
         check_max_active_runs(max_active_runs, name)
+    if default_queue is not None:
+        default_queue = check_queue(default_queue, f"workflow {name!r}: default_queue")
     return Workflow(
         name=name,
         tasks=MappingProxyType(dict(tasks)),
         description=description,
         tags=MappingProxyType(dict(tags or {})),
         topological_order=order,
-        version=_content_version(name, tasks, max_active_runs),
+        version=_content_version(name, tasks, max_active_runs, default_queue),
         tenant=tenant,
         package=package,
         workflow_id=None if workflow_id == name else workflow_id,
         max_active_runs=max_active_runs,
+        default_queue=default_queue,
     )
 
 
@@ -271,6 +290,6 @@ def renamed(workflow: Workflow, name: str) -> Workflow:
     return dataclasses.replace(
         workflow,
         name=name,
-        version=_content_version(name, workflow.tasks, workflow.max_active_runs),
+        version=_content_version(name, workflow.tasks, workflow.max_active_runs, workflow.default_queue),
         workflow_id=workflow.workflow_id or workflow.name,
     )

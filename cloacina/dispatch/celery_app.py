@@ -191,6 +191,8 @@ def _run_stretch(
     *,
     fuse: bool = True,
     redelivered: bool = False,
+    queue: str | None = None,
+    deployment_queue: str | None = None,
 ) -> FollowUp | None:
     """Run the stretch's tasks back to back until one must wait; then say what to hand back to Celery.
 
@@ -199,6 +201,10 @@ def _run_stretch(
     its own start costs nothing. The other tasks a finish makes Ready are published, one message each. Without
     fusion every Ready task is published (a message per task). A ``redelivered`` message (its worker was lost)
     records each task's start before running it, so repeated losses are counted.
+
+    Routing: ``queue`` is the queue this message came from; only a task routed there joins the stretch (a task
+    routed nowhere belongs to ``deployment_queue``). A task of another queue is published to it, so a worker never
+    runs a task routed to a queue it was not given. ``queue=None``: any task joins.
     """
     task_ids = list(task_ids)
     index = 0
@@ -207,7 +213,9 @@ def _run_stretch(
         task_id = task_ids[index]
         rest = {"workflow": workflow, "run_id": run_id, "tasks": task_ids[index:]}
         following = task_ids[index + 1] if index + 1 < len(task_ids) else None
-        continue_with = ContinueWith(following, first_ready=fuse and following is None)
+        continue_with = ContinueWith(
+            following, first_ready=fuse and following is None, queue=queue, deployment_queue=deployment_queue
+        )
         try:
             outcome = runner.run_node(
                 run_id, task_id, record_start=redelivered, continue_with=continue_with, started=started
@@ -236,12 +244,14 @@ def _run_stretch(
             if index == len(task_ids):  # the first task it made Ready: its stretch joins this one
                 task_ids.extend(stretch_from(outcome.workflow, next_id, fuse=fuse))
         if outcome.ready and outcome.workflow is not None:
-            held = set(task_ids[index:])
+            wf, held = outcome.workflow, set(task_ids[index:])
             heads = [t for t in outcome.ready if t not in held]
-            if fuse and heads and index == len(task_ids):  # stretch done: go on with the first newly Ready one
-                task_ids.extend(stretch_from(outcome.workflow, heads.pop(0), fuse=fuse))
+            mine = next((h for h in heads if continue_with.may_run(wf, h)), None)  # routed to this queue
+            if fuse and mine is not None and index == len(task_ids):  # stretch done: go on with a newly Ready one
+                heads.remove(mine)
+                task_ids.extend(stretch_from(wf, mine, fuse=fuse))
             if heads:
-                publish_ready(run_id, outcome.workflow, heads)
+                publish_ready(run_id, wf, heads)
     return None
 
 
@@ -324,6 +334,10 @@ def run_canvas_node(
     hands itself and the rest of the stretch back to Celery with a countdown: a worker slot never sleeps. A task
     that defers (``handle.defer_until``) frees the slot and this message at once (:class:`StretchExecution`).
     ``task`` is the single-task form of messages published before stretches existed.
+
+    Routing: the message's queue is its delivery's routing key (the queue name: Celery declares each queue with
+    its name as routing key), else the deployment's queue. The tasks of one message share that queue, so what is
+    handed back goes back to it; the tasks this stretch makes Ready join it only if they are routed to it too.
     """
     if self.node_runner is None:
         raise RuntimeError("this Celery app publishes runs only; start a worker with `cloacina worker`")
@@ -335,10 +349,12 @@ def run_canvas_node(
     if lease is None:  # a task that deferred has resumed and holds this process's slot: hand the message back
         kwargs = {"workflow": workflow, "run_id": run_id, "tasks": task_ids}
         raise self.retry(kwargs=kwargs, countdown=WAITING_BACKOFF.delay(retries))
-    app, queue = self.app, str(self.app.conf.task_default_queue)
+    app, deployment_queue = self.app, str(self.app.conf.task_default_queue)
+    delivery = self.request.delivery_info or {}
+    queue = str(delivery.get("routing_key") or deployment_queue)  # the queue this message came from
 
     fuse = bool(app.conf.get(FUSE_SETTING, True))
-    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    redelivered = bool(delivery.get("redelivered"))
 
     def republish(follow_up: FollowUp) -> None:
         kw = follow_up.kwargs
@@ -347,7 +363,7 @@ def run_canvas_node(
 
     def publish_ready(run: str, wf: Workflow, heads: list[str]) -> None:
         try:
-            publish_stretches(app, run, wf, heads, queue, fuse=fuse)
+            publish_stretches(app, run, wf, heads, deployment_queue, fuse=fuse)
         except Exception as exc:  # the broker is down: the tasks stay Ready and the sweeper republishes them
             log.error("publishing the Ready tasks of run %s failed (the sweeper will retry): %s", run, exc)
 
@@ -355,13 +371,22 @@ def run_canvas_node(
     host.threads.submit(
         lambda: execution.run(
             lambda: _run_stretch(
-                runner, workflow, run_id, task_ids, retries, publish_ready, fuse=fuse, redelivered=redelivered
+                runner,
+                workflow,
+                run_id,
+                task_ids,
+                retries,
+                publish_ready,
+                fuse=fuse,
+                redelivered=redelivered,
+                queue=queue,
+                deployment_queue=deployment_queue,
             )
         )
     )
     follow_up = execution.wait()
     if follow_up is not None:
-        raise self.retry(kwargs=follow_up.kwargs, countdown=follow_up.countdown_s)
+        raise self.retry(kwargs=follow_up.kwargs, countdown=follow_up.countdown_s, queue=queue)
     return None
 
 

@@ -1,7 +1,9 @@
 """The distributed :class:`~cloacina.execution.dispatcher.Dispatcher`: runs go to Celery, a message per stretch.
 
 A new run publishes the stretches of its root tasks (:mod:`cloacina.dispatch.canvas`); after that, the worker that
-finishes a task publishes the stretches its finish made Ready (or runs one of them next). Tasks made Ready
+finishes a task publishes the stretches its finish made Ready (or runs one of them next). Each stretch goes to its
+tasks' Celery queue (``@task(queue=...)``, the workflow's ``default_queue``, else ``queue``: the deployment's
+``CLOACINA_QUEUE``). Tasks made Ready
 anywhere else (planning by recovery, a retried run) are published here. A recovered run is republished from SQL:
 every Ready task's stretch, each after what remains of its retry delay, so it resumes at the first unfinished
 task of a stretch and never redoes finished work. Deadlines are enforced by the pollers' sweeper.
@@ -38,7 +40,7 @@ class CeleryDispatcher:
 
     def __init__(self, app: Celery, queue: str, *, fuse: bool = True) -> None:
         self.app = app
-        self.queue = queue
+        self.queue = queue  # the deployment's queue: where the tasks routed nowhere else go
         self.fuse = fuse
         self._coordinator: RunDriver | None = None
         self._new_runs = BackgroundPublisher(self.tasks_ready)

@@ -1,8 +1,9 @@
 """The workflow catalog: what every process that registers workflows records of them, for processes without the code.
 
 A runner, worker, poller or daemon records each workflow it registers (``CatalogStore.record``): name, version,
-description, tags, ``max_active_runs``, the task graph (ids, dependencies, retry policy, trigger rule, timeout) and
-its origin (``"app:<module>"``, ``"package:<fingerprint>"`` or ``"code"``). A client that never imported the code (a
+description, tags, ``max_active_runs``, the task graph (ids, dependencies, retry policy, trigger rule, timeout,
+queue) and its origin (``"app:<module>"``, ``"package:<fingerprint>"`` or ``"code"``). A client that never imported
+the code (a
 runner in broker mode, ``cloacina runs start``, the HTTP API) reads the entry and starts runs of it: the entry
 gives the graph that planning and the Celery canvas need (:func:`codeless_workflow`), the workers that have the
 code execute it.
@@ -73,6 +74,9 @@ class CatalogTask:
     trigger_rule: dict[str, Any] | None  # cloaca's rule dict, None for Always
     timeout_s: float | None
     description: str
+    # The queue its messages go to (its own ``queue=``, else the workflow's default), so that a client without the
+    # code routes them; None: the deployment's queue. Entries recorded before routing existed have none.
+    queue: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ def catalog_tasks(workflow: Workflow) -> list[CatalogTask]:
             trigger_rule=t.trigger_rule.to_dict() if t.trigger_rule is not None else None,
             timeout_s=t.timeout_s,
             description=t.description,
+            queue=workflow.queue_of(t.task_id),
         )
         for t in (workflow.tasks[task_id] for task_id in order)
     ]
@@ -129,6 +134,7 @@ def codeless_workflow(entry: CatalogEntry) -> Workflow:
             trigger_rule=Rule.from_dict(t.trigger_rule) if t.trigger_rule is not None else None,
             timeout_s=t.timeout_s,
             description=t.description,
+            queue=t.queue,
         )
         for t in entry.tasks
     }
@@ -154,13 +160,22 @@ def _entry(row: CatalogWorkflow) -> CatalogEntry:
     )
 
 
+def _task_values(task: CatalogTask) -> dict[str, Any]:
+    """A task as the catalog stores it. ``queue`` only when set: a process of a release before routing reads
+    the entries of workflows that route nothing as it always did (it would refuse the unknown key)."""
+    values = dataclasses.asdict(task)
+    if values["queue"] is None:
+        del values["queue"]
+    return values
+
+
 def _row_values(workflow: Workflow, origin: str, now: datetime) -> dict[str, Any]:
     return {
         "name": workflow.name,
         "version": workflow.version,
         "description": workflow.description or "",
         "tags": json.dumps(dict(workflow.tags), sort_keys=True),
-        "tasks": json.dumps([dataclasses.asdict(t) for t in catalog_tasks(workflow)]),
+        "tasks": json.dumps([_task_values(t) for t in catalog_tasks(workflow)]),
         "origin": origin,
         "max_active_runs": workflow.max_active_runs,
         "created_at": now,

@@ -403,7 +403,7 @@ def finish_attempt(
     continued: tuple[str, dict[str, Any]] | None = None
     if outcome.final and workflow is not None:
         decisions, ended = _plan(workflow, basis, task_id, outcome)
-        continued = _choose_continuation(decisions, continue_with, workflow) if ended is None else None
+        continued = _choose_continuation(workflow, decisions, continue_with) if ended is None else None
     output = canonical_json(dict(outcome.output)) if outcome.output is not None else None
     params = {
         "b_run": run_id,
@@ -446,14 +446,19 @@ def finish_attempt(
 
 
 def _choose_continuation(
-    decisions: list[dict[str, Any]], continue_with: ContinueWith | None, workflow: Workflow
+    workflow: Workflow, decisions: list[dict[str, Any]], continue_with: ContinueWith | None
 ) -> tuple[str, dict[str, Any]] | None:
     """Mark the decision of the successor to start for the caller (see :class:`ContinueWith`); its id and input.
-    A pool task is never started here (its start must take its pool's slots: :mod:`cloacina.store.pools`)."""
+    Only a task routed to the caller's queue is a candidate (the others are published to their own queues), and
+    never a pool task (its start must take its pool's slots: :mod:`cloacina.store.pools`)."""
     if continue_with is None:
         return None
     ready = [
-        d for d in decisions if d["status"] == TaskStatus.READY.value and workflow.tasks[d["task_id"]].pool is None
+        d
+        for d in decisions
+        if d["status"] == TaskStatus.READY.value
+        and workflow.tasks[d["task_id"]].pool is None
+        and continue_with.may_run(workflow, d["task_id"])
     ]
     chosen = next((d for d in ready if d["task_id"] == continue_with.prefer), None)
     if chosen is None and continue_with.first_ready and ready:

@@ -73,6 +73,7 @@ class RunQueries:
                     a.started_at,
                     a.completed_at,
                     _ms(a.started_at, a.completed_at),
+                    a.worker,
                 )
                 for a in rows
             ]

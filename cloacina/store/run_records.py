@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy.engine import Row
 
+from cloacina.definitions.workflow import Workflow
 from cloacina.engine.planner import TaskView
 from cloacina.engine.states import RunStatus, TaskStatus
 from cloacina.store.models import TaskRun, WorkflowRun
@@ -105,6 +106,7 @@ class AttemptRecord:
     started_at: datetime
     completed_at: datetime | None
     duration_ms: int | None
+    worker: str | None = None  # the process that ran it, "<host>:<pid>" (None: none was recorded)
 
 
 @dataclass(frozen=True)
@@ -189,10 +191,31 @@ class Transition:
 @dataclass(frozen=True)
 class ContinueWith:
     """Which successor a finish may start for its caller to run next, in the same process: ``prefer`` if the
-    finish makes it Ready (the next task of a stretch), else, with ``first_ready``, the first task it makes Ready."""
+    finish makes it Ready (the next task of a stretch), else, with ``first_ready``, the first task it makes Ready.
+
+    Routing: a worker runs only tasks routed to the queue of the message it runs (``queue``); a task routed nowhere
+    (:meth:`Workflow.queue_of` is ``None``) belongs to ``deployment_queue``. ``queue=None``: any task (one process
+    runs everything).
+    """
 
     prefer: str | None = None
     first_ready: bool = False
+    queue: str | None = None
+    deployment_queue: str | None = None
+
+    def may_run(self, workflow: Workflow, task_id: str) -> bool:
+        """Whether the caller may run ``task_id``: it is routed to the caller's queue.
+
+        >>> from cloacina.definitions.task import TaskDefinition
+        >>> from cloacina.definitions.workflow import build_workflow
+        >>> wf = build_workflow("w", {"a": TaskDefinition("a", print), "b": TaskDefinition("b", print, queue="gpu")})
+        >>> here = ContinueWith(queue="cloacina", deployment_queue="cloacina")
+        >>> here.may_run(wf, "a"), here.may_run(wf, "b"), ContinueWith().may_run(wf, "b")
+        (True, False, True)
+        """
+        if self.queue is None:
+            return True
+        return (workflow.queue_of(task_id) or self.deployment_queue) == self.queue
 
 
 @dataclass(frozen=True)

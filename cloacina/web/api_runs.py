@@ -62,6 +62,7 @@ def _attempt(a: AttemptRecord) -> AttemptOut:
         duration_ms=a.duration_ms,
         error_message=a.error_message,
         error_kind=a.error_kind,
+        worker=a.worker,
     )
 
 

@@ -112,6 +112,7 @@ class AttemptOut(BaseModel):
     duration_ms: int | None
     error_message: str | None
     error_kind: str | None
+    worker: str | None = Field(None, description='The process that ran the attempt: "<host>:<pid>".')
 
 
 class TaskOut(BaseModel):
