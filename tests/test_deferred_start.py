@@ -241,3 +241,38 @@ def test_a_finish_starts_the_task_its_caller_runs_next(store: RunStore) -> None:
 
 def _status_of(store: RunStore, run_id: str, task_id: str) -> str:
     return str(store.get_tasks(run_id)[task_id].status)
+
+
+def test_a_stale_ready_task_or_a_second_attempt_records_its_start_first(store: RunStore) -> None:
+    """Deferring is only for a message that is its task's only one: a task Ready for longer than
+    ``defer_start_within_s`` (its run may have been republished as stalled) and any attempt after the first (a
+    retry, a lost attempt given back) record their start before the task runs, so of two such deliveries only one
+    runs the task."""
+    seen: list[str] = []
+    wf = _one_task("ds_stale", lambda ctx: seen.append(_task_status(store, run_id)) or ctx)
+    coordinator = _coordinator(store)
+    coordinator.defer_start_within_s = 0.0  # every Ready task counts as stale
+    run_id = coordinator.create_run(wf, {})
+    assert run_id is not None
+    assert coordinator.run_task(run_id, "t").kind == "completed"
+    assert seen == ["Running"]
+
+    attempts: list[int] = []
+
+    def flaky(ctx: Any) -> Any:
+        attempts.append(1)
+        seen.append(_task_status(store, run_id))
+        if len(attempts) == 1:
+            raise RuntimeError("first attempt fails")
+        return ctx
+
+    with cloaca.WorkflowBuilder("ds_retry") as builder:
+        cloaca.task(id="t", retry_attempts=2, retry_delay_ms=1, retry_jitter=False)(flaky)
+    retried = registry.get_workflow(builder.name)
+    fresh = _coordinator(store)  # a fresh Ready task defers its first attempt
+    seen.clear()
+    run_id = fresh.create_run(retried, {})
+    assert run_id is not None
+    assert fresh.run_task(run_id, "t").kind == "retry"
+    wait_until(lambda: fresh.run_task(run_id, "t").kind == "completed", WAIT_S, message="the retry")
+    assert seen == ["Ready", "Running"]  # the first attempt deferred its start, the second recorded it first

@@ -155,6 +155,8 @@ class Deployment:
             worker_name=self.owner,
             dispatcher=self.dispatcher,
             track_attempt=self.heartbeats.track,
+            # A peeked task Ready longer than this records its start first: the sweeper may have republished it.
+            defer_start_within_s=self.settings.stale_run_s / 2,
         )
 
     @cached_property
@@ -221,6 +223,7 @@ class Deployment:
             stale_run_s=s.stale_run_s,
             interval_s=min(s.sweep_interval_s, s.stale_run_s / 2),
             may_sweep=may_sweep if may_sweep is not None else _always,
+            publish_tasks=self.dispatcher.tasks_ready,
         )
 
     # -- end --------------------------------------------------------------------------------------------------

@@ -92,6 +92,7 @@ class RunCoordinator:
         rng: random.Random | None = None,
         dispatcher: Dispatcher | None = None,
         track_attempt: AttemptTracker | None = None,
+        defer_start_within_s: float = 15.0,
     ) -> None:
         self.store = store
         self.resolve_workflow = resolve_workflow
@@ -100,6 +101,7 @@ class RunCoordinator:
         self.dispatcher: Dispatcher = dispatcher if dispatcher is not None else PlanOnly()
         self.dispatcher.attach(self)
         self.track_attempt = track_attempt
+        self.defer_start_within_s = defer_start_within_s  # see _must_record_first
         self._rng = rng or random.Random()
         self._listeners: list[RunFinishedListener] = []
         self._started_listeners: list[Callable[[str, str, StartedAttempt], None]] = []
@@ -343,8 +345,9 @@ class RunCoordinator:
 
         On PostgreSQL the attempt's start is deferred (:mod:`cloacina.execution.deferred_start`): a short task's
         finish records it; ``record_start=True`` (a message delivered again after its worker was lost) records it
-        before the task runs, so repeated losses are counted. ``continue_with``: the finish also starts the
-        successor it names, returned in ``NodeOutcome.continued``; ``started``: such an attempt, already started.
+        before the task runs, so repeated losses are counted (see :meth:`_must_record_first`). ``continue_with``:
+        the finish also starts the successor it names, returned in ``NodeOutcome.continued``; ``started``: such an
+        attempt, already started.
         """
         if started is None:
             begun = self.store.begin_attempt(run_id, task_id, worker=self.worker_name)
@@ -360,7 +363,7 @@ class RunCoordinator:
                 self.worker_name,
                 lambda: self.store.record_start(run_id, task_id, started, worker=self.worker_name),
             )
-            if record_start and not deferred.record_now():
+            if self._must_record_first(started, record_start) and not deferred.record_now():
                 return NodeOutcome("done")  # another delivery took it meanwhile
         try:
             workflow = self.resolve_workflow(
@@ -528,6 +531,19 @@ class RunCoordinator:
             # the run. The task itself is recorded as Failed with the reason.
             self._after(run_id, transition)
         return NodeOutcome("failed")
+
+    def _must_record_first(self, started: StartedAttempt, redelivered: bool) -> bool:
+        """Whether a peeked attempt records its start before it runs instead of deferring it.
+
+        Deferring is safe only for a message that is the task's only one: two deliveries that both peeked the task
+        Ready would both run it. Duplicates come from recovery, so the start is recorded first for a message
+        delivered again (``redelivered``), for any attempt after the first (a retry, a lost attempt given back),
+        and for a task Ready for longer than ``defer_start_within_s`` (its run may have been taken for stalled and
+        republished meanwhile: keep that at most half the sweeper's ``stale_run_s``).
+        """
+        if redelivered or started.attempt > 1 or started.ready_since is None:
+            return True
+        return (utcnow() - started.ready_since).total_seconds() > self.defer_start_within_s
 
     def _discarded(
         self, run_id: str, task_id: str, attempt: int, outcome: str, start: PendingStart | None = None

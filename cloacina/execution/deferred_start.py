@@ -9,6 +9,11 @@ during such a short task leaves the task Ready, and the sweeper republishes its 
 any killed attempt); a redelivered message records its start first, so a task that keeps killing its worker is
 counted as lost and eventually fails.
 
+Only a message that is its task's only one defers: two deliveries that both peeked a task Ready would both run it.
+Duplicates come from recovery, so a redelivered message, any attempt after the first and a task Ready for longer
+than the coordinator's ``defer_start_within_s`` (half the sweeper's ``stale_run_s``) record their start first, and
+the sweeper sends a lost attempt's task alone instead of republishing its run.
+
 Exactly one of the two writes records the start: :meth:`DeferredStart.record_now` (heartbeat, defer) and
 :meth:`DeferredStart.settle` (the finish) take the same lock.
 """

@@ -58,10 +58,12 @@ class Sweeper:
         max_lost_attempts: int = 3,
         clock: Callable[[], datetime] = utcnow,
         may_sweep: Callable[[], bool] = lambda: True,
+        publish_tasks: Callable[[str, tuple[str, ...]], None] | None = None,
     ) -> None:
         self.recovery = recovery
         self.coordinator = coordinator
         self.republish = republish
+        self.publish_tasks = publish_tasks
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.stale_run_s = stale_run_s
         self.interval_s = interval_s
@@ -92,7 +94,7 @@ class Sweeper:
             else:
                 log.error("attempt lost with its worker too many times; task failed", extra=fields)
                 report.failed.append(lost.run_id)
-            self._republish(lost.run_id, report)
+            self._recover_lost(lost.run_id, lost.task_id, outcome, report)
         for run_id, timeout_s in self.recovery.expired_runs(now):
             self.coordinator.expire_run(run_id, timeout_s)
             report.expired.append(run_id)
@@ -126,6 +128,22 @@ class Sweeper:
                     waiting.workflow_name,
                 )
                 report.promoted.extend(promoted)
+
+    def _recover_lost(self, run_id: str, task_id: str, outcome: str, report: SweepReport) -> None:
+        """Send a lost attempt's task again (``requeued``) or plan what its failure leads to (``failed``). Only
+        that task: republishing the whole run would duplicate the messages of its other Ready tasks, still on
+        their way (the sweeper republishes a run whose messages were lost once it made no progress)."""
+        if self.publish_tasks is None:
+            self._republish(run_id, report)
+            return
+        try:
+            if outcome == "requeued":
+                self.publish_tasks(run_id, (task_id,))
+            else:
+                self.coordinator.advance(run_id)
+            report.republished.append(run_id)
+        except Exception:
+            log.exception("recovering the lost attempt of %s in run %s failed; will retry later", task_id, run_id)
 
     def _republish(self, run_id: str, report: SweepReport) -> None:
         if run_id in report.republished:

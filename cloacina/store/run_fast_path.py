@@ -348,6 +348,7 @@ def _started(row: Any, now: datetime, *, is_recorded: bool) -> StartedAttempt:
         basis=PlanBasis(row.version, run_input, tasks),
         started_at=now,
         is_recorded=is_recorded,
+        ready_since=in_utc(row, ("ready_since",)).ready_since if not is_recorded else None,
     )
 
 

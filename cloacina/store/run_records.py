@@ -150,6 +150,7 @@ class StartedAttempt:
     basis: PlanBasis | None = None
     started_at: datetime | None = None
     is_recorded: bool = True  # False: a peek; the attempt's finish (or a later claim) records its start
+    ready_since: datetime | None = None  # a peek's: when the task became Ready (it decides whether to defer)
 
 
 @dataclass(frozen=True)
